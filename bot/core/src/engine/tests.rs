@@ -1,0 +1,258 @@
+//! Replay, suspension, divergence and the sandbox, tested with scripts in strings.
+
+use super::*;
+use std::path::Path;
+
+struct TestHost {
+    now: i64,
+    cases: u32,
+}
+
+impl Host for TestHost {
+    fn now(&mut self) -> Millis {
+        Millis(self.now)
+    }
+    fn new_case_id(&mut self) -> String {
+        self.cases += 1;
+        format!("C-{}", self.cases)
+    }
+    fn person_exists(&self, id: &str) -> bool {
+        matches!(id, "alice" | "bea")
+    }
+    fn group_exists(&self, id: &str) -> bool {
+        id == "north"
+    }
+}
+
+fn host() -> TestHost {
+    TestHost { now: 1_000, cases: 0 }
+}
+
+fn ctx() -> RunContext {
+    RunContext {
+        run_id: "R-1".into(),
+        workflow: "t".into(),
+        starter: "alice".into(),
+        group: "north".into(),
+        room: "console:north".into(),
+    }
+}
+
+const HEADER: &str = "const ALLOWED_ROLES = [\"practitioner\"];\n";
+
+fn compile(body: &str) -> Workflow {
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    engine.compile("t", Path::new("workflows/t.rhai"), &format!("{HEADER}{body}")).expect("compiles")
+}
+
+fn compile_err(src: &str) -> ScriptError {
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    engine.compile("t", Path::new("workflows/t.rhai"), src).expect_err("must not compile")
+}
+
+/// Advances the run, answering each question with the next of `answers`, until it
+/// finishes, fails or runs out of answers. Returns every effect and the last outcome.
+fn drive(wf: &Workflow, answers: &[&str]) -> (Vec<Effect>, Outcome, History) {
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let mut h = host();
+    let mut history = History::new();
+    let mut effects = Vec::new();
+    let mut answers = answers.iter();
+    loop {
+        let adv = engine.advance(wf, &ctx(), history, &mut h);
+        effects.extend(adv.effects);
+        history = adv.history;
+        match adv.outcome {
+            Outcome::Waiting(Wait::Answer { .. }) => match answers.next() {
+                Some(a) => history.last_mut().unwrap().result = Some(serde_json::json!(a)),
+                None => return (effects, Outcome::Waiting(Wait::Timer { step: 0, until: Millis(0) }), history),
+            },
+            Outcome::Waiting(Wait::Timer { until, .. }) => {
+                h.now = until.0;
+                history.last_mut().unwrap().result = Some(serde_json::json!(until.0));
+            }
+            other => return (effects, other, history),
+        }
+    }
+}
+
+fn failure(body: &str) -> ScriptError {
+    match drive(&compile(body), &["x", "y", "z"]).1 {
+        Outcome::Failed(e) => e,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_run_suspends_at_each_question_and_replays_to_the_end() {
+    let wf = compile(
+        r#"
+        fn run(ctx) {
+            let subject = ask(ctx.starter, "Initials?");
+            let risk = choose(ctx.starter, "Risk?", ["no", "yes"]);
+            let c = open_case(#{ subject: subject, category: "neglect", risk: risk });
+            note(c, "details");
+            share(ctx.group, c, `New concern ${c.id}`, #{ purpose: "protect", basis: "public task" });
+            tell(ctx.starter, `Thanks, ${c.id}`);
+        }
+        "#,
+    );
+    let (effects, outcome, history) = drive(&wf, &["AB 2015", "yes"]);
+    assert_eq!(outcome, Outcome::Finished);
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["ask", "choose", "open_case", "note", "share", "tell"]);
+    // Each effect performed once, however many replays it took.
+    assert_eq!(effects.len(), 6);
+    assert!(
+        matches!(&effects[4], Effect::Share { text, case_id, .. } if text == "New concern C-1" && case_id == "C-1")
+    );
+    assert!(
+        matches!(&effects[5], Effect::Tell { person, text, step: 5 } if person == "alice" && text == "Thanks, C-1")
+    );
+}
+
+#[test]
+fn suspension_passes_through_try_catch_functions_and_closures() {
+    let wf = compile(
+        r#"
+        fn inner(who) {
+            let a = "";
+            try { a = ask(who, "Q1"); } catch (e) { a = "caught"; }
+            a
+        }
+        fn run(ctx) {
+            let a = inner(ctx.starter);
+            let f = |who| ask(who, "Q2");
+            let b = f.call(ctx.starter);
+            tell(ctx.starter, a + "/" + b);
+        }
+        "#,
+    );
+    let (effects, outcome, _) = drive(&wf, &["one", "two"]);
+    assert_eq!(outcome, Outcome::Finished);
+    assert!(matches!(effects.last(), Some(Effect::Tell { text, .. }) if text == "one/two"));
+}
+
+#[test]
+fn replay_returns_recorded_results_without_new_effects() {
+    let wf = compile(r#"fn run(ctx) { let t = now(); tell(ctx.starter, t); let a = ask(ctx.starter, "Q"); }"#);
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let mut h = host();
+    let first = engine.advance(&wf, &ctx(), History::new(), &mut h);
+    assert_eq!(first.effects.len(), 2);
+    // Time moves on; the replay still sees the recorded reading and sends nothing again.
+    h.now = 99_999;
+    let again = engine.advance(&wf, &ctx(), first.history.clone(), &mut h);
+    assert!(again.effects.is_empty());
+    assert!(matches!(again.outcome, Outcome::Waiting(Wait::Answer { step: 2, .. })));
+    assert_eq!(again.history, first.history);
+}
+
+#[test]
+fn a_replay_that_asks_for_something_else_is_diverged() {
+    let wf = compile(r#"fn run(ctx) { let a = ask(ctx.starter, "Q"); tell(ctx.starter, a); }"#);
+    let other = compile(r#"fn run(ctx) { let a = ask(ctx.starter, "Another question"); tell(ctx.starter, a); }"#);
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let mut h = host();
+    let mut history = engine.advance(&wf, &ctx(), History::new(), &mut h).history;
+    history[0].result = Some(serde_json::json!("x"));
+    let adv = engine.advance(&other, &ctx(), history.clone(), &mut h);
+    assert!(matches!(adv.outcome, Outcome::Diverged { step: 0, .. }), "{:?}", adv.outcome);
+    assert!(adv.effects.is_empty(), "nothing is performed after divergence");
+    assert_eq!(adv.history, history);
+}
+
+#[test]
+fn sleep_waits_for_a_timer_due_after_the_duration() {
+    let wf = compile(r#"fn run(ctx) { sleep("15m"); tell(ctx.starter, "later"); }"#);
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let adv = engine.advance(&wf, &ctx(), History::new(), &mut host());
+    assert_eq!(adv.outcome, Outcome::Waiting(Wait::Timer { step: 0, until: Millis(1_000 + 15 * 60_000) }));
+    let (effects, outcome, _) = drive(&wf, &[]);
+    assert_eq!(outcome, Outcome::Finished);
+    assert!(matches!(effects.last(), Some(Effect::Tell { .. })));
+}
+
+#[test]
+fn sandbox_stops_runaway_scripts_with_a_clear_reason() {
+    let cases: &[(&str, &str)] = &[
+        ("fn run(ctx) { let n = 0; loop { n += 1; } }", "endless loop"),
+        ("fn f(n) { f(n + 1) } fn run(ctx) { f(0) }", "too deeply"),
+        (r#"fn run(ctx) { let s = "x"; loop { s += s; } }"#, "too large"),
+        (r#"fn run(ctx) { let a = []; loop { a.push(1); } }"#, "too large"),
+        (r#"fn run(ctx) { import "secrets" as s; }"#, "import"),
+        (r#"fn run(ctx) { ask("mallory", "Q"); }"#, "nobody with id `mallory`"),
+        (r#"fn run(ctx) { send("south", "hi"); }"#, "no group with id `south`"),
+        (r#"fn run(ctx) { share(ctx.group, "C-1", "hi", #{ purpose: "p" }); }"#, "lawful basis"),
+        (r#"fn run(ctx) { sleep("soon"); }"#, "not a duration"),
+        (r#"fn run(ctx) { ask(ctx.starter, "Q", #{ colour: "red" }); }"#, "unknown option `colour`"),
+        (r#"fn run(ctx) { throw "my own error"; }"#, "my own error"),
+        (r#"fn run(ctx) { let x = ctx.nothing; }"#, "nothing"),
+    ];
+    for (body, reason) in cases {
+        if std::env::var("DEBUG_SANDBOX").is_ok() {
+            eprintln!("{body}: {:?}", failure(body));
+        }
+        let e = failure(body);
+        assert!(e.message.contains(reason), "{body}: {:?} should mention {reason:?}", e.message);
+        assert_eq!(e.file, "workflows/t.rhai");
+        // rhai cannot place the operation limit; everything else points into the script.
+        if !["endless", "too deeply", "too large"].iter().any(|r| reason.contains(r)) {
+            assert!(e.line >= 2, "{body}: line {} should point into the script", e.line);
+        }
+    }
+}
+
+#[test]
+fn failures_point_at_the_line_and_column() {
+    let e = failure("fn run(ctx) {\n    let x = 1;\n    tell(ctx.starter, \"\");\n}");
+    // The header adds one line.
+    assert_eq!((e.line, e.column), (4, 5), "{e}");
+    assert!(e.message.contains("empty"));
+}
+
+#[test]
+fn compile_errors_name_file_line_and_column() {
+    let e = compile_err("const ALLOWED_ROLES = [\"lead\"];\nfn run(ctx) {\n  let x = ;\n}");
+    assert_eq!((e.file.as_str(), e.line), ("workflows/t.rhai", 3), "{e}");
+    let e = compile_err("const ALLOWED_ROLES = [\"lead\"];\nfn run(ctx) { eval(\"1\") }");
+    assert!(e.message.contains("eval is not available"), "{e}");
+    for call in ["print(\"hello\")", "debug(1)"] {
+        let e = compile_err(&format!("const ALLOWED_ROLES = [\"lead\"];\nfn run(ctx) {{ {call}; }}"));
+        assert!(e.message.contains("use tell(person, text)"), "{e}");
+        assert_eq!(e.line, 2, "{e}");
+    }
+    let e = compile_err("const ALLOWED_ROLES = [\"lead\"];\nfn start(ctx) { }");
+    assert!(e.message.contains("fn run(ctx)"), "{e}");
+    let e = compile_err("fn run(ctx) { }");
+    assert!(e.message.contains("ALLOWED_ROLES"), "{e}");
+    let e = compile_err("const ALLOWED_ROLES = [\"lead\"];\nfn run(ctx) { let y = undefined_thing; }");
+    assert!(e.message.contains("undefined_thing"), "{e}");
+}
+
+#[test]
+fn metadata_comes_from_top_level_constants() {
+    let wf = compile_err_or_ok(
+        "const COMMAND = \"concern\";\nconst DESCRIPTION = \"Raise a concern\";\nconst ALLOWED_ROLES = [\"practitioner\", \"lead\"];\nfn run(ctx) {}",
+    );
+    assert_eq!(wf.meta.command, "concern");
+    assert_eq!(wf.meta.description, "Raise a concern");
+    assert_eq!(wf.meta.allowed_roles, ["practitioner", "lead"]);
+    assert!(wf.may_start(&["lead".into()]));
+    assert!(!wf.may_start(&["reviewer".into()]));
+    assert_eq!(wf.hash, source_hash(&wf.source));
+}
+
+fn compile_err_or_ok(src: &str) -> Workflow {
+    WorkflowEngine::new(SandboxLimits::default()).compile("t", Path::new("t.rhai"), src).expect("compiles")
+}
+
+#[test]
+fn history_serializes_stably() {
+    let e = HistoryEntry {
+        kind: EffectKind::OpenCase,
+        fingerprint: "ab".into(),
+        result: Some(serde_json::json!({"id": "C-1"})),
+    };
+    assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"kind":"open_case","fingerprint":"ab","result":{"id":"C-1"}}"#);
+}

@@ -1,0 +1,18 @@
+//! Wavelet's I/O-free core: the words of the domain, the configuration and directory,
+//! the replaying workflow engine, the ledger's hash chain, routing decisions and the
+//! transcript format. Nothing here touches a network, a database or a clock of its own:
+//! the edges (`wavelet`'s stores, runtime and adapters) hand everything in.
+
+pub mod config;
+pub mod directory;
+pub mod domain;
+pub mod engine;
+pub mod ledger;
+pub mod render;
+pub mod router;
+pub mod text;
+pub mod transcript;
+
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use directory::Directory;
+pub use domain::*;

@@ -1,0 +1,168 @@
+//! The console room: a terminal where you speak as any person in the directory and see
+//! what the bot says to whom and where. It reads lines from stdin, so a file of lines can
+//! be piped in to demo or test a workflow. It is also the console platform's adapter.
+
+use crate::adapter::{Adapters, ChatAdapter, SendFuture, deliver_pending};
+use crate::runtime::Runtime;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use wavelet_core::{Account, Directory, InboundEvent, OutboundMessage, Platform, RoomRef, text};
+
+/// Prints what the bot says, one block per message.
+pub struct ConsoleAdapter {
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    dir: Arc<Directory>,
+}
+
+impl ConsoleAdapter {
+    pub fn new(out: Box<dyn Write + Send>, dir: Arc<Directory>) -> ConsoleAdapter {
+        ConsoleAdapter { out: Arc::new(Mutex::new(out)), dir }
+    }
+
+    fn print(&self, line: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+impl ChatAdapter for ConsoleAdapter {
+    fn platform(&self) -> Platform {
+        Platform::Console
+    }
+
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(async move {
+            let body = text::for_display(&m.body.plain()).replace('\n', "\n    ");
+            let head = match &m.room {
+                RoomRef::Direct { platform, account } => {
+                    let who = self
+                        .dir
+                        .person_for(&Account { platform: *platform, id: account.clone() })
+                        .map_or_else(|| account.clone(), |p| p.id.clone());
+                    format!("  [to {who}] wavelet:")
+                }
+                RoomRef::Shared { id, .. } => format!("  [in {id}] wavelet:"),
+            };
+            self.print(&format!("{head} {body}"));
+            Ok(())
+        })
+    }
+}
+
+/// Where the person at the keyboard is speaking.
+struct Seat {
+    person: String,
+    /// `None`: privately to the bot.
+    room: Option<String>,
+}
+
+fn console_account(dir: &Directory, person: &str) -> String {
+    dir.person(person)
+        .and_then(|p| p.accounts.iter().find(|a| a.platform == Platform::Console))
+        .map_or_else(|| person.to_string(), |a| a.id.clone())
+}
+
+const HELP: &str = "Type to speak. Commands: `:as PERSON` speak as someone else, `:in ROOM` speak in a room, `:dm` speak privately to the bot, `:who` the directory, `:rooms` the rooms, `:quit`.";
+
+/// Runs the console room until the input ends or `:quit`.
+pub async fn run(
+    rt: Arc<Runtime>,
+    adapters: Adapters,
+    console: Arc<ConsoleAdapter>,
+    mut input: impl AsyncBufRead + Unpin,
+    start_as: Option<String>,
+    echo: bool,
+) -> anyhow::Result<()> {
+    let dir = rt.dir.clone();
+    let first = start_as.or_else(|| dir.people().first().map(|p| p.id.clone())).unwrap_or_default();
+    if dir.person(&first).is_none() {
+        anyhow::bail!("`{first}` is not in the directory; `--as` takes a person id from the configuration");
+    }
+    let first_room = dir.person(&first).and_then(|p| dir.groups_of(p).next()).and_then(|g| {
+        g.rooms.iter().find_map(|r| match r {
+            RoomRef::Shared { platform: Platform::Console, id } => Some(id.clone()),
+            _ => None,
+        })
+    });
+    let mut seat = Seat { person: first, room: first_room };
+    console.print(&format!("Wavelet console. {HELP}"));
+    // Timers fire while the console is open.
+    let ticker = {
+        let rt = rt.clone();
+        let adapters = adapters.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if let Err(e) = rt.fire_due_timers().await {
+                    tracing::warn!(error = %e, "timers not fired; will retry");
+                }
+                if let Err(e) = deliver_pending(&rt.store, &adapters, rt.clock.now()).await {
+                    tracing::warn!(error = %e, "delivery failed; will retry");
+                }
+            }
+        })
+    };
+    let started = rt.clock.now().0;
+    let mut n = 0u64;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line).await? == 0 {
+            break;
+        }
+        let said = line.trim_end_matches(['\n', '\r']);
+        if said.trim().is_empty() {
+            continue;
+        }
+        let place = seat.room.clone().map_or_else(|| "to wavelet".to_string(), |r| format!("in {r}"));
+        if echo {
+            console.print(&format!("{} {place}> {}", seat.person, text::for_display(said)));
+        }
+        if let Some(cmd) = said.trim().strip_prefix(':') {
+            let mut words = cmd.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("quit"), _) => break,
+                (Some("as"), Some(p)) if dir.person(p).is_some() => seat.person = p.to_string(),
+                (Some("as"), Some(p)) => {
+                    console.print(&format!("  (nobody called `{p}` in the directory; `:who` lists people)"))
+                }
+                (Some("in"), Some(r)) => seat.room = Some(r.to_string()),
+                (Some("dm"), _) => seat.room = None,
+                (Some("who"), _) => {
+                    for p in dir.people() {
+                        console.print(&format!("  {} — {} ({}), {}", p.id, p.name, p.agency, p.roles.join(", ")));
+                    }
+                }
+                (Some("rooms"), _) => {
+                    for g in dir.groups() {
+                        let rooms: Vec<String> = g.rooms.iter().map(|r| r.to_string()).collect();
+                        console.print(&format!("  {} — {}: {}", g.id, g.name, rooms.join(", ")));
+                    }
+                }
+                _ => console.print(&format!("  {HELP}")),
+            }
+            continue;
+        }
+        n += 1;
+        let account = console_account(&dir, &seat.person);
+        let room = match &seat.room {
+            Some(r) => RoomRef::Shared { platform: Platform::Console, id: r.clone() },
+            None => RoomRef::Direct { platform: Platform::Console, account: account.clone() },
+        };
+        let event = InboundEvent {
+            event_id: format!("console-{started}-{n}"),
+            room,
+            sender: Account { platform: Platform::Console, id: account },
+            text: said.to_string(),
+            received_at: rt.clock.now(),
+        };
+        rt.handle_events(std::slice::from_ref(&event)).await?;
+        deliver_pending(&rt.store, &adapters, rt.clock.now()).await?;
+    }
+    ticker.abort();
+    rt.fire_due_timers().await?;
+    deliver_pending(&rt.store, &adapters, rt.clock.now()).await?;
+    Ok(())
+}

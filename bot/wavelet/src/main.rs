@@ -1,0 +1,227 @@
+//! `wavelet`: parses the command line, loads the configuration, wires the parts and runs.
+//! No business logic lives here.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use wavelet::adapter::Adapters;
+use wavelet::audit::{self, Format};
+use wavelet::console::ConsoleAdapter;
+use wavelet::runtime::SystemClock;
+use wavelet::{app, transcripts};
+use wavelet_core::engine::{SandboxLimits, WorkflowEngine};
+use wavelet_core::ledger::{Draft, EntryKind};
+
+#[derive(Parser)]
+#[command(
+    name = "wavelet",
+    version,
+    about = "Safeguarding concerns, structured and accountable, in your team's chat rooms."
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, env = "WAVELET_CONFIG", default_value = "wavelet.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Wavelet with the console room: speak as anyone in the directory (reads stdin).
+    Console {
+        /// Who you speak as first (a person id).
+        #[arg(long = "as")]
+        as_person: Option<String>,
+    },
+    /// Run Wavelet on the chat platforms in the configuration (today: the console room).
+    Run {
+        #[arg(long = "as")]
+        as_person: Option<String>,
+    },
+    /// Check the configuration and compile every workflow; exit non-zero on any mistake.
+    Check,
+    /// Run transcript tests (default: every *.transcript under the workflows folder).
+    Test { paths: Vec<PathBuf> },
+    /// Read and verify the ledger.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit non-zero and name the first bad entry.
+    Verify,
+    /// A case's timeline (recorded in the ledger as read by --as).
+    Show {
+        #[arg(long)]
+        case: String,
+        /// The reviewer or coordinator reading.
+        #[arg(long = "as")]
+        reader: String,
+    },
+    /// Every entry, as JSON lines or CSV (recorded in the ledger as read by --as).
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        #[arg(long = "as")]
+        reader: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Long-running commands say what they do; one-shot commands only warn.
+    let default_filter = match cli.command {
+        Command::Console { .. } | Command::Run { .. } => "warn,wavelet=info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check => check(&cli.config),
+        Command::Test { paths } => test(&cli.config, paths).await,
+        Command::Console { as_person } | Command::Run { as_person } => console(&cli.config, as_person).await,
+        Command::Audit(a) => audit_command(&cli.config, a).await,
+    }
+}
+
+fn check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = app::load_config(config, &env)?;
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let (workflows, report) = wavelet::workflows::Workflows::load(&engine, &config.workflows.dir);
+    println!("configuration {}: {} people, {} groups", config.path.display(), config.people.len(), config.groups.len());
+    for wf in workflows.all() {
+        println!("  ok  {} (!{}, version {})", wf.file.display(), wf.meta.command, &wf.hash[..12]);
+    }
+    for e in &report.refused {
+        println!("  error  {e}");
+    }
+    Ok(if report.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn test(config: &std::path::Path, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let default_config = config.exists().then_some(config);
+    let files = if paths.is_empty() {
+        let c = app::load_config(config, &env)?;
+        transcripts::find(&c.workflows.dir)
+    } else {
+        paths.iter().flat_map(|p| if p.is_dir() { transcripts::find(p) } else { vec![p.clone()] }).collect()
+    };
+    if files.is_empty() {
+        anyhow::bail!("no *.transcript files found; pass paths, or put them under the workflows folder");
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for f in &files {
+        match transcripts::run(f, default_config).await {
+            Ok(steps) => {
+                passed += 1;
+                println!("PASS {} ({steps} steps)", f.display());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn console(config_path: &std::path::Path, as_person: Option<String>) -> anyhow::Result<ExitCode> {
+    let config = app::load_config(config_path, &env)?;
+    let url = config.store.url.clone();
+    let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
+    let rt = parts.runtime;
+    for e in &parts.load.refused {
+        eprintln!("workflow not loaded: {e}");
+    }
+    for (name, hash) in &parts.load.loaded {
+        rt.record(Draft {
+            at: rt.clock.now(),
+            kind: EntryKind::WorkflowLoaded,
+            case_id: None,
+            run_id: None,
+            actor: "wavelet".into(),
+            script_hash: Some(hash.clone()),
+            content: serde_json::json!({ "workflow": name }),
+        })
+        .await?;
+    }
+    let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()));
+    let mut adapters = Adapters::default();
+    adapters.add(console.clone());
+    let reloader = wavelet::reload::spawn(rt.clone(), adapters.clone());
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let echo = !std::io::stdin().is_terminal();
+    let result = wavelet::console::run(rt.clone(), adapters, console, stdin, as_person, echo).await;
+    reloader.abort();
+    result?;
+    rt.store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit_command(config_path: &std::path::Path, a: AuditCommand) -> anyhow::Result<ExitCode> {
+    let config = app::load_config(config_path, &env)?;
+    let url = config.store.url.clone();
+    let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
+    let rt = parts.runtime;
+    match a {
+        AuditCommand::Verify => match audit::verify_store(&rt.store).await? {
+            Ok(r) => {
+                println!("ledger verified: {} entries, {} erased, head {}", r.entries, r.erased, r.head.hash);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(fault) => {
+                println!("LEDGER DOES NOT VERIFY: {fault}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        AuditCommand::Show { case, reader } => {
+            audit::show_case(&rt, &reader, &case, &mut std::io::stdout())
+                .await
+                .with_context(|| format!("cannot show case {case}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { format, reader, out } => {
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?),
+                None => Box::new(std::io::stdout()),
+            };
+            let n = audit::export(&rt, &reader, format, &mut sink).await?;
+            eprintln!("exported {n} entries");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Reloading: a running Wavelet looks at the workflows folder every `reload_interval`.
+//! An edit that compiles replaces the version on offer (runs in flight keep theirs); an
+//! edit that fails is refused, the coordinators are told where, and the old one serves.
+
+use crate::adapter::{Adapters, deliver_pending};
+use crate::runtime::Runtime;
+use std::sync::Arc;
+use wavelet_core::ledger::{Draft, EntryKind};
+use wavelet_core::render;
+
+pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = rt.dir.config().workflows.reload_interval;
+        let dir = rt.dir.config().workflows.dir.clone();
+        loop {
+            tokio::time::sleep(interval).await;
+            let report = match rt.workflows.write() {
+                Ok(mut w) => w.reload(&rt.engine, &dir),
+                Err(_) => return,
+            };
+            for (name, hash) in &report.loaded {
+                tracing::info!(workflow = %name, version = %&hash[..12], "workflow reloaded");
+                let draft = Draft {
+                    at: rt.clock.now(),
+                    kind: EntryKind::WorkflowLoaded,
+                    case_id: None,
+                    run_id: None,
+                    actor: "wavelet".into(),
+                    script_hash: Some(hash.clone()),
+                    content: serde_json::json!({ "workflow": name }),
+                };
+                if let Err(e) = rt.record(draft).await {
+                    tracing::warn!(error = %e, "reload not recorded");
+                }
+                let _ = rt.notify_coordinators(&format!("reload:{hash}"), &render::workflow_reloaded(name, hash)).await;
+            }
+            for e in &report.refused {
+                tracing::warn!(file = %e.file, line = e.line, "edited workflow refused");
+                let draft = Draft {
+                    at: rt.clock.now(),
+                    kind: EntryKind::WorkflowRefused,
+                    case_id: None,
+                    run_id: None,
+                    actor: "wavelet".into(),
+                    script_hash: None,
+                    content: serde_json::json!({ "file": e.file, "error": e.to_string() }),
+                };
+                if let Err(err) = rt.record(draft).await {
+                    tracing::warn!(error = %err, "refusal not recorded");
+                }
+                let key = format!("refused:{}:{}", e.file, wavelet_core::engine::source_hash(&e.to_string()));
+                let _ = rt.notify_coordinators(&key, &render::workflow_refused(&e.file, &e.to_string())).await;
+            }
+            if !report.loaded.is_empty() || !report.refused.is_empty() {
+                let _ = deliver_pending(&rt.store, &adapters, rt.clock.now()).await;
+            }
+        }
+    })
+}

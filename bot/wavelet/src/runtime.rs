@@ -1,0 +1,766 @@
+//! The runtime: turns inbound events and due timers into durable steps. For each it routes
+//! (core `router`), advances the run (core `engine`), and writes everything the step did —
+//! inbox row, run, case, ledger entries, timers, outbox messages — in one transaction.
+//! Several events share one transaction when they arrive together (group commit).
+
+use crate::store::{self, CaseRow, DueTimer, RunRow, RunStatus, Store, Tx};
+use crate::workflows::Workflows;
+use serde_json::json;
+use std::sync::{Arc, Mutex, RwLock};
+use wavelet_core::engine::{Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine};
+use wavelet_core::ledger::{Draft, EntryKind};
+use wavelet_core::router::{self, Route, WaitingRun};
+use wavelet_core::{
+    Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, render, roles, text,
+};
+
+/// Where time comes from: the system clock, or a simulated one for transcripts.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Millis;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<Millis>);
+
+impl ManualClock {
+    pub fn new(start: Millis) -> ManualClock {
+        ManualClock(Mutex::new(start))
+    }
+
+    pub fn advance(&self, d: std::time::Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *t = t.plus(d);
+    }
+}
+
+impl ManualClock {
+    pub fn now_millis(&self) -> Millis {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct Runtime {
+    pub store: Store,
+    pub dir: Arc<Directory>,
+    pub workflows: Arc<RwLock<Workflows>>,
+    pub engine: Arc<WorkflowEngine>,
+    pub clock: Arc<dyn Clock>,
+    /// Told after each commit that queued something for delivery.
+    pub outbox_ready: Arc<tokio::sync::Notify>,
+    max_answer_chars: usize,
+}
+
+/// The actor recorded for what Wavelet does on its own.
+const WAVELET: &str = "wavelet";
+
+struct StepHost<'a> {
+    now: Millis,
+    next_case: &'a mut i64,
+    dir: &'a Directory,
+}
+
+impl Host for StepHost<'_> {
+    fn now(&mut self) -> Millis {
+        self.now
+    }
+    fn new_case_id(&mut self) -> String {
+        *self.next_case += 1;
+        format!("C-{}", self.next_case)
+    }
+    fn person_exists(&self, id: &str) -> bool {
+        self.dir.person(id).is_some()
+    }
+    fn group_exists(&self, id: &str) -> bool {
+        self.dir.group(id).is_some()
+    }
+}
+
+impl Runtime {
+    pub fn new(
+        store: Store,
+        dir: Arc<Directory>,
+        workflows: Arc<RwLock<Workflows>>,
+        engine: Arc<WorkflowEngine>,
+        clock: Arc<dyn Clock>,
+    ) -> Runtime {
+        let max_answer_chars = dir.config().limits.max_answer_chars;
+        Runtime { store, dir, workflows, engine, clock, outbox_ready: Arc::default(), max_answer_chars }
+    }
+
+    /// Handles inbound events in one transaction; if that fails, each on its own, so one
+    /// bad event cannot hold back the others. Returns the first error that remains.
+    pub async fn handle_events(&self, events: &[InboundEvent]) -> store::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let together = async {
+            let mut tx = self.store.begin().await?;
+            for e in events {
+                self.handle_event(&mut tx, e).await?;
+            }
+            tx.commit().await
+        };
+        let result = match together.await {
+            Ok(()) => Ok(()),
+            Err(_) if events.len() > 1 => {
+                let mut first_err = Ok(());
+                for e in events {
+                    let one = async {
+                        let mut tx = self.store.begin().await?;
+                        self.handle_event(&mut tx, e).await?;
+                        tx.commit().await
+                    };
+                    if let Err(err) = one.await {
+                        tracing::error!(event_id = %e.event_id, error = %err, "event not handled");
+                        if first_err.is_ok() {
+                            first_err = Err(err);
+                        }
+                    }
+                }
+                first_err
+            }
+            Err(e) => Err(e),
+        };
+        self.outbox_ready.notify_waiters();
+        result
+    }
+
+    /// Fires timers that are due, earliest first. Returns how many fired.
+    pub async fn fire_due_timers(&self) -> store::Result<usize> {
+        let now = self.clock.now();
+        let due = self.store.due_timers(now, 500).await?;
+        let mut fired = 0;
+        for t in &due {
+            let mut tx = self.store.begin().await?;
+            if self.fire_timer(&mut tx, t).await? {
+                fired += 1;
+            }
+            tx.commit().await?;
+        }
+        if fired > 0 {
+            self.outbox_ready.notify_waiters();
+        }
+        Ok(fired)
+    }
+
+    async fn handle_event(&self, tx: &mut Tx, ev: &InboundEvent) -> store::Result<()> {
+        let platform = ev.room.platform().as_str();
+        if !tx.record_inbox(platform, &ev.event_id, ev.received_at).await? {
+            tracing::debug!(event_id = %ev.event_id, "event seen before; skipped");
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let person = self.dir.person_for(&ev.sender);
+        let waiting = match person {
+            Some(p) => tx.waiting_run(&p.id, &ev.room).await?,
+            None => None,
+        };
+        let metas = self.workflows.read().map(|w| w.metas()).unwrap_or_default();
+        let waiting_ref = waiting.as_ref().map(|r| WaitingRun { run_id: r.id.clone() });
+        let route = router::route(&self.dir, ev, waiting_ref.as_ref(), metas.iter());
+        let reply_key = format!("re:{platform}:{}", ev.event_id);
+        let reply = |text: String| OutboundMessage {
+            idempotency_key: reply_key.clone(),
+            room: ev.room.clone(),
+            person: person.map(|p| p.id.clone()),
+            body: MessageBody::Text { text },
+        };
+        match route {
+            Route::Ignore => {}
+            Route::RefuseUnknown => {
+                tracing::info!(account = %ev.sender, room = %ev.room, "refused a person not in the directory");
+                tx.append(Draft {
+                    at: now,
+                    kind: EntryKind::RefusedUnknownPerson,
+                    case_id: None,
+                    run_id: None,
+                    actor: ev.sender.to_string(),
+                    script_hash: None,
+                    content: json!({ "account": ev.sender.to_string(), "room": ev.room.to_string(), "event_id": ev.event_id }),
+                });
+                tx.enqueue(&reply(render::unknown_person()), None, now).await?;
+            }
+            Route::Help { person } => {
+                let p = self.dir.person(&person);
+                let offered: Vec<_> = metas
+                    .iter()
+                    .filter(|m| p.is_some_and(|p| m.allowed_roles.iter().any(|r| p.roles.contains(r))))
+                    .collect();
+                tx.enqueue(&reply(render::help(offered)), None, now).await?;
+            }
+            Route::UnknownCommand { command, .. } => {
+                tx.enqueue(&reply(render::unknown_command(&text::one_line(&command))), None, now).await?;
+            }
+            Route::NoGroup { .. } => {
+                tx.enqueue(&reply(render::no_group()), None, now).await?;
+            }
+            Route::NotAllowed { person, command } => {
+                tx.append(Draft {
+                    at: now,
+                    kind: EntryKind::RefusedNotAllowed,
+                    case_id: None,
+                    run_id: None,
+                    actor: person,
+                    script_hash: None,
+                    content: json!({ "command": command, "room": ev.room.to_string() }),
+                });
+                tx.enqueue(&reply(render::not_allowed(&command)), None, now).await?;
+            }
+            Route::Cancel { person, run_id } => match run_id {
+                None => {
+                    tx.enqueue(&reply(render::nothing_to_cancel()), None, now).await?;
+                }
+                Some(id) => {
+                    if let Some(mut run) = tx.run(&id).await? {
+                        let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
+                        run.status = RunStatus::Cancelled;
+                        run.wait = None;
+                        run.wait_seq = None;
+                        run.updated_at = now;
+                        tx.put_run(&run).await?;
+                        tx.append(Draft {
+                            at: now,
+                            kind: EntryKind::RunCancelled,
+                            case_id: None,
+                            run_id: Some(run.id.clone()),
+                            actor: person,
+                            script_hash: Some(run.script_hash.clone()),
+                            content: json!({ "room": ev.room.to_string() }),
+                        });
+                        tx.enqueue(&reply(render::cancelled()), Some(&run.id), now).await?;
+                        if let (Some(p), Some(r)) = (wp, wr) {
+                            self.activate_next_wait(tx, &p, &r, now).await?;
+                        }
+                    }
+                }
+            },
+            Route::Start { person, command, group } => {
+                let Some(wf) = self.workflows.read().ok().and_then(|w| w.by_command(&command)) else {
+                    tx.enqueue(&reply(render::unknown_command(&command)), None, now).await?;
+                    return Ok(());
+                };
+                // One open dialog per person per private room.
+                if let Some(p) = self.dir.person(&person)
+                    && let Some(dm) = self.dir.direct_room(p, ev.room.platform())
+                    && tx.waiting_run(&person, &dm).await?.is_some()
+                {
+                    tx.enqueue(&reply(render::busy(&command)), None, now).await?;
+                    return Ok(());
+                }
+                tx.save_script(&wf.hash, &wf.name, &wf.source, now).await?;
+                let id = format!("R-{}", tx.next_number("run").await?);
+                tracing::info!(run = %id, workflow = %wf.name, version = %&wf.hash[..12], "run started");
+                let run = RunRow {
+                    id: id.clone(),
+                    workflow: wf.name.clone(),
+                    script_hash: wf.hash.clone(),
+                    status: RunStatus::Waiting,
+                    starter: person.clone(),
+                    group_id: group.clone(),
+                    room: ev.room.clone(),
+                    history: History::new(),
+                    wait: None,
+                    wait_person: None,
+                    wait_room: None,
+                    wait_seq: None,
+                    error: None,
+                    created_at: now,
+                    updated_at: now,
+                };
+                tx.append(Draft {
+                    at: now,
+                    kind: EntryKind::RunStarted,
+                    case_id: None,
+                    run_id: Some(id),
+                    actor: person,
+                    script_hash: Some(wf.hash.clone()),
+                    content: json!({ "workflow": wf.name, "command": command, "group": group, "room": ev.room.to_string() }),
+                });
+                self.advance(tx, run, &wf, now).await?;
+            }
+            Route::Resume { run_id, person } => {
+                let Some(mut run) = waiting.filter(|r| r.id == run_id) else { return Ok(()) };
+                let Some(Wait::Answer { step, spec, .. }) = run.wait.clone() else { return Ok(()) };
+                let answer = match text::validate_answer(&ev.text, &spec, self.max_answer_chars) {
+                    Ok(a) => a,
+                    Err(refusal) => {
+                        tx.enqueue(&reply(refusal.0), Some(&run.id), now).await?;
+                        return Ok(());
+                    }
+                };
+                let wf = self.workflow_for(tx, &run).await?;
+                tx.append(Draft {
+                    at: now,
+                    kind: EntryKind::QuestionAnswered,
+                    case_id: None,
+                    run_id: Some(run.id.clone()),
+                    actor: person.clone(),
+                    script_hash: Some(run.script_hash.clone()),
+                    content: json!({ "step": step, "answer": answer, "room": ev.room.to_string() }),
+                });
+                if let Some(entry) = run.history.get_mut(step) {
+                    entry.result = Some(json!(answer));
+                }
+                let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
+                run.wait = None;
+                run.wait_seq = None;
+                match wf {
+                    Some(wf) => self.advance(tx, run, &wf, now).await?,
+                    None => self.fail_unloadable(tx, run, now).await?,
+                }
+                if let (Some(p), Some(r)) = (wp, wr) {
+                    self.activate_next_wait(tx, &p, &r, now).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires one timer: records it, gives the run its result and advances it. `false` if
+    /// the timer was already gone.
+    async fn fire_timer(&self, tx: &mut Tx, t: &DueTimer) -> store::Result<bool> {
+        if !tx.take_timer(&t.run_id, t.step).await? {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let Some(mut run) = tx.run(&t.run_id).await? else { return Ok(false) };
+        if run.status != RunStatus::Waiting {
+            return Ok(false);
+        }
+        let late_ms = (now.0 - t.due_at.0).max(0);
+        tx.append(Draft {
+            at: now,
+            kind: EntryKind::TimerFired,
+            case_id: None,
+            run_id: Some(run.id.clone()),
+            actor: WAVELET.into(),
+            script_hash: Some(run.script_hash.clone()),
+            content: json!({ "step": t.step, "due": t.due_at.rfc3339(), "late_ms": late_ms }),
+        });
+        if late_ms > 60_000 {
+            tracing::warn!(run = %run.id, late_ms, "timer fired late");
+        }
+        let step = usize::try_from(t.step).unwrap_or(usize::MAX);
+        if let Some(entry) = run.history.get_mut(step) {
+            entry.result = Some(json!(now.0));
+        }
+        run.wait = None;
+        match self.workflow_for(tx, &run).await? {
+            Some(wf) => self.advance(tx, run, &wf, now).await?,
+            None => self.fail_unloadable(tx, run, now).await?,
+        }
+        Ok(true)
+    }
+
+    /// The version a run is pinned to: from memory, or compiled from the store.
+    async fn workflow_for(&self, tx: &mut Tx, run: &RunRow) -> store::Result<Option<Arc<Workflow>>> {
+        if let Some(wf) = self.workflows.read().ok().and_then(|w| w.by_hash(&run.script_hash)) {
+            return Ok(Some(wf));
+        }
+        let Some((name, source)) = tx.script_source(&run.script_hash).await? else { return Ok(None) };
+        let path = self.dir.config().workflows.dir.join(format!("{name}.rhai"));
+        match self.engine.compile(&name, &path, &source) {
+            Ok(wf) => {
+                let wf = Arc::new(wf);
+                if let Ok(mut w) = self.workflows.write() {
+                    w.remember(wf.clone());
+                }
+                Ok(Some(wf))
+            }
+            Err(e) => {
+                tracing::error!(run = %run.id, error = %e, "pinned workflow version no longer compiles");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn fail_unloadable(&self, tx: &mut Tx, mut run: RunRow, now: Millis) -> store::Result<()> {
+        run.status = RunStatus::Failed;
+        run.error = Some("the workflow version this run is pinned to could not be loaded".into());
+        run.updated_at = now;
+        tx.put_run(&run).await?;
+        tx.append(Draft {
+            at: now,
+            kind: EntryKind::RunFailed,
+            case_id: None,
+            run_id: Some(run.id.clone()),
+            actor: WAVELET.into(),
+            script_hash: Some(run.script_hash.clone()),
+            content: json!({ "error": run.error }),
+        });
+        Ok(())
+    }
+
+    /// Replays a run with its history, performs what it asked for and stores the result.
+    async fn advance(&self, tx: &mut Tx, mut run: RunRow, wf: &Workflow, now: Millis) -> store::Result<()> {
+        let ctx = RunContext {
+            run_id: run.id.clone(),
+            workflow: run.workflow.clone(),
+            starter: run.starter.clone(),
+            group: run.group_id.clone(),
+            room: run.room.to_string(),
+        };
+        let mut next_case = tx.case_counter().await?;
+        let history = std::mem::take(&mut run.history);
+        let adv: Advance = {
+            let mut host = StepHost { now, next_case: &mut next_case, dir: &self.dir };
+            // Script evaluation is CPU work: keep it off the async workers where we can.
+            let go = || self.engine.advance(wf, &ctx, history, &mut host);
+            if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(go)
+            } else {
+                go()
+            }
+        };
+        tx.set_case_counter(next_case);
+        run.history = adv.history;
+        run.updated_at = now;
+        let platform = run.room.platform();
+        for effect in &adv.effects {
+            self.perform(tx, &run, platform, effect, now).await?;
+        }
+        match adv.outcome {
+            Outcome::Waiting(w) => {
+                run.status = RunStatus::Waiting;
+                if let Wait::Answer { person, .. } = &w {
+                    let room = self.dm_room(person, platform);
+                    run.wait_person = Some(person.clone());
+                    run.wait_room = room;
+                    run.wait_seq = Some(tx.next_number("wait").await?);
+                } else {
+                    run.wait_person = None;
+                    run.wait_room = None;
+                    run.wait_seq = None;
+                }
+                run.wait = Some(w);
+            }
+            Outcome::Finished => {
+                run.status = RunStatus::Finished;
+                run.wait = None;
+                tracing::info!(run = %run.id, "run finished");
+                tx.append(self.draft(&run, EntryKind::RunFinished, None, now, json!({})));
+            }
+            Outcome::Failed(err) => {
+                run.status = RunStatus::Failed;
+                run.wait = None;
+                // Log where, never what: the message may quote what someone typed.
+                tracing::warn!(run = %run.id, file = %err.file, line = err.line, column = err.column, "run failed");
+                run.error = Some(err.to_string());
+                tx.append(self.draft(&run, EntryKind::RunFailed, None, now, json!({ "error": err.to_string() })));
+                let to_starter = render::run_failed_for_person(&run.id);
+                self.tell_person(tx, &run, &run.starter, platform, "failed", to_starter, now).await?;
+                let note = render::run_failed_for_coordinator(&run.id, &run.workflow, &err.to_string());
+                self.tell_coordinators(tx, &run, platform, note, now).await?;
+            }
+            Outcome::Diverged { step, recorded, requested } => {
+                run.status = RunStatus::Diverged;
+                run.wait = None;
+                tracing::error!(run = %run.id, step, "run diverged on replay");
+                tx.append(self.draft(
+                    &run,
+                    EntryKind::RunDiverged,
+                    None,
+                    now,
+                    json!({ "step": step, "recorded": recorded, "requested": requested }),
+                ));
+                let note = render::run_diverged_for_coordinator(&run.id, &run.workflow, step);
+                self.tell_coordinators(tx, &run, platform, note, now).await?;
+            }
+        }
+        tx.put_run(&run).await
+    }
+
+    fn draft(
+        &self,
+        run: &RunRow,
+        kind: EntryKind,
+        case_id: Option<String>,
+        at: Millis,
+        content: serde_json::Value,
+    ) -> Draft {
+        Draft {
+            at,
+            kind,
+            case_id,
+            run_id: Some(run.id.clone()),
+            actor: run.starter.clone(),
+            script_hash: Some(run.script_hash.clone()),
+            content,
+        }
+    }
+
+    fn dm_room(&self, person: &str, platform: Platform) -> Option<RoomRef> {
+        self.dir.person(person).and_then(|p| self.dir.direct_room(p, platform))
+    }
+
+    async fn perform(
+        &self,
+        tx: &mut Tx,
+        run: &RunRow,
+        platform: Platform,
+        effect: &Effect,
+        now: Millis,
+    ) -> store::Result<()> {
+        match effect {
+            Effect::Ask { step, person, prompt, spec } => {
+                let room = self.dm_room(person, platform);
+                tx.append(self.draft(
+                    run,
+                    EntryKind::QuestionAsked,
+                    None,
+                    now,
+                    json!({ "step": step, "to": person, "room": room.as_ref().map(|r| r.to_string()), "prompt": prompt, "choices": spec.choices }),
+                ));
+                let Some(room) = room else { return Ok(()) };
+                // Questions to one person in one room are asked one at a time.
+                if tx.waiting_run_other(person, &room, &run.id).await?.is_none() {
+                    tx.enqueue(&question(run, *step, person, room, prompt, spec.choices.clone()), Some(&run.id), now)
+                        .await?;
+                }
+            }
+            Effect::Tell { step, person, text } => {
+                tx.append(self.draft(
+                    run,
+                    EntryKind::MessageTold,
+                    None,
+                    now,
+                    json!({ "step": step, "to": person, "text": text }),
+                ));
+                if let Some(room) = self.dm_room(person, platform) {
+                    let m = OutboundMessage {
+                        idempotency_key: format!("run:{}:{step}", run.id),
+                        room,
+                        person: Some(person.clone()),
+                        body: MessageBody::Text { text: text.clone() },
+                    };
+                    tx.enqueue(&m, Some(&run.id), now).await?;
+                }
+            }
+            Effect::Send { step, group, text } => {
+                let rooms = self.group_rooms(group);
+                tx.append(self.draft(
+                    run,
+                    EntryKind::MessageSent,
+                    None,
+                    now,
+                    json!({ "step": step, "group": group, "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(), "text": text }),
+                ));
+                self.post_to_rooms(tx, run, *step, &rooms, text, now).await?;
+            }
+            Effect::Share { step, group, case_id, text, purpose, basis, consent } => {
+                let rooms = self.group_rooms(group);
+                let recipients: Vec<serde_json::Value> = self
+                    .dir
+                    .group(group)
+                    .map(|g| self.dir.members(g).map(|p| json!({ "person": p.id, "agency": p.agency })).collect())
+                    .unwrap_or_default();
+                tx.append(self.draft(
+                    run,
+                    EntryKind::Share,
+                    Some(case_id.clone()),
+                    now,
+                    json!({
+                        "step": step,
+                        "group": group,
+                        "what": text,
+                        "recipients": recipients,
+                        "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                        "purpose": purpose,
+                        "lawful_basis": basis,
+                        "consent": consent,
+                        "decided_by": run.starter,
+                        "workflow": run.workflow,
+                    }),
+                ));
+                self.post_to_rooms(tx, run, *step, &rooms, text, now).await?;
+            }
+            Effect::OpenCase { step, case } => {
+                tx.insert_case(&CaseRow {
+                    id: case.id.clone(),
+                    run_id: run.id.clone(),
+                    group_id: run.group_id.clone(),
+                    subject: case.subject.clone(),
+                    category: case.category.clone(),
+                    risk: case.risk.clone(),
+                    status: "open".into(),
+                    opened_at: now,
+                    closed_at: None,
+                })
+                .await?;
+                tracing::info!(run = %run.id, case = %case.id, "case opened");
+                tx.append(self.draft(
+                    run,
+                    EntryKind::CaseOpened,
+                    Some(case.id.clone()),
+                    now,
+                    json!({ "step": step, "subject": case.subject, "category": case.category, "risk": case.risk, "group": run.group_id }),
+                ));
+            }
+            Effect::CloseCase { step, case_id, reason } => {
+                tx.close_case(case_id, now).await?;
+                tx.append(self.draft(
+                    run,
+                    EntryKind::CaseClosed,
+                    Some(case_id.clone()),
+                    now,
+                    json!({ "step": step, "reason": reason }),
+                ));
+            }
+            Effect::Note { step, case_id, text } => {
+                tx.append(self.draft(
+                    run,
+                    EntryKind::CaseNote,
+                    Some(case_id.clone()),
+                    now,
+                    json!({ "step": step, "text": text }),
+                ));
+            }
+            Effect::Sleep { step, until } => {
+                tx.set_timer(&run.id, *step as i64, *until).await?;
+                tx.append(self.draft(
+                    run,
+                    EntryKind::TimerSet,
+                    None,
+                    now,
+                    json!({ "step": step, "until": until.rfc3339() }),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn group_rooms(&self, group: &str) -> Vec<RoomRef> {
+        self.dir.group(group).map(|g| g.rooms.clone()).unwrap_or_default()
+    }
+
+    async fn post_to_rooms(
+        &self,
+        tx: &mut Tx,
+        run: &RunRow,
+        step: usize,
+        rooms: &[RoomRef],
+        text: &str,
+        now: Millis,
+    ) -> store::Result<()> {
+        for (i, room) in rooms.iter().enumerate() {
+            let m = OutboundMessage {
+                idempotency_key: format!("run:{}:{step}:{i}", run.id),
+                room: room.clone(),
+                person: None,
+                body: MessageBody::Text { text: text.to_string() },
+            };
+            tx.enqueue(&m, Some(&run.id), now).await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn tell_person(
+        &self,
+        tx: &mut Tx,
+        run: &RunRow,
+        person: &str,
+        platform: Platform,
+        why: &str,
+        text: String,
+        now: Millis,
+    ) -> store::Result<()> {
+        if let Some(room) = self.dm_room(person, platform) {
+            let m = OutboundMessage {
+                idempotency_key: format!("run:{}:{why}:{person}", run.id),
+                room,
+                person: Some(person.to_string()),
+                body: MessageBody::Text { text },
+            };
+            tx.enqueue(&m, Some(&run.id), now).await?;
+        }
+        Ok(())
+    }
+
+    async fn tell_coordinators(
+        &self,
+        tx: &mut Tx,
+        run: &RunRow,
+        platform: Platform,
+        text: String,
+        now: Millis,
+    ) -> store::Result<()> {
+        let coordinators: Vec<String> = self.dir.people_with_role(roles::COORDINATOR).map(|p| p.id.clone()).collect();
+        for c in coordinators {
+            self.tell_person(tx, run, &c, platform, "coordinators", text.clone(), now).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells every coordinator something that concerns no run (e.g. a refused edit).
+    pub async fn notify_coordinators(&self, key: &str, text: &str) -> store::Result<()> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        for p in self.dir.people_with_role(roles::COORDINATOR) {
+            let Some(room) = self.dir.direct_room(p, Platform::Console) else { continue };
+            let m = OutboundMessage {
+                idempotency_key: format!("{key}:{}", p.id),
+                room,
+                person: Some(p.id.clone()),
+                body: MessageBody::Text { text: text.to_string() },
+            };
+            tx.enqueue(&m, None, now).await?;
+        }
+        tx.commit().await?;
+        self.outbox_ready.notify_waiters();
+        Ok(())
+    }
+
+    /// After a wait on (person, room) ends, asks the next queued question there.
+    async fn activate_next_wait(&self, tx: &mut Tx, person: &str, room: &RoomRef, now: Millis) -> store::Result<()> {
+        if let Some(next) = tx.waiting_run(person, room).await?
+            && let Some(Wait::Answer { step, prompt, spec, .. }) = &next.wait
+        {
+            let m = question(&next, *step, person, room.clone(), prompt, spec.choices.clone());
+            tx.enqueue(&m, Some(&next.id), now).await?;
+        }
+        Ok(())
+    }
+
+    /// Records something in the ledger on its own (workflow loads, audit reads).
+    pub async fn record(&self, draft: Draft) -> store::Result<()> {
+        let mut tx = self.store.begin().await?;
+        tx.append(draft);
+        tx.commit().await
+    }
+}
+
+fn question(
+    run: &RunRow,
+    step: usize,
+    person: &str,
+    room: RoomRef,
+    prompt: &str,
+    choices: Option<Vec<String>>,
+) -> OutboundMessage {
+    OutboundMessage {
+        idempotency_key: format!("run:{}:{step}", run.id),
+        room,
+        person: Some(person.to_string()),
+        body: match choices {
+            Some(options) => MessageBody::Choice { prompt: prompt.to_string(), options },
+            None => MessageBody::Text { text: prompt.to_string() },
+        },
+    }
+}

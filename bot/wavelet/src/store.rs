@@ -1,0 +1,639 @@
+//! The store: SQLite (the embedded default) and PostgreSQL through sqlx, with the
+//! migrations in `migrations/`. Both backends run the same SQL (sqlx binds `$1` on
+//! both); the few differences are in [`Store::begin`]. Everything one step of Wavelet
+//! writes goes through one [`Tx`], and ledger appends lock the chain head row inside it.
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+use wavelet_core::engine::{History, Wait};
+use wavelet_core::ledger::{Draft, Head, Link, StoredEntry};
+use wavelet_core::{Millis, OutboundMessage, RoomRef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the database could not be reached or refused a statement: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the database schema could not be brought up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("`{0}` is not a store URL: use sqlite://PATH or postgres://HOST/DATABASE")]
+    BadUrl(String),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying later may succeed (the database went away), as opposed to a
+    /// statement the database will always refuse.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || e.as_database_error().is_some_and(|d| {
+                    // SQLITE_BUSY / locked; PostgreSQL serialization, deadlock, shutdown, connection.
+                    matches!(d.code().as_deref(), Some("5" | "6" | "40001" | "40P01" | "57P01" | "57P02" | "57P03"))
+                        || d.code().is_some_and(|c| c.starts_with("08"))
+                })
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// An open write transaction. Dropping it without [`Tx::commit`] rolls everything back.
+pub struct Tx {
+    conn: TxConn,
+    head: Head,
+    ledger: Vec<(Link, serde_json::Value)>,
+    /// The case counter, read once per transaction and written back at commit.
+    cases: Option<(i64, bool)>,
+}
+
+enum TxConn {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Runs the same expression against whichever backend a transaction is on.
+macro_rules! on_tx {
+    ($tx:expr, $c:ident => $body:expr) => {
+        match &mut $tx.conn {
+            TxConn::Sqlite(t) => {
+                let $c = &mut **t;
+                $body
+            }
+            TxConn::Postgres(t) => {
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs the same expression against whichever pool the store has.
+macro_rules! on_pool {
+    ($store:expr, $c:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($c) => $body,
+            Store::Postgres($c) => $body,
+        }
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Waiting,
+    Finished,
+    Failed,
+    Diverged,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Waiting => "waiting",
+            RunStatus::Finished => "finished",
+            RunStatus::Failed => "failed",
+            RunStatus::Diverged => "diverged",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<RunStatus> {
+        Ok(match s {
+            "waiting" => RunStatus::Waiting,
+            "finished" => RunStatus::Finished,
+            "failed" => RunStatus::Failed,
+            "diverged" => RunStatus::Diverged,
+            "cancelled" => RunStatus::Cancelled,
+            other => return Err(Error::Corrupt(format!("unknown run status {other}"))),
+        })
+    }
+}
+
+/// One run as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub workflow: String,
+    pub script_hash: String,
+    pub status: RunStatus,
+    pub starter: String,
+    pub group_id: String,
+    /// The room the run was started from.
+    pub room: RoomRef,
+    pub history: History,
+    pub wait: Option<Wait>,
+    /// For answer waits: who, where, and the order waits on that pair were made in.
+    pub wait_person: Option<String>,
+    pub wait_room: Option<RoomRef>,
+    pub wait_seq: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+const RUN_COLUMNS: &str = "id, workflow, script_hash, status, starter, group_id, room, history, wait, wait_person, wait_room, wait_seq, error, created_at, updated_at";
+
+type RunTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+fn run_from_tuple(r: RunTuple) -> Result<RunRow> {
+    Ok(RunRow {
+        id: r.0,
+        workflow: r.1,
+        script_hash: r.2,
+        status: RunStatus::parse(&r.3)?,
+        starter: r.4,
+        group_id: r.5,
+        room: parse_room(&r.6)?,
+        history: serde_json::from_str(&r.7).map_err(|e| Error::Corrupt(format!("run history: {e}")))?,
+        wait: r
+            .8
+            .map(|w| serde_json::from_str(&w))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("run wait: {e}")))?,
+        wait_person: r.9,
+        wait_room: r.10.as_deref().map(parse_room).transpose()?,
+        wait_seq: r.11,
+        error: r.12,
+        created_at: Millis(r.13),
+        updated_at: Millis(r.14),
+    })
+}
+
+fn parse_room(s: &str) -> Result<RoomRef> {
+    RoomRef::parse(s).ok_or_else(|| Error::Corrupt(format!("bad room {s}")))
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// A case as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CaseRow {
+    pub id: String,
+    pub run_id: String,
+    pub group_id: String,
+    pub subject: String,
+    pub category: String,
+    pub risk: String,
+    pub status: String,
+    pub opened_at: Millis,
+    pub closed_at: Option<Millis>,
+}
+
+/// An outbox row waiting for delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMessage {
+    pub id: i64,
+    pub message: OutboundMessage,
+    pub attempts: i32,
+}
+
+/// A timer that is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueTimer {
+    pub run_id: String,
+    pub step: i64,
+    pub due_at: Millis,
+}
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates the store at `url`.
+    pub async fn open(url: &str) -> Result<Store> {
+        let store = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|_| Error::BadUrl(url.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            // One connection for an in-memory database (each would be its own database);
+            // a few for a file, of which one writes at a time (BEGIN IMMEDIATE).
+            let max = if url.contains(":memory:") || url.contains("mode=memory") { 1 } else { 4 };
+            let pool = SqlitePoolOptions::new().max_connections(max).connect_with(opts).await?;
+            sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
+            Store::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact(url)))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
+            Store::Postgres(pool)
+        } else {
+            return Err(Error::BadUrl(redact(url)));
+        };
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+
+    /// Begins a write transaction and locks the ledger's chain head.
+    pub async fn begin(&self) -> Result<Tx> {
+        let mut conn = match self {
+            // IMMEDIATE takes the write lock now, so two writers never deadlock upgrading.
+            Store::Sqlite(p) => TxConn::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Store::Postgres(p) => TxConn::Postgres(p.begin().await?),
+        };
+        let row: (i64, String) = match &mut conn {
+            TxConn::Sqlite(t) => {
+                sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1").fetch_one(&mut **t).await?
+            }
+            TxConn::Postgres(t) => {
+                sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE").fetch_one(&mut **t).await?
+            }
+        };
+        Ok(Tx { conn, head: Head { seq: row.0, hash: row.1 }, ledger: Vec::new(), cases: None })
+    }
+
+    /// The recorded chain head.
+    pub async fn ledger_head(&self) -> Result<Head> {
+        let (seq, hash): (i64, String) =
+            on_pool!(self, p => sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1").fetch_one(p).await)?;
+        Ok(Head { seq, hash })
+    }
+
+    /// Ledger entries with `seq > after`, in order, at most `limit`.
+    pub async fn ledger_page(&self, after: i64, limit: i64) -> Result<Vec<StoredEntry>> {
+        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content \
+                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq WHERE l.seq > $1 ORDER BY l.seq LIMIT $2";
+        type EntryRow = (
+            i64,
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            Option<String>,
+        );
+        let rows: Vec<EntryRow> = on_pool!(self, p => sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(p).await)?;
+        rows.into_iter().map(entry_from_tuple).collect()
+    }
+
+    /// Ledger entries about one case, in order.
+    pub async fn ledger_for_case(&self, case_id: &str) -> Result<Vec<StoredEntry>> {
+        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content \
+                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq \
+                           WHERE l.case_id = $1 OR l.run_id IN (SELECT run_id FROM cases WHERE id = $1) ORDER BY l.seq";
+        type EntryRow = (
+            i64,
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            Option<String>,
+        );
+        let rows: Vec<EntryRow> = on_pool!(self, p => sqlx::query_as(SQL).bind(case_id).fetch_all(p).await)?;
+        rows.into_iter().map(entry_from_tuple).collect()
+    }
+
+    pub async fn case(&self, id: &str) -> Result<Option<CaseRow>> {
+        const SQL: &str = "SELECT id, run_id, group_id, subject, category, risk, status, opened_at, closed_at FROM cases WHERE id = $1";
+        type CaseTuple = (String, String, String, String, String, String, String, i64, Option<i64>);
+        let row: Option<CaseTuple> = on_pool!(self, p => sqlx::query_as(SQL).bind(id).fetch_optional(p).await)?;
+        Ok(row.map(|r| CaseRow {
+            id: r.0,
+            run_id: r.1,
+            group_id: r.2,
+            subject: r.3,
+            category: r.4,
+            risk: r.5,
+            status: r.6,
+            opened_at: Millis(r.7),
+            closed_at: r.8.map(Millis),
+        }))
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let row: Option<RunTuple> =
+            on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(p).await)?;
+        row.map(run_from_tuple).transpose()
+    }
+
+    /// How many runs are in each status.
+    pub async fn run_counts(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status").fetch_all(p).await)?,
+        )
+    }
+
+    /// Undelivered outbox messages due by `now`, oldest first.
+    pub async fn pending_outbox(&self, now: Millis, limit: i64) -> Result<Vec<PendingMessage>> {
+        const SQL: &str = "SELECT id, idempotency_key, room, person, body, attempts FROM outbox \
+                           WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2";
+        let rows: Vec<(i64, String, String, Option<String>, String, i32)> =
+            on_pool!(self, p => sqlx::query_as(SQL).bind(now.0).bind(limit).fetch_all(p).await)?;
+        rows.into_iter()
+            .map(|(id, key, room, person, body, attempts)| {
+                Ok(PendingMessage {
+                    id,
+                    attempts,
+                    message: OutboundMessage {
+                        idempotency_key: key,
+                        room: parse_room(&room)?,
+                        person,
+                        body: serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("outbox body: {e}")))?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The earliest time an undelivered message is due, if any.
+    pub async fn next_outbox_due(&self) -> Result<Option<Millis>> {
+        let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL").fetch_one(p).await)?;
+        Ok(v.map(Millis))
+    }
+
+    pub async fn mark_delivered(&self, id: i64, at: Millis) -> Result<()> {
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET delivered_at = $1, attempts = attempts + 1 WHERE id = $2").bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn mark_failed(&self, id: i64, error: &str, retry_at: Millis) -> Result<()> {
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3")
+            .bind(error).bind(retry_at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Timers due by `now`, earliest first.
+    pub async fn due_timers(&self, now: Millis, limit: i64) -> Result<Vec<DueTimer>> {
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, p => sqlx::query_as("SELECT run_id, step, due_at FROM timers WHERE due_at <= $1 ORDER BY due_at, run_id LIMIT $2")
+            .bind(now.0).bind(limit).fetch_all(p).await)?;
+        Ok(rows.into_iter().map(|(run_id, step, due)| DueTimer { run_id, step, due_at: Millis(due) }).collect())
+    }
+
+    pub async fn next_timer_due(&self) -> Result<Option<Millis>> {
+        let v: Option<i64> =
+            on_pool!(self, p => sqlx::query_scalar("SELECT MIN(due_at) FROM timers").fetch_one(p).await)?;
+        Ok(v.map(Millis))
+    }
+}
+
+type EntryTuple =
+    (i64, i64, String, Option<String>, Option<String>, String, Option<String>, String, String, String, Option<String>);
+
+fn entry_from_tuple(r: EntryTuple) -> Result<StoredEntry> {
+    let content =
+        r.10.map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("ledger content {}: {e}", r.0)));
+    // Unreadable content is reported by verify as changed content, not as a crash.
+    let content = content.unwrap_or_else(|_| Some(serde_json::Value::String("<unreadable>".into())));
+    Ok(StoredEntry {
+        link: Link {
+            seq: r.0,
+            at: Millis(r.1),
+            kind: r.2,
+            case_id: r.3,
+            run_id: r.4,
+            actor: r.5,
+            script_hash: r.6,
+            content_hash: r.7,
+            prev_hash: r.8,
+            hash: r.9,
+        },
+        content,
+    })
+}
+
+/// A store URL fit for a log or an error: the password, if any, replaced.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Tx {
+    /// Records an inbound event. `false` if it was recorded before (a redelivery).
+    pub async fn record_inbox(&mut self, platform: &str, event_id: &str, at: Millis) -> Result<bool> {
+        let done = on_tx!(self, c => sqlx::query("INSERT INTO inbox (platform, event_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(platform).bind(event_id).bind(at.0).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// Takes the next number of a counter (`run`, `case`, `wait`).
+    pub async fn next_number(&mut self, counter: &str) -> Result<i64> {
+        let v: i64 = on_tx!(self, c => sqlx::query_scalar("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
+            .bind(counter).fetch_one(c).await)?;
+        Ok(v)
+    }
+
+    pub async fn save_script(&mut self, hash: &str, name: &str, source: &str, at: Millis) -> Result<()> {
+        on_tx!(self, c => sqlx::query("INSERT INTO scripts (hash, name, source, first_seen) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(hash).bind(name).bind(source).bind(at.0).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn script_source(&mut self, hash: &str) -> Result<Option<(String, String)>> {
+        Ok(
+            on_tx!(self, c => sqlx::query_as("SELECT name, source FROM scripts WHERE hash = $1").bind(hash).fetch_optional(c).await)?,
+        )
+    }
+
+    pub async fn run(&mut self, id: &str) -> Result<Option<RunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let row: Option<RunTuple> =
+            on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(c).await)?;
+        row.map(run_from_tuple).transpose()
+    }
+
+    /// The run whose question to `person` in `room` is answered next: the oldest wait.
+    pub async fn waiting_run(&mut self, person: &str, room: &RoomRef) -> Result<Option<RunRow>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE wait_person = $1 AND wait_room = $2 AND status = 'waiting' ORDER BY wait_seq LIMIT 1"
+        );
+        let room = room.to_string();
+        let row: Option<RunTuple> = on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(person).bind(&room).fetch_optional(c).await)?;
+        row.map(run_from_tuple).transpose()
+    }
+
+    /// Another run's wait on the same person and room, if any.
+    pub async fn waiting_run_other(&mut self, person: &str, room: &RoomRef, run_id: &str) -> Result<Option<String>> {
+        let room = room.to_string();
+        Ok(on_tx!(self, c => sqlx::query_scalar(
+            "SELECT id FROM runs WHERE wait_person = $1 AND wait_room = $2 AND status = 'waiting' AND id <> $3 LIMIT 1")
+            .bind(person).bind(&room).bind(run_id).fetch_optional(c).await)?)
+    }
+
+    /// The number of the last case opened.
+    pub async fn case_counter(&mut self) -> Result<i64> {
+        if let Some((v, _)) = self.cases {
+            return Ok(v);
+        }
+        let v: i64 =
+            on_tx!(self, c => sqlx::query_scalar("SELECT value FROM counters WHERE name = 'case'").fetch_one(c).await)?;
+        self.cases = Some((v, false));
+        Ok(v)
+    }
+
+    pub fn set_case_counter(&mut self, v: i64) {
+        if let Some((old, dirty)) = self.cases {
+            self.cases = Some((v, dirty || v != old));
+        }
+    }
+
+    /// Writes a run (insert or replace).
+    pub async fn put_run(&mut self, r: &RunRow) -> Result<()> {
+        const SQL: &str = "INSERT INTO runs (id, workflow, script_hash, status, starter, group_id, room, history, wait, wait_person, wait_room, wait_seq, error, created_at, updated_at) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                           ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
+                           wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
+                           error = excluded.error, updated_at = excluded.updated_at";
+        let history = json(&r.history);
+        let wait = r.wait.as_ref().map(json);
+        let room = r.room.to_string();
+        let wait_room = r.wait_room.as_ref().map(|w| w.to_string());
+        on_tx!(self, c => sqlx::query(SQL)
+            .bind(&r.id).bind(&r.workflow).bind(&r.script_hash).bind(r.status.as_str()).bind(&r.starter)
+            .bind(&r.group_id).bind(&room).bind(&history).bind(&wait).bind(&r.wait_person).bind(&wait_room)
+            .bind(r.wait_seq).bind(&r.error).bind(r.created_at.0).bind(r.updated_at.0)
+            .execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn insert_case(&mut self, c: &CaseRow) -> Result<()> {
+        const SQL: &str = "INSERT INTO cases (id, run_id, group_id, subject, category, risk, status, opened_at, closed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        on_tx!(self, conn => sqlx::query(SQL).bind(&c.id).bind(&c.run_id).bind(&c.group_id).bind(&c.subject).bind(&c.category)
+            .bind(&c.risk).bind(&c.status).bind(c.opened_at.0).bind(c.closed_at.map(|m| m.0)).execute(conn).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn close_case(&mut self, id: &str, at: Millis) -> Result<bool> {
+        let r = on_tx!(self, c => sqlx::query("UPDATE cases SET status = 'closed', closed_at = $1 WHERE id = $2 AND status <> 'closed'")
+            .bind(at.0).bind(id).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(r == 1)
+    }
+
+    /// Queues a message for delivery. A message with a key already queued is not queued
+    /// again (`false`).
+    pub async fn enqueue(&mut self, m: &OutboundMessage, run_id: Option<&str>, at: Millis) -> Result<bool> {
+        const SQL: &str = "INSERT INTO outbox (idempotency_key, run_id, room, person, body, created_at, next_attempt_at) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (idempotency_key) DO NOTHING";
+        let room = m.room.to_string();
+        let body = json(&m.body);
+        let r = on_tx!(self, c => sqlx::query(SQL).bind(&m.idempotency_key).bind(run_id).bind(&room).bind(&m.person)
+            .bind(&body).bind(at.0).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(r == 1)
+    }
+
+    pub async fn set_timer(&mut self, run_id: &str, step: i64, due: Millis) -> Result<()> {
+        on_tx!(self, c => sqlx::query("INSERT INTO timers (run_id, step, due_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(run_id).bind(step).bind(due.0).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Removes a timer; `false` if it was already gone (fired by someone else).
+    pub async fn take_timer(&mut self, run_id: &str, step: i64) -> Result<bool> {
+        let r = on_tx!(self, c => sqlx::query("DELETE FROM timers WHERE run_id = $1 AND step = $2").bind(run_id).bind(step).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(r == 1)
+    }
+
+    /// Adds an entry to the ledger; it is chained now and written at commit.
+    pub fn append(&mut self, draft: Draft) -> Link {
+        let link = self.head.append(&draft);
+        self.ledger.push((link.clone(), draft.content));
+        link
+    }
+
+    /// Writes the ledger entries and the new chain head, then commits.
+    pub async fn commit(mut self) -> Result<()> {
+        let entries = std::mem::take(&mut self.ledger);
+        // Several rows per statement: most steps append a handful of entries.
+        for chunk in entries.chunks(50) {
+            on_tx!(self, c => {
+                let mut links = sqlx::QueryBuilder::new(
+                    "INSERT INTO ledger (seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash) ",
+                );
+                let mut contents = sqlx::QueryBuilder::new("INSERT INTO ledger_content (seq, content) ");
+                links.push_values(chunk, |mut b, (l, _)| {
+                    b.push_bind(l.seq).push_bind(l.at.0).push_bind(l.kind.clone()).push_bind(l.case_id.clone())
+                        .push_bind(l.run_id.clone()).push_bind(l.actor.clone()).push_bind(l.script_hash.clone())
+                        .push_bind(l.content_hash.clone()).push_bind(l.prev_hash.clone()).push_bind(l.hash.clone());
+                });
+                links.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+                contents.push_values(chunk, |mut b, (l, content)| {
+                    b.push_bind(l.seq).push_bind(wavelet_core::ledger::canonical_json(content));
+                });
+                contents.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        if let Some((v, true)) = self.cases {
+            on_tx!(self, c => sqlx::query("UPDATE counters SET value = $1 WHERE name = 'case'").bind(v).execute(c).await.map(|r| r.rows_affected()))?;
+        }
+        if !entries.is_empty() {
+            let (seq, hash) = (self.head.seq, self.head.hash.clone());
+            on_tx!(self, c => sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE id = 1").bind(seq).bind(hash).execute(c).await.map(|r| r.rows_affected()))?;
+        }
+        match self.conn {
+            TxConn::Sqlite(t) => t.commit().await?,
+            TxConn::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
