@@ -1,0 +1,226 @@
+//! The runtime end to end on real stores (a SQLite file, and PostgreSQL when the test
+//! command provides one): durability across restarts, exactly-once handling, hostile
+//! input, failing scripts and pinned versions.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use wavelet::adapter::{Adapters, ChatAdapter, SendFuture, deliver_pending};
+use wavelet::runtime::{ManualClock, Runtime};
+use wavelet::store::RunStatus;
+use wavelet_core::{Account, InboundEvent, Millis, OutboundMessage, Platform, RoomRef};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Collects what the bot sends.
+#[derive(Default)]
+struct Outbox(Mutex<Vec<OutboundMessage>>);
+
+impl ChatAdapter for Outbox {
+    fn platform(&self) -> Platform {
+        Platform::Console
+    }
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.0.lock().unwrap().push(m.clone());
+            Ok(())
+        })
+    }
+}
+
+struct Bot {
+    rt: Arc<Runtime>,
+    sent: Arc<Outbox>,
+    adapters: Adapters,
+    n: usize,
+}
+
+async fn bot(url: &str, workflows: Option<&Path>) -> Bot {
+    let mut config = wavelet::app::load_config(&root().join("examples/wavelet.toml"), &|_| None).unwrap();
+    if let Some(w) = workflows {
+        config.workflows.dir = w.to_path_buf();
+    }
+    let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000)));
+    let parts = wavelet::app::build(config, url, clock).await.unwrap();
+    let sent = Arc::new(Outbox::default());
+    let mut adapters = Adapters::default();
+    adapters.add(sent.clone());
+    Bot { rt: parts.runtime, sent, adapters, n: 0 }
+}
+
+impl Bot {
+    /// `room` "dm" means privately to the bot. Returns the texts sent in reply.
+    async fn say(&mut self, who: &str, room: &str, text: &str) -> Vec<String> {
+        self.n += 1;
+        let id = format!("{who}-{}", self.n);
+        self.say_with_id(who, room, text, &id).await
+    }
+
+    async fn say_with_id(&mut self, who: &str, room: &str, text: &str, id: &str) -> Vec<String> {
+        let room = if room == "dm" {
+            RoomRef::Direct { platform: Platform::Console, account: who.into() }
+        } else {
+            RoomRef::Shared { platform: Platform::Console, id: room.into() }
+        };
+        let ev = InboundEvent {
+            event_id: id.into(),
+            room,
+            sender: Account { platform: Platform::Console, id: who.into() },
+            text: text.into(),
+            received_at: Millis(0),
+        };
+        self.rt.handle_events(&[ev]).await.unwrap();
+        deliver_pending(&self.rt.store, &self.adapters, self.rt.clock.now()).await.unwrap();
+        self.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect()
+    }
+
+    async fn verify(&self) -> i64 {
+        wavelet::audit::verify_store(&self.rt.store).await.unwrap().expect("ledger verifies").entries
+    }
+}
+
+/// A fresh store URL per test: a SQLite file, or a new PostgreSQL database.
+async fn fresh(backend: &str, dir: &Path) -> String {
+    match backend {
+        "sqlite" => format!("sqlite://{}", dir.join("w.db").display()),
+        _ => {
+            let base = std::env::var("WAVELET_TEST_DATABASE_URL")
+                .or_else(|_| std::env::var("DATABASE_URL"))
+                .expect("PostgreSQL tests need a server: run them with scripts/test, or set DATABASE_URL");
+            let name = format!("wavelet_rt_{}", std::process::id() as u64 * 1000 + rand_suffix());
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&base).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.unwrap();
+            let (head, _) = base.rsplit_once('/').unwrap();
+            format!("{head}/{name}")
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 997)
+        + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("sqlite").await } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("postgres").await } )* }
+    };
+}
+
+on_both!(
+    a_concern_survives_a_restart_mid_dialog,
+    a_redelivered_event_is_handled_once,
+    hostile_answers_are_refused_and_lose_nothing,
+    a_failing_script_tells_the_starter_and_the_coordinators,
+    runs_keep_the_version_they_began_with,
+);
+
+async fn a_concern_survives_a_restart_mid_dialog(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    let mut b = bot(&url, None).await;
+    assert_eq!(b.say("alice", "north", "!concern").await.len(), 1);
+    b.say("alice", "dm", "AB 2015").await;
+    b.rt.store.close().await;
+    drop(b);
+
+    // A new process on the same store carries on where the run was.
+    let mut b = bot(&url, None).await;
+    b.n = 100;
+    let r = b.say("alice", "dm", "neglect").await;
+    assert_eq!(r, ["Is the child at immediate risk?\n1. no\n2. possibly\n3. yes"]);
+    b.say("alice", "dm", "no").await;
+    let r = b.say("alice", "dm", "Hungry every morning.").await;
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r[0].starts_with("New neglect concern C-1, risk: no"), "{r:?}");
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Finished);
+    assert!(b.verify().await >= 12);
+}
+
+async fn a_redelivered_event_is_handled_once(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    assert_eq!(b.say_with_id("alice", "north", "!concern", "evt-1").await.len(), 1);
+    assert!(b.say_with_id("alice", "north", "!concern", "evt-1").await.is_empty());
+    b.say_with_id("alice", "dm", "AB 2015", "evt-2").await;
+    assert!(b.say_with_id("alice", "dm", "AB 2015", "evt-2").await.is_empty());
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    assert_eq!(run.history.len(), 2, "one answer recorded, one question pending");
+    assert!(b.rt.store.run("R-2").await.unwrap().is_none(), "no second run");
+}
+
+async fn hostile_answers_are_refused_and_lose_nothing(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    b.say("alice", "north", "!concern").await;
+    b.say("alice", "dm", "AB 2015").await;
+    b.say("alice", "dm", "1").await;
+    b.say("alice", "dm", "1").await;
+    // Free text: a megabyte, NUL bytes, direction overrides, zero-width characters.
+    let r = b.say("alice", "dm", &"x".repeat(1_000_000)).await;
+    assert_eq!(r.len(), 1);
+    assert!(r[0].contains("longer than 4000 characters"), "{r:?}");
+    let r = b.say("alice", "dm", &"\0".repeat(1_000_000)).await;
+    assert!(r[0].contains("longer than 4000 characters"), "{r:?}");
+    let odd = "Said \u{202E}olleh\u{202C} and\u{200B} \0left.";
+    let r = b.say("alice", "dm", odd).await;
+    assert!(r[0].starts_with("New neglect concern C-1"), "{r:?}");
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Finished);
+    b.verify().await;
+}
+
+async fn a_failing_script_tells_the_starter_and_the_coordinators(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("workflows");
+    std::fs::create_dir(&wf).unwrap();
+    std::fs::write(
+        wf.join("broken.rhai"),
+        "const COMMAND = \"broken\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {\n    let a = ask(ctx.starter, \"Q?\");\n    let n = 0;\n    loop { n += 1; }\n}\n",
+    )
+    .unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    assert_eq!(b.say("alice", "north", "!broken").await, ["Q?"]);
+    let r = b.say("alice", "dm", "answer").await;
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r[0].contains("something went wrong") && r[0].contains("R-1"), "{r:?}");
+    assert!(r[1].contains("broken.rhai") && r[1].contains("endless loop"), "{r:?}");
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    // The answer given before the failure is still in the ledger.
+    let entries = b.rt.store.ledger_page(0, 1000).await.unwrap();
+    assert!(entries.iter().any(|e| e.link.kind == "question.answered"));
+    assert!(entries.iter().any(|e| e.link.kind == "run.failed"));
+}
+
+async fn runs_keep_the_version_they_began_with(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("workflows");
+    std::fs::create_dir(&wf).unwrap();
+    let v = |q: &str| {
+        format!("const COMMAND = \"ask\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {{\n    let a = ask(ctx.starter, \"First?\");\n    tell(ctx.starter, \"{q}\");\n}}\n")
+    };
+    std::fs::write(wf.join("ask.rhai"), v("version one")).unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    b.say("alice", "north", "!ask").await;
+    // The coordinator edits the workflow while alice's run waits.
+    std::fs::write(wf.join("ask.rhai"), v("version two")).unwrap();
+    let report = b.rt.workflows.write().unwrap().reload(&b.rt.engine, &wf);
+    assert_eq!(report.loaded.len(), 1);
+    assert_eq!(b.say("alice", "dm", "x").await, ["version one"]);
+    b.say("bea", "north", "!ask").await;
+    assert_eq!(b.say("bea", "dm", "y").await, ["version two"]);
+    // An edit that does not compile is refused; the last good version keeps serving.
+    std::fs::write(wf.join("ask.rhai"), "fn run(ctx) { let = ; }").unwrap();
+    let report = b.rt.workflows.write().unwrap().reload(&b.rt.engine, &wf);
+    assert_eq!(report.refused.len(), 1);
+    assert!(report.refused[0].to_string().contains("ask.rhai:1:"), "{}", report.refused[0]);
+    b.say("dana", "north", "!ask").await;
+    assert_eq!(b.say("dana", "dm", "z").await, ["version two"]);
+}
