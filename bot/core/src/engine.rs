@@ -291,6 +291,10 @@ impl std::fmt::Debug for WorkflowEngine {
     }
 }
 
+/// The recorded result of an effect that returns nothing. Not `null`: JSON's null reads
+/// back as "no result yet", which would make a finished effect look pending.
+const DONE: serde_json::Value = serde_json::Value::Bool(true);
+
 /// The marker a suspended or diverged replay stops with.
 const SUSPEND: &str = "wavelet:suspend";
 
@@ -580,7 +584,7 @@ fn register_effects(engine: &mut Engine) {
             let args = serde_json::json!({ "person": who, "text": text });
             r.effect(EffectKind::Tell, args, pos, None, |r, step| {
                 r.effects.push(Effect::Tell { step, person: who.into(), text: text.into() });
-                Ok(serde_json::Value::Null)
+                Ok(DONE)
             })
         })?;
         Ok(())
@@ -593,7 +597,7 @@ fn register_effects(engine: &mut Engine) {
             let args = serde_json::json!({ "group": group, "text": text });
             r.effect(EffectKind::Send, args, pos, None, |r, step| {
                 r.effects.push(Effect::Send { step, group: group.into(), text: text.into() });
-                Ok(serde_json::Value::Null)
+                Ok(DONE)
             })
         })?;
         Ok(())
@@ -634,7 +638,7 @@ fn register_effects(engine: &mut Engine) {
                         basis: basis.clone(),
                         consent: consent.clone(),
                     });
-                    Ok(serde_json::Value::Null)
+                    Ok(DONE)
                 })
             })?;
             Ok(())
@@ -681,7 +685,7 @@ fn register_effects(engine: &mut Engine) {
             let args = serde_json::json!({ "case": case_id, "reason": reason });
             r.effect(EffectKind::CloseCase, args, pos, None, |r, step| {
                 r.effects.push(Effect::CloseCase { step, case_id: case_id.clone(), reason: reason.into() });
-                Ok(serde_json::Value::Null)
+                Ok(DONE)
             })
         })?;
         Ok(())
@@ -694,7 +698,7 @@ fn register_effects(engine: &mut Engine) {
             let args = serde_json::json!({ "case": case_id, "text": text });
             r.effect(EffectKind::Note, args, pos, None, |r, step| {
                 r.effects.push(Effect::Note { step, case_id: case_id.clone(), text: text.into() });
-                Ok(serde_json::Value::Null)
+                Ok(DONE)
             })
         })?;
         Ok(())

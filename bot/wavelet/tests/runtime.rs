@@ -204,7 +204,9 @@ async fn runs_keep_the_version_they_began_with(backend: &str) {
     let wf = dir.path().join("workflows");
     std::fs::create_dir(&wf).unwrap();
     let v = |q: &str| {
-        format!("const COMMAND = \"ask\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {{\n    let a = ask(ctx.starter, \"First?\");\n    tell(ctx.starter, \"{q}\");\n}}\n")
+        format!(
+            "const COMMAND = \"ask\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {{\n    let a = ask(ctx.starter, \"First?\");\n    tell(ctx.starter, \"{q}\");\n}}\n"
+        )
     };
     std::fs::write(wf.join("ask.rhai"), v("version one")).unwrap();
     let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;

@@ -61,7 +61,8 @@ fn drive(wf: &Workflow, answers: &[&str]) -> (Vec<Effect>, Outcome, History) {
     loop {
         let adv = engine.advance(wf, &ctx(), history, &mut h);
         effects.extend(adv.effects);
-        history = adv.history;
+        // Every advance goes through the store's JSON, as it does in the runtime.
+        history = serde_json::from_str(&serde_json::to_string(&adv.history).unwrap()).unwrap();
         match adv.outcome {
             Outcome::Waiting(Wait::Answer { .. }) => match answers.next() {
                 Some(a) => history.last_mut().unwrap().result = Some(serde_json::json!(a)),
@@ -164,10 +165,11 @@ fn a_replay_that_asks_for_something_else_is_diverged() {
 
 #[test]
 fn sleep_waits_for_a_timer_due_after_the_duration() {
-    let wf = compile(r#"fn run(ctx) { sleep("15m"); tell(ctx.starter, "later"); }"#);
+    // Regression: effects before the timer must not read back as pending.
+    let wf = compile(r#"fn run(ctx) { tell(ctx.starter, "soon"); sleep("15m"); tell(ctx.starter, "later"); }"#);
     let engine = WorkflowEngine::new(SandboxLimits::default());
     let adv = engine.advance(&wf, &ctx(), History::new(), &mut host());
-    assert_eq!(adv.outcome, Outcome::Waiting(Wait::Timer { step: 0, until: Millis(1_000 + 15 * 60_000) }));
+    assert_eq!(adv.outcome, Outcome::Waiting(Wait::Timer { step: 1, until: Millis(1_000 + 15 * 60_000) }));
     let (effects, outcome, _) = drive(&wf, &[]);
     assert_eq!(outcome, Outcome::Finished);
     assert!(matches!(effects.last(), Some(Effect::Tell { .. })));
