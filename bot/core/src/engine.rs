@@ -498,11 +498,6 @@ fn ask_impl(
 ) -> RhaiResult<Dynamic> {
     let pos = ctx.call_position();
     let name = kind.as_str();
-    if let Some(p) = &spec.pattern
-        && let Err(e) = regex::Regex::new(p)
-    {
-        return Err(script_error(format!("{name}: the pattern is not a valid regular expression: {e}"), pos));
-    }
     if let Some(choices) = &spec.choices
         && choices.is_empty()
     {
@@ -515,6 +510,12 @@ fn ask_impl(
         let wait =
             |step| Wait::Answer { step, person: who.to_string(), prompt: prompt.to_string(), spec: spec.clone() };
         r.effect(kind, args, pos, Some(&wait), |r, step| {
+            // Checked when first asked, not on every replay: compiling a pattern is costly.
+            if let Some(p) = &spec.pattern
+                && let Err(e) = regex::Regex::new(p)
+            {
+                return Err(script_error(format!("{name}: the pattern is not a valid regular expression: {e}"), pos));
+            }
             r.effects.push(Effect::Ask {
                 step,
                 person: who.to_string(),

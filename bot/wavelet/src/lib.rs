@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod app;
 pub mod audit;
 pub mod console;
+pub mod ingest;
 pub mod reload;
 pub mod runtime;
 pub mod store;

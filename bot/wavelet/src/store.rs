@@ -8,6 +8,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wavelet_core::engine::{History, Wait};
 use wavelet_core::ledger::{Draft, Head, Link, StoredEntry};
@@ -51,7 +53,13 @@ impl Error {
 }
 
 #[derive(Clone, Debug)]
-pub enum Store {
+pub struct Store {
+    pool: Pool,
+    commits: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -63,6 +71,7 @@ pub struct Tx {
     ledger: Vec<(Link, serde_json::Value)>,
     /// The case counter, read once per transaction and written back at commit.
     cases: Option<(i64, bool)>,
+    commits: Arc<AtomicU64>,
 }
 
 enum TxConn {
@@ -89,9 +98,9 @@ macro_rules! on_tx {
 /// Runs the same expression against whichever pool the store has.
 macro_rules! on_pool {
     ($store:expr, $c:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite($c) => $body,
-            Store::Postgres($c) => $body,
+        match &$store.pool {
+            Pool::Sqlite($c) => $body,
+            Pool::Postgres($c) => $body,
         }
     };
 }
@@ -249,7 +258,7 @@ impl Store {
             let max = if url.contains(":memory:") || url.contains("mode=memory") { 1 } else { 4 };
             let pool = SqlitePoolOptions::new().max_connections(max).connect_with(opts).await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-            Store::Sqlite(pool)
+            Store { pool: Pool::Sqlite(pool), commits: Arc::default() }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact(url)))?;
             let pool = PgPoolOptions::new()
@@ -258,7 +267,7 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
-            Store::Postgres(pool)
+            Store { pool: Pool::Postgres(pool), commits: Arc::default() }
         } else {
             return Err(Error::BadUrl(redact(url)));
         };
@@ -266,9 +275,9 @@ impl Store {
     }
 
     pub fn backend(&self) -> &'static str {
-        match self {
-            Store::Sqlite(_) => "sqlite",
-            Store::Postgres(_) => "postgres",
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
         }
     }
 
@@ -278,10 +287,10 @@ impl Store {
 
     /// Begins a write transaction and locks the ledger's chain head.
     pub async fn begin(&self) -> Result<Tx> {
-        let mut conn = match self {
+        let mut conn = match &self.pool {
             // IMMEDIATE takes the write lock now, so two writers never deadlock upgrading.
-            Store::Sqlite(p) => TxConn::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Store::Postgres(p) => TxConn::Postgres(p.begin().await?),
+            Pool::Sqlite(p) => TxConn::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => TxConn::Postgres(p.begin().await?),
         };
         let row: (i64, String) = match &mut conn {
             TxConn::Sqlite(t) => {
@@ -291,7 +300,53 @@ impl Store {
                 sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE").fetch_one(&mut **t).await?
             }
         };
-        Ok(Tx { conn, head: Head { seq: row.0, hash: row.1 }, ledger: Vec::new(), cases: None })
+        Ok(Tx {
+            conn,
+            head: Head { seq: row.0, hash: row.1 },
+            ledger: Vec::new(),
+            cases: None,
+            commits: self.commits.clone(),
+        })
+    }
+
+    /// Transactions committed through this handle (for benchmarks and metrics).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Creates the scratch table [`Store::bare_insert_commit`] writes to.
+    pub async fn bare_insert_setup(&self) -> Result<()> {
+        on_pool!(self, p => sqlx::query("CREATE TABLE IF NOT EXISTS bench_floor (k BIGINT NOT NULL, v TEXT NOT NULL)").execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The underlying SQLite pool, for tests that must reach past the store (tampering).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.pool {
+            Pool::Sqlite(p) => Some(p),
+            Pool::Postgres(_) => None,
+        }
+    }
+
+    /// The underlying PostgreSQL pool, for tests that must reach past the store.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Postgres(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// The storage floor for benchmarks: one transaction of three small inserts into a
+    /// scratch table, committed.
+    pub async fn bare_insert_commit(&self, i: i64) -> Result<()> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for j in 0..3 {
+                sqlx::query("INSERT INTO bench_floor (k, v) VALUES ($1, $2)").bind(i * 3 + j).bind("floor").execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
     }
 
     /// The recorded chain head.
@@ -303,44 +358,19 @@ impl Store {
 
     /// Ledger entries with `seq > after`, in order, at most `limit`.
     pub async fn ledger_page(&self, after: i64, limit: i64) -> Result<Vec<StoredEntry>> {
-        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content \
+        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content, c.erased_at \
                            FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq WHERE l.seq > $1 ORDER BY l.seq LIMIT $2";
-        type EntryRow = (
-            i64,
-            i64,
-            String,
-            Option<String>,
-            Option<String>,
-            String,
-            Option<String>,
-            String,
-            String,
-            String,
-            Option<String>,
-        );
-        let rows: Vec<EntryRow> = on_pool!(self, p => sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(p).await)?;
+        let rows: Vec<EntryTuple> =
+            on_pool!(self, p => sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(p).await)?;
         rows.into_iter().map(entry_from_tuple).collect()
     }
 
     /// Ledger entries about one case, in order.
     pub async fn ledger_for_case(&self, case_id: &str) -> Result<Vec<StoredEntry>> {
-        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content \
+        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content, c.erased_at \
                            FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq \
                            WHERE l.case_id = $1 OR l.run_id IN (SELECT run_id FROM cases WHERE id = $1) ORDER BY l.seq";
-        type EntryRow = (
-            i64,
-            i64,
-            String,
-            Option<String>,
-            Option<String>,
-            String,
-            Option<String>,
-            String,
-            String,
-            String,
-            Option<String>,
-        );
-        let rows: Vec<EntryRow> = on_pool!(self, p => sqlx::query_as(SQL).bind(case_id).fetch_all(p).await)?;
+        let rows: Vec<EntryTuple> = on_pool!(self, p => sqlx::query_as(SQL).bind(case_id).fetch_all(p).await)?;
         rows.into_iter().map(entry_from_tuple).collect()
     }
 
@@ -428,16 +458,33 @@ impl Store {
     }
 }
 
-type EntryTuple =
-    (i64, i64, String, Option<String>, Option<String>, String, Option<String>, String, String, String, Option<String>);
+/// A ledger row joined with its content: seq, at, kind, case, run, actor, script hash,
+/// content hash, previous hash, hash, content, erased at.
+type EntryTuple = (
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+);
 
 fn entry_from_tuple(r: EntryTuple) -> Result<StoredEntry> {
-    let content =
-        r.10.map(|c| serde_json::from_str(&c))
-            .transpose()
-            .map_err(|e| Error::Corrupt(format!("ledger content {}: {e}", r.0)));
-    // Unreadable content is reported by verify as changed content, not as a crash.
-    let content = content.unwrap_or_else(|_| Some(serde_json::Value::String("<unreadable>".into())));
+    // Unreadable or missing content (without a recorded erasure) is reported by verify as
+    // changed content: not a crash, and not an erasure.
+    let content = match (r.10, r.11) {
+        (Some(c), _) => {
+            Some(serde_json::from_str(&c).unwrap_or_else(|_| serde_json::Value::String("<unreadable>".into())))
+        }
+        (None, Some(_erased_at)) => None,
+        (None, None) => Some(serde_json::Value::String("<content row missing>".into())),
+    };
     Ok(StoredEntry {
         link: Link {
             seq: r.0,
@@ -634,6 +681,7 @@ impl Tx {
             TxConn::Sqlite(t) => t.commit().await?,
             TxConn::Postgres(t) => t.commit().await?,
         }
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -216,6 +216,9 @@ contract! {
         sqlite_tampering_forged_entry_beyond_the_head_is_found, postgres_tampering_forged_entry_beyond_the_head_is_found;
     tampering_deleted_last_entry_is_found:
         sqlite_tampering_deleted_last_entry_is_found, postgres_tampering_deleted_last_entry_is_found;
+    tampering_deleted_content_row_is_not_taken_for_an_erasure:
+        sqlite_tampering_deleted_content_row_is_not_taken_for_an_erasure,
+        postgres_tampering_deleted_content_row_is_not_taken_for_an_erasure;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -363,15 +366,12 @@ enum Raw {
 
 impl Raw {
     async fn connect(store: &Store) -> Raw {
-        match store {
-            Store::Sqlite(p) => {
-                let opts = (*p.connect_options()).clone().foreign_keys(false);
-                Raw::Sqlite(SqliteConnection::connect_with(&opts).await.expect("a raw SQLite connection"))
-            }
-            Store::Postgres(p) => Raw::Postgres(
-                PgConnection::connect_with(&p.connect_options()).await.expect("a raw PostgreSQL connection"),
-            ),
+        if let Some(p) = store.sqlite_pool() {
+            let opts = (*p.connect_options()).clone().foreign_keys(false);
+            return Raw::Sqlite(SqliteConnection::connect_with(&opts).await.expect("a raw SQLite connection"));
         }
+        let p = store.postgres_pool().expect("a store is SQLite or PostgreSQL");
+        Raw::Postgres(PgConnection::connect_with(&p.connect_options()).await.expect("a raw PostgreSQL connection"))
     }
 
     fn is_postgres(&self) -> bool {
@@ -938,6 +938,8 @@ async fn ledger_refuses_update_and_delete_but_allows_erasure(store: &Store) {
         "UPDATE ledger SET seq = 40 WHERE seq = 4",
         "DELETE FROM ledger",
         "DELETE FROM ledger WHERE seq = 4",
+        "INSERT INTO ledger (seq, at, kind, actor, content_hash, prev_hash, hash) VALUES (2, 0, 'x', 'mallory', 'x', 'x', 'x') \
+         ON CONFLICT (seq) DO UPDATE SET actor = excluded.actor",
     ];
     let content_refusals = [
         "UPDATE ledger_content SET content = '{\"answer\":\"forged\",\"step\":2}' WHERE seq = 2",
@@ -946,12 +948,10 @@ async fn ledger_refuses_update_and_delete_but_allows_erasure(store: &Store) {
         "UPDATE ledger_content SET seq = 40, content = NULL, erased_at = 1, erasure_reason = 'x' WHERE seq = 4",
         "DELETE FROM ledger_content",
         "DELETE FROM ledger_content WHERE seq = 4",
+        "INSERT INTO ledger_content (seq, content) VALUES (2, '{}') ON CONFLICT (seq) DO UPDATE SET content = excluded.content",
     ];
-    let (content_why, content_delete_why) = if pg {
-        ("ledger content can only be erased, not changed", "ledger content can only be erased, not changed")
-    } else {
-        ("ledger content can only be erased, not changed", "ledger content can only be erased, not deleted")
-    };
+    // Every content guard says this (the rest of the message names the operation).
+    let content_why = "ledger content can only be erased";
 
     // PostgreSQL: also as a replica (which skips ordinary triggers and foreign keys).
     let roles: &[Option<&str>] = if pg { &[None, Some("replica")] } else { &[None] };
@@ -963,8 +963,7 @@ async fn ledger_refuses_update_and_delete_but_allows_erasure(store: &Store) {
             raw.refused(sql, "the Wavelet ledger is append-only").await;
         }
         for sql in content_refusals {
-            let why = if sql.starts_with("DELETE") { content_delete_why } else { content_why };
-            raw.refused(sql, why).await;
+            raw.refused(sql, content_why).await;
         }
         if pg {
             // Plain `TRUNCATE ledger` is refused by the foreign key too, when not a replica;
@@ -1102,4 +1101,37 @@ async fn tampering_deleted_last_entry_is_found(store: &Store) {
         .await;
     assert_eq!(f.seq, 6, "{f}");
     assert!(f.problem.contains("missing"), "{f}");
+}
+
+async fn tampering_deleted_content_row_is_not_taken_for_an_erasure(store: &Store) {
+    let f = tamper(store, &[("DELETE FROM ledger_content WHERE seq = 4", 1)]).await;
+    assert_eq!(f.seq, 4, "{f}");
+    assert!(f.problem.contains("content was changed"), "{f}");
+}
+
+/// SQLite only: `REPLACE` deletes the old row without firing DELETE triggers (unless
+/// `recursive_triggers` is on), so it must be refused by a trigger of its own.
+#[tokio::test]
+async fn sqlite_ledger_refuses_insert_or_replace() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = &db.store;
+    let before = build_chain(store, 3).await;
+    let l = &before[1].link;
+    let mut raw = Raw::connect(store).await;
+    let replace_link = format!(
+        "REPLACE INTO ledger (seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash) \
+         VALUES ({}, {}, '{}', NULL, 'R-1', 'mallory', '{SCRIPT_HASH}', '{}', '{}', '{}')",
+        l.seq, l.at.0, l.kind, l.content_hash, l.prev_hash, l.hash
+    );
+    let replace_content = "INSERT OR REPLACE INTO ledger_content (seq, content) VALUES (3, '{\"answer\":\"forged\"}')";
+    let mut allowed = Vec::new();
+    for sql in [replace_link.as_str(), replace_content] {
+        if let Ok(n) = raw.exec(sql).await {
+            allowed.push(format!("`{sql}` ({n} rows)"));
+        }
+    }
+    raw.close().await;
+    assert!(allowed.is_empty(), "the ledger must refuse REPLACE, but allowed: {}", allowed.join("; "));
+    assert_eq!(store.ledger_page(0, 100).await.unwrap(), before, "nothing changed");
+    db.finish().await;
 }
