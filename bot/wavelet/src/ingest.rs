@@ -37,6 +37,17 @@ impl Ingest {
     }
 }
 
+/// Handles a batch on this thread, taken out of the async worker pool for the duration
+/// (script evaluation is CPU work), when the runtime has a pool to hand its tasks to.
+async fn handle_off_the_workers(rt: &Runtime, events: &[InboundEvent]) -> crate::store::Result<()> {
+    let handle = tokio::runtime::Handle::current();
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(|| handle.block_on(rt.handle_events(events)))
+    } else {
+        rt.handle_events(events).await
+    }
+}
+
 async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
@@ -44,7 +55,7 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
         let mut delay = Duration::from_millis(100);
         let mut warned = false;
         loop {
-            match rt.handle_events(&events).await {
+            match handle_off_the_workers(&rt, &events).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
                     if !warned {

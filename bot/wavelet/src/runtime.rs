@@ -111,6 +111,7 @@ impl Runtime {
         }
         let together = async {
             let mut tx = self.store.begin().await?;
+            self.prefetch(&mut tx, events).await?;
             for e in events {
                 self.handle_event(&mut tx, e).await?;
             }
@@ -139,6 +140,20 @@ impl Runtime {
         };
         self.outbox_ready.notify_waiters();
         result
+    }
+
+    /// Reads up front, for a whole batch, what handling it will look up event by event.
+    async fn prefetch(&self, tx: &mut Tx, events: &[InboundEvent]) -> store::Result<()> {
+        if events.len() < 2 {
+            return Ok(());
+        }
+        let ids: Vec<(String, String)> =
+            events.iter().map(|e| (e.room.platform().as_str().to_string(), e.event_id.clone())).collect();
+        let mut people: Vec<String> =
+            events.iter().filter_map(|e| self.dir.person_for(&e.sender)).map(|p| p.id.clone()).collect();
+        people.sort();
+        people.dedup();
+        tx.prefetch(&ids, &people).await
     }
 
     /// Fires timers that are due, earliest first. Returns how many fired.
@@ -420,13 +435,9 @@ impl Runtime {
         let history = std::mem::take(&mut run.history);
         let adv: Advance = {
             let mut host = StepHost { now, next_case: &mut next_case, dir: &self.dir };
-            // Script evaluation is CPU work: keep it off the async workers where we can.
-            let go = || self.engine.advance(wf, &ctx, history, &mut host);
-            if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-                tokio::task::block_in_place(go)
-            } else {
-                go()
-            }
+            // CPU work, run inline: the ingest worker runs whole batches off the async
+            // workers (see `ingest.rs`), which costs one hand-off per batch, not per step.
+            self.engine.advance(wf, &ctx, history, &mut host)
         };
         tx.set_case_counter(next_case);
         run.history = adv.history;

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wavelet_core::engine::{History, Wait};
 use wavelet_core::ledger::{Draft, Head, Link, StoredEntry};
@@ -56,6 +57,8 @@ impl Error {
 pub struct Store {
     pool: Pool,
     commits: Arc<AtomicU64>,
+    /// Script versions known to be saved, so a run start does not write the source again.
+    saved_scripts: Arc<Mutex<HashSet<String>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,13 +68,35 @@ enum Pool {
 }
 
 /// An open write transaction. Dropping it without [`Tx::commit`] rolls everything back.
+///
+/// Writes are buffered and go to the database at [`Tx::commit`] in multi-row statements
+/// (write-behind); reads through the `Tx` see them. That is sound because a `Tx` holds
+/// the store's write lock for its whole life (SQLite's `BEGIN IMMEDIATE`; the chain head
+/// row on PostgreSQL), so nothing else changes these rows meanwhile.
 pub struct Tx {
     conn: TxConn,
     head: Head,
     ledger: Vec<(Link, serde_json::Value)>,
-    /// The case counter, read once per transaction and written back at commit.
-    cases: Option<(i64, bool)>,
-    commits: Arc<AtomicU64>,
+    /// Counters (`run`, `case`, `wait`): read once, written back at commit when changed.
+    counters: HashMap<String, (i64, bool)>,
+    /// Runs read or written in this transaction: the newest state of each.
+    runs: HashMap<String, RunRow>,
+    dirty_runs: Vec<String>,
+    /// (person, room) pairs whose waiting runs have been read into `runs`.
+    waits_loaded: HashSet<(String, String)>,
+    /// People all of whose waiting runs have been read into `runs`.
+    persons_loaded: HashSet<String>,
+    /// Inbound events known to be recorded before this transaction, from a prefetch.
+    inbox_known: Option<HashSet<(String, String)>>,
+    inbox_prefetched: HashSet<(String, String)>,
+    inbox: Vec<(String, String, Millis)>,
+    inbox_seen: HashSet<(String, String)>,
+    outbox: Vec<(OutboundMessage, Option<String>, Millis)>,
+    outbox_keys: HashSet<String>,
+    cases: Vec<CaseRow>,
+    timers: Vec<(String, i64, Millis)>,
+    scripts: Vec<(String, String, String, Millis)>,
+    store: Store,
 }
 
 enum TxConn {
@@ -258,7 +283,7 @@ impl Store {
             let max = if url.contains(":memory:") || url.contains("mode=memory") { 1 } else { 4 };
             let pool = SqlitePoolOptions::new().max_connections(max).connect_with(opts).await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-            Store { pool: Pool::Sqlite(pool), commits: Arc::default() }
+            Store { pool: Pool::Sqlite(pool), commits: Arc::default(), saved_scripts: Arc::default() }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact(url)))?;
             let pool = PgPoolOptions::new()
@@ -267,7 +292,7 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
-            Store { pool: Pool::Postgres(pool), commits: Arc::default() }
+            Store { pool: Pool::Postgres(pool), commits: Arc::default(), saved_scripts: Arc::default() }
         } else {
             return Err(Error::BadUrl(redact(url)));
         };
@@ -304,8 +329,21 @@ impl Store {
             conn,
             head: Head { seq: row.0, hash: row.1 },
             ledger: Vec::new(),
-            cases: None,
-            commits: self.commits.clone(),
+            counters: HashMap::new(),
+            runs: HashMap::new(),
+            dirty_runs: Vec::new(),
+            waits_loaded: HashSet::new(),
+            persons_loaded: HashSet::new(),
+            inbox_known: None,
+            inbox_prefetched: HashSet::new(),
+            inbox: Vec::new(),
+            inbox_seen: HashSet::new(),
+            outbox: Vec::new(),
+            outbox_keys: HashSet::new(),
+            cases: Vec::new(),
+            timers: Vec::new(),
+            scripts: Vec::new(),
+            store: self.clone(),
         })
     }
 
@@ -517,126 +555,220 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Tx {
-    /// Records an inbound event. `false` if it was recorded before (a redelivery).
+    /// Records an inbound event. `false` if it was recorded before (a redelivery). If
+    /// another process records the same event meanwhile, this transaction's commit fails
+    /// on the inbox's key, and the retry sees the event as recorded.
     pub async fn record_inbox(&mut self, platform: &str, event_id: &str, at: Millis) -> Result<bool> {
-        let done = on_tx!(self, c => sqlx::query("INSERT INTO inbox (platform, event_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(platform).bind(event_id).bind(at.0).execute(c).await.map(|r| r.rows_affected()))?;
-        Ok(done == 1)
+        let key = (platform.to_string(), event_id.to_string());
+        if self.inbox_seen.contains(&key) {
+            return Ok(false);
+        }
+        let known = match &self.inbox_known {
+            Some(prefetched) if self.inbox_prefetched.contains(&key) => prefetched.contains(&key),
+            _ => {
+                let known: Option<i64> = on_tx!(self, c => sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM inbox WHERE platform = $1 AND event_id = $2")
+                    .bind(platform).bind(event_id).fetch_optional(c).await)?;
+                known.is_some()
+            }
+        };
+        self.inbox_seen.insert(key.clone());
+        if known {
+            return Ok(false);
+        }
+        self.inbox.push((key.0, key.1, at));
+        Ok(true)
     }
 
     /// Takes the next number of a counter (`run`, `case`, `wait`).
     pub async fn next_number(&mut self, counter: &str) -> Result<i64> {
-        let v: i64 = on_tx!(self, c => sqlx::query_scalar("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
-            .bind(counter).fetch_one(c).await)?;
+        let v = self.counter(counter).await? + 1;
+        self.counters.insert(counter.to_string(), (v, true));
         Ok(v)
     }
 
+    async fn counter(&mut self, name: &str) -> Result<i64> {
+        if let Some((v, _)) = self.counters.get(name) {
+            return Ok(*v);
+        }
+        let v: i64 = on_tx!(self, c => sqlx::query_scalar("SELECT value FROM counters WHERE name = $1").bind(name).fetch_one(c).await)?;
+        self.counters.insert(name.to_string(), (v, false));
+        Ok(v)
+    }
+
+    /// The number of the last case opened.
+    pub async fn case_counter(&mut self) -> Result<i64> {
+        self.counter("case").await
+    }
+
+    pub fn set_case_counter(&mut self, v: i64) {
+        if let Some((old, dirty)) = self.counters.get("case").copied() {
+            self.counters.insert("case".into(), (v, dirty || v != old));
+        }
+    }
+
+    /// Keeps a script version (first write wins).
     pub async fn save_script(&mut self, hash: &str, name: &str, source: &str, at: Millis) -> Result<()> {
-        on_tx!(self, c => sqlx::query("INSERT INTO scripts (hash, name, source, first_seen) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-            .bind(hash).bind(name).bind(source).bind(at.0).execute(c).await.map(|r| r.rows_affected()))?;
+        let known = self.store.saved_scripts.lock().map(|s| s.contains(hash)).unwrap_or(false);
+        if !known && !self.scripts.iter().any(|s| s.0 == hash) {
+            self.scripts.push((hash.to_string(), name.to_string(), source.to_string(), at));
+        }
         Ok(())
     }
 
     pub async fn script_source(&mut self, hash: &str) -> Result<Option<(String, String)>> {
+        if let Some((_, name, source, _)) = self.scripts.iter().find(|s| s.0 == hash) {
+            return Ok(Some((name.clone(), source.clone())));
+        }
         Ok(
             on_tx!(self, c => sqlx::query_as("SELECT name, source FROM scripts WHERE hash = $1").bind(hash).fetch_optional(c).await)?,
         )
     }
 
     pub async fn run(&mut self, id: &str) -> Result<Option<RunRow>> {
+        if let Some(r) = self.runs.get(id) {
+            return Ok(Some(r.clone()));
+        }
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         let row: Option<RunTuple> =
             on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(c).await)?;
-        row.map(run_from_tuple).transpose()
+        let run = row.map(run_from_tuple).transpose()?;
+        if let Some(r) = &run {
+            self.runs.insert(r.id.clone(), r.clone());
+        }
+        Ok(run)
+    }
+
+    /// Reads, in two queries, what handling these events will look up one by one: which
+    /// were recorded before (only these events are then looked up), and every run waiting
+    /// on these people.
+    pub async fn prefetch(&mut self, events: &[(String, String)], people: &[String]) -> Result<()> {
+        if !events.is_empty() {
+            let rows: Vec<(String, String)> = on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new("SELECT platform, event_id FROM inbox WHERE event_id IN (");
+                let mut list = q.separated(", ");
+                for (_, id) in events {
+                    list.push_bind(id.clone());
+                }
+                q.push(")");
+                q.build_query_as().fetch_all(&mut *c).await
+            })?;
+            let rows: HashSet<(String, String)> = rows.into_iter().collect();
+            let mut known = self.inbox_known.take().unwrap_or_default();
+            known.extend(events.iter().filter(|e| rows.contains(e)).cloned());
+            // Events not in this prefetch are looked up on their own.
+            self.inbox_known = Some(known);
+            self.inbox_prefetched.extend(events.iter().cloned());
+        }
+        let people: Vec<&String> = people.iter().filter(|p| !self.persons_loaded.contains(*p)).collect();
+        if !people.is_empty() {
+            let rows: Vec<RunTuple> = on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person IN ("));
+                let mut list = q.separated(", ");
+                for p in &people {
+                    list.push_bind((*p).clone());
+                }
+                q.push(")");
+                q.build_query_as().fetch_all(&mut *c).await
+            })?;
+            for row in rows {
+                let r = run_from_tuple(row)?;
+                self.runs.entry(r.id.clone()).or_insert(r);
+            }
+            self.persons_loaded.extend(people.into_iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// Reads the runs waiting on (person, room) into this transaction's view, once.
+    async fn load_waits(&mut self, person: &str, room: &str) -> Result<()> {
+        let key = (person.to_string(), room.to_string());
+        if self.persons_loaded.contains(person) || self.waits_loaded.contains(&key) {
+            return Ok(());
+        }
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs WHERE wait_person = $1 AND wait_room = $2 AND status = 'waiting'");
+        let rows: Vec<RunTuple> =
+            on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(person).bind(room).fetch_all(c).await)?;
+        for row in rows {
+            let r = run_from_tuple(row)?;
+            // A run already in view is newer than the database's copy.
+            self.runs.entry(r.id.clone()).or_insert(r);
+        }
+        self.waits_loaded.insert(key);
+        Ok(())
+    }
+
+    fn waits_on<'a>(&'a self, person: &'a str, room: &'a str) -> impl Iterator<Item = &'a RunRow> + 'a {
+        self.runs.values().filter(move |r| {
+            r.status == RunStatus::Waiting
+                && r.wait_person.as_deref() == Some(person)
+                && r.wait_room.as_ref().is_some_and(|w| w.to_string() == room)
+        })
     }
 
     /// The run whose question to `person` in `room` is answered next: the oldest wait.
     pub async fn waiting_run(&mut self, person: &str, room: &RoomRef) -> Result<Option<RunRow>> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE wait_person = $1 AND wait_room = $2 AND status = 'waiting' ORDER BY wait_seq LIMIT 1"
-        );
         let room = room.to_string();
-        let row: Option<RunTuple> = on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(person).bind(&room).fetch_optional(c).await)?;
-        row.map(run_from_tuple).transpose()
+        self.load_waits(person, &room).await?;
+        Ok(self.waits_on(person, &room).min_by_key(|r| r.wait_seq.unwrap_or(i64::MAX)).cloned())
     }
 
     /// Another run's wait on the same person and room, if any.
     pub async fn waiting_run_other(&mut self, person: &str, room: &RoomRef, run_id: &str) -> Result<Option<String>> {
         let room = room.to_string();
-        Ok(on_tx!(self, c => sqlx::query_scalar(
-            "SELECT id FROM runs WHERE wait_person = $1 AND wait_room = $2 AND status = 'waiting' AND id <> $3 LIMIT 1")
-            .bind(person).bind(&room).bind(run_id).fetch_optional(c).await)?)
+        self.load_waits(person, &room).await?;
+        Ok(self.waits_on(person, &room).find(|r| r.id != run_id).map(|r| r.id.clone()))
     }
 
-    /// The number of the last case opened.
-    pub async fn case_counter(&mut self) -> Result<i64> {
-        if let Some((v, _)) = self.cases {
-            return Ok(v);
-        }
-        let v: i64 =
-            on_tx!(self, c => sqlx::query_scalar("SELECT value FROM counters WHERE name = 'case'").fetch_one(c).await)?;
-        self.cases = Some((v, false));
-        Ok(v)
-    }
-
-    pub fn set_case_counter(&mut self, v: i64) {
-        if let Some((old, dirty)) = self.cases {
-            self.cases = Some((v, dirty || v != old));
-        }
-    }
-
-    /// Writes a run (insert or replace).
+    /// Writes a run (insert or replace) at commit; reads in this transaction see it now.
     pub async fn put_run(&mut self, r: &RunRow) -> Result<()> {
-        const SQL: &str = "INSERT INTO runs (id, workflow, script_hash, status, starter, group_id, room, history, wait, wait_person, wait_room, wait_seq, error, created_at, updated_at) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                           ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
-                           wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
-                           error = excluded.error, updated_at = excluded.updated_at";
-        let history = json(&r.history);
-        let wait = r.wait.as_ref().map(json);
-        let room = r.room.to_string();
-        let wait_room = r.wait_room.as_ref().map(|w| w.to_string());
-        on_tx!(self, c => sqlx::query(SQL)
-            .bind(&r.id).bind(&r.workflow).bind(&r.script_hash).bind(r.status.as_str()).bind(&r.starter)
-            .bind(&r.group_id).bind(&room).bind(&history).bind(&wait).bind(&r.wait_person).bind(&wait_room)
-            .bind(r.wait_seq).bind(&r.error).bind(r.created_at.0).bind(r.updated_at.0)
-            .execute(c).await.map(|r| r.rows_affected()))?;
+        if !self.dirty_runs.contains(&r.id) {
+            self.dirty_runs.push(r.id.clone());
+        }
+        self.runs.insert(r.id.clone(), r.clone());
         Ok(())
     }
 
     pub async fn insert_case(&mut self, c: &CaseRow) -> Result<()> {
-        const SQL: &str = "INSERT INTO cases (id, run_id, group_id, subject, category, risk, status, opened_at, closed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-        on_tx!(self, conn => sqlx::query(SQL).bind(&c.id).bind(&c.run_id).bind(&c.group_id).bind(&c.subject).bind(&c.category)
-            .bind(&c.risk).bind(&c.status).bind(c.opened_at.0).bind(c.closed_at.map(|m| m.0)).execute(conn).await.map(|r| r.rows_affected()))?;
+        self.cases.push(c.clone());
         Ok(())
     }
 
+    /// Closes a case. `false` if there is no such open case.
     pub async fn close_case(&mut self, id: &str, at: Millis) -> Result<bool> {
+        if let Some(c) = self.cases.iter_mut().find(|c| c.id == id) {
+            let open = c.status != "closed";
+            if open {
+                c.status = "closed".into();
+                c.closed_at = Some(at);
+            }
+            return Ok(open);
+        }
         let r = on_tx!(self, c => sqlx::query("UPDATE cases SET status = 'closed', closed_at = $1 WHERE id = $2 AND status <> 'closed'")
             .bind(at.0).bind(id).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(r == 1)
     }
 
-    /// Queues a message for delivery. A message with a key already queued is not queued
-    /// again (`false`).
-    pub async fn enqueue(&mut self, m: &OutboundMessage, run_id: Option<&str>, at: Millis) -> Result<bool> {
-        const SQL: &str = "INSERT INTO outbox (idempotency_key, run_id, room, person, body, created_at, next_attempt_at) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (idempotency_key) DO NOTHING";
-        let room = m.room.to_string();
-        let body = json(&m.body);
-        let r = on_tx!(self, c => sqlx::query(SQL).bind(&m.idempotency_key).bind(run_id).bind(&room).bind(&m.person)
-            .bind(&body).bind(at.0).execute(c).await.map(|r| r.rows_affected()))?;
-        Ok(r == 1)
+    /// Queues a message for delivery at commit. A key queued before (in this transaction
+    /// or any earlier one) is not queued again: the first message with a key is kept.
+    pub async fn enqueue(&mut self, m: &OutboundMessage, run_id: Option<&str>, at: Millis) -> Result<()> {
+        if self.outbox_keys.insert(m.idempotency_key.clone()) {
+            self.outbox.push((m.clone(), run_id.map(str::to_string), at));
+        }
+        Ok(())
     }
 
     pub async fn set_timer(&mut self, run_id: &str, step: i64, due: Millis) -> Result<()> {
-        on_tx!(self, c => sqlx::query("INSERT INTO timers (run_id, step, due_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(run_id).bind(step).bind(due.0).execute(c).await.map(|r| r.rows_affected()))?;
+        self.timers.push((run_id.to_string(), step, due));
         Ok(())
     }
 
     /// Removes a timer; `false` if it was already gone (fired by someone else).
     pub async fn take_timer(&mut self, run_id: &str, step: i64) -> Result<bool> {
+        if let Some(i) = self.timers.iter().position(|t| t.0 == run_id && t.1 == step) {
+            self.timers.remove(i);
+            return Ok(true);
+        }
         let r = on_tx!(self, c => sqlx::query("DELETE FROM timers WHERE run_id = $1 AND step = $2").bind(run_id).bind(step).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(r == 1)
     }
@@ -648,30 +780,123 @@ impl Tx {
         link
     }
 
-    /// Writes the ledger entries and the new chain head, then commits.
+    /// Writes everything buffered, the ledger entries and the new chain head, then commits.
     pub async fn commit(mut self) -> Result<()> {
+        const CHUNK: usize = 100;
+        let scripts = std::mem::take(&mut self.scripts);
+        for chunk in scripts.chunks(CHUNK) {
+            on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO scripts (hash, name, source, first_seen) ");
+                q.push_values(chunk, |mut b, (hash, name, source, at)| {
+                    b.push_bind(hash.clone()).push_bind(name.clone()).push_bind(source.clone()).push_bind(at.0);
+                });
+                q.push(" ON CONFLICT DO NOTHING");
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        let inbox = std::mem::take(&mut self.inbox);
+        for chunk in inbox.chunks(CHUNK) {
+            on_tx!(self, c => {
+                // No ON CONFLICT: a concurrent recording of the same event must fail this
+                // transaction, so the event is not handled twice.
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO inbox (platform, event_id, received_at) ");
+                q.push_values(chunk, |mut b, (platform, id, at)| {
+                    b.push_bind(platform.clone()).push_bind(id.clone()).push_bind(at.0);
+                });
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        let dirty: Vec<RunRow> =
+            std::mem::take(&mut self.dirty_runs).iter().filter_map(|id| self.runs.get(id).cloned()).collect();
+        for chunk in dirty.chunks(CHUNK) {
+            on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO runs ({RUN_COLUMNS}) "));
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.id.clone())
+                        .push_bind(r.workflow.clone())
+                        .push_bind(r.script_hash.clone())
+                        .push_bind(r.status.as_str())
+                        .push_bind(r.starter.clone())
+                        .push_bind(r.group_id.clone())
+                        .push_bind(r.room.to_string())
+                        .push_bind(json(&r.history))
+                        .push_bind(r.wait.as_ref().map(json))
+                        .push_bind(r.wait_person.clone())
+                        .push_bind(r.wait_room.as_ref().map(|w| w.to_string()))
+                        .push_bind(r.wait_seq)
+                        .push_bind(r.error.clone())
+                        .push_bind(r.created_at.0)
+                        .push_bind(r.updated_at.0);
+                });
+                q.push(
+                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
+                     wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
+                     error = excluded.error, updated_at = excluded.updated_at",
+                );
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        let cases = std::mem::take(&mut self.cases);
+        for chunk in cases.chunks(CHUNK) {
+            on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO cases (id, run_id, group_id, subject, category, risk, status, opened_at, closed_at) ");
+                q.push_values(chunk, |mut b, k| {
+                    b.push_bind(k.id.clone()).push_bind(k.run_id.clone()).push_bind(k.group_id.clone())
+                        .push_bind(k.subject.clone()).push_bind(k.category.clone()).push_bind(k.risk.clone())
+                        .push_bind(k.status.clone()).push_bind(k.opened_at.0).push_bind(k.closed_at.map(|m| m.0));
+                });
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        let timers = std::mem::take(&mut self.timers);
+        for chunk in timers.chunks(CHUNK) {
+            on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO timers (run_id, step, due_at) ");
+                q.push_values(chunk, |mut b, (run, step, due)| {
+                    b.push_bind(run.clone()).push_bind(*step).push_bind(due.0);
+                });
+                q.push(" ON CONFLICT DO NOTHING");
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        for chunk in outbox.chunks(CHUNK) {
+            on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO outbox (idempotency_key, run_id, room, person, body, created_at, next_attempt_at) ",
+                );
+                q.push_values(chunk, |mut b, (m, run, at)| {
+                    b.push_bind(m.idempotency_key.clone()).push_bind(run.clone()).push_bind(m.room.to_string())
+                        .push_bind(m.person.clone()).push_bind(json(&m.body)).push_bind(at.0).push_bind(at.0);
+                });
+                // A key queued in an earlier transaction keeps its first message.
+                q.push(" ON CONFLICT (idempotency_key) DO NOTHING");
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        let counters: Vec<(String, i64)> =
+            self.counters.iter().filter(|(_, (_, dirty))| *dirty).map(|(k, (v, _))| (k.clone(), *v)).collect();
+        for (name, v) in counters {
+            on_tx!(self, c => sqlx::query("UPDATE counters SET value = $1 WHERE name = $2").bind(v).bind(&name).execute(c).await.map(|r| r.rows_affected()))?;
+        }
         let entries = std::mem::take(&mut self.ledger);
-        // Several rows per statement: most steps append a handful of entries.
         for chunk in entries.chunks(50) {
             on_tx!(self, c => {
                 let mut links = sqlx::QueryBuilder::new(
                     "INSERT INTO ledger (seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash) ",
                 );
-                let mut contents = sqlx::QueryBuilder::new("INSERT INTO ledger_content (seq, content) ");
                 links.push_values(chunk, |mut b, (l, _)| {
                     b.push_bind(l.seq).push_bind(l.at.0).push_bind(l.kind.clone()).push_bind(l.case_id.clone())
                         .push_bind(l.run_id.clone()).push_bind(l.actor.clone()).push_bind(l.script_hash.clone())
                         .push_bind(l.content_hash.clone()).push_bind(l.prev_hash.clone()).push_bind(l.hash.clone());
                 });
                 links.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+                let mut contents = sqlx::QueryBuilder::new("INSERT INTO ledger_content (seq, content) ");
                 contents.push_values(chunk, |mut b, (l, content)| {
                     b.push_bind(l.seq).push_bind(wavelet_core::ledger::canonical_json(content));
                 });
                 contents.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
             });
-        }
-        if let Some((v, true)) = self.cases {
-            on_tx!(self, c => sqlx::query("UPDATE counters SET value = $1 WHERE name = 'case'").bind(v).execute(c).await.map(|r| r.rows_affected()))?;
         }
         if !entries.is_empty() {
             let (seq, hash) = (self.head.seq, self.head.hash.clone());
@@ -681,7 +906,10 @@ impl Tx {
             TxConn::Sqlite(t) => t.commit().await?,
             TxConn::Postgres(t) => t.commit().await?,
         }
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut known) = self.store.saved_scripts.lock() {
+            known.extend(scripts.into_iter().map(|s| s.0));
+        }
+        self.store.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

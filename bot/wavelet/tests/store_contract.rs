@@ -623,9 +623,10 @@ async fn cases_are_inserted_once_and_closed_once(store: &Store) {
     assert_eq!(store.case("C-1").await.unwrap().as_ref(), Some(&case));
     assert_eq!(store.case("C-2").await.unwrap(), None);
 
+    // Writes go to the database at commit: the commit is refused and leaves nothing.
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.insert_case(&case).await.is_err(), "a case id is used once");
-    drop(tx);
+    tx.insert_case(&case).await.unwrap();
+    assert!(tx.commit().await.is_err(), "a case id is used once");
 
     let mut tx = store.begin().await.unwrap();
     assert!(tx.close_case("C-1", Millis(9_000)).await.unwrap());
@@ -646,13 +647,13 @@ async fn outbox_enqueue_is_idempotent_by_key_and_delivery_is_recorded(store: &St
     };
 
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.enqueue(&first, Some("R-1"), Millis(100)).await.unwrap());
-    assert!(!tx.enqueue(&message("R-1/2/0", "a retry"), Some("R-1"), Millis(150)).await.unwrap(), "same key");
-    assert!(tx.enqueue(&choice, None, Millis(200)).await.unwrap());
+    tx.enqueue(&first, Some("R-1"), Millis(100)).await.unwrap();
+    tx.enqueue(&message("R-1/2/0", "a retry"), Some("R-1"), Millis(150)).await.unwrap();
+    tx.enqueue(&choice, None, Millis(200)).await.unwrap();
     tx.commit().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
-    assert!(!tx.enqueue(&first, Some("R-1"), Millis(300)).await.unwrap(), "same key, later transaction");
+    tx.enqueue(&first, Some("R-1"), Millis(300)).await.unwrap();
     tx.commit().await.unwrap();
 
     assert_eq!(store.pending_outbox(Millis(99), 10).await.unwrap(), vec![], "nothing due yet");
@@ -686,7 +687,7 @@ async fn outbox_enqueue_is_idempotent_by_key_and_delivery_is_recorded(store: &St
 
     // Delivered is still "queued before": the key is not sent twice.
     let mut tx = store.begin().await.unwrap();
-    assert!(!tx.enqueue(&first, Some("R-1"), Millis(6_000)).await.unwrap());
+    tx.enqueue(&first, Some("R-1"), Millis(6_000)).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.pending_outbox(Millis(i64::MAX), 10).await.unwrap(), vec![]);
 }
@@ -749,7 +750,7 @@ async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &
     assert_eq!(tx.next_number("run").await.unwrap(), 1);
     tx.put_run(&run).await.unwrap();
     tx.insert_case(&case_row("C-1", "R-1")).await.unwrap();
-    assert!(tx.enqueue(&message("k1", "hello"), Some("R-1"), Millis(10)).await.unwrap());
+    tx.enqueue(&message("k1", "hello"), Some("R-1"), Millis(10)).await.unwrap();
     tx.set_timer("R-1", 1, Millis(100)).await.unwrap();
     tx.append(draft(10, EntryKind::RunStarted, None, Some("R-1"), json!({ "workflow": "concern" })));
     tx.append(draft(11, EntryKind::CaseOpened, Some("C-1"), Some("R-1"), json!({ "risk": "high" })));
@@ -771,7 +772,7 @@ async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &
     tx.put_run(&run_row("R-2", RunStatus::Waiting, None)).await.unwrap();
     tx.insert_case(&case_row("C-2", "R-2")).await.unwrap();
     assert!(tx.close_case("C-1", Millis(20)).await.unwrap());
-    assert!(tx.enqueue(&message("k2", "never sent"), Some("R-2"), Millis(20)).await.unwrap());
+    tx.enqueue(&message("k2", "never sent"), Some("R-2"), Millis(20)).await.unwrap();
     tx.set_timer("R-2", 1, Millis(50)).await.unwrap();
     assert!(tx.take_timer("R-1", 1).await.unwrap());
     tx.append(draft(20, EntryKind::CaseClosed, Some("C-1"), Some("R-1"), json!({ "reason": "dropped" })));
@@ -780,11 +781,14 @@ async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &
     assert_eq!(tx.run("R-1").await.unwrap().as_ref(), Some(&changed), "visible inside the transaction");
     drop(tx);
 
-    // Also a transaction that failed part-way (a duplicate case) and is then dropped.
+    // Also a transaction whose commit fails part-way (a duplicate case, written after the
+    // inbox row and the runs).
     let mut tx = store.begin().await.unwrap();
     assert!(tx.record_inbox("console", "e3", Millis(3)).await.unwrap());
-    assert!(tx.insert_case(&case_row("C-1", "R-1")).await.is_err());
-    drop(tx);
+    tx.put_run(&run_row("R-3", RunStatus::Waiting, None)).await.unwrap();
+    tx.insert_case(&case_row("C-1", "R-1")).await.unwrap();
+    assert!(tx.commit().await.is_err());
+    assert!(store.run("R-3").await.unwrap().is_none());
 
     // Nothing of either is visible; everything committed is.
     assert_eq!(store.run("R-1").await.unwrap().as_ref(), Some(&run));
