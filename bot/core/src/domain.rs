@@ -16,8 +16,10 @@ impl Millis {
     }
 
     /// RFC 3339 with milliseconds, e.g. `2026-11-25T10:00:00.000Z`.
+    /// Times past the year 9999 (which RFC 3339 cannot write) are written as its end.
     pub fn rfc3339(self) -> String {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.0.max(0) as u64);
+        const MAX: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.0.clamp(0, MAX) as u64);
         humantime::format_rfc3339_millis(t).to_string()
     }
 
@@ -223,6 +225,7 @@ mod tests {
         assert_eq!(Millis(0).rfc3339(), "1970-01-01T00:00:00.000Z");
         let m = Millis::parse_rfc3339("2026-11-25T10:00:00Z").unwrap();
         assert_eq!(m.rfc3339(), "2026-11-25T10:00:00.000Z");
+        assert_eq!(Millis(i64::MAX).rfc3339(), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -320,19 +320,24 @@ thread_local! {
     static CURRENT: RefCell<Option<*mut Replay<'static>>> = const { RefCell::new(None) };
 }
 
-struct ReplayGuard;
+/// Keeps the replay borrowed (so it cannot move) while its pointer is installed, and puts
+/// back whatever was installed before.
+struct ReplayGuard<'r, 'h> {
+    previous: Option<*mut Replay<'static>>,
+    _replay: std::marker::PhantomData<&'r mut Replay<'h>>,
+}
 
-impl ReplayGuard {
-    fn enter(replay: &mut Replay<'_>) -> ReplayGuard {
+impl<'r, 'h> ReplayGuard<'r, 'h> {
+    fn enter(replay: &'r mut Replay<'h>) -> ReplayGuard<'r, 'h> {
         let ptr = std::ptr::from_mut(replay).cast::<Replay<'static>>();
-        CURRENT.with(|c| *c.borrow_mut() = Some(ptr));
-        ReplayGuard
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(ptr));
+        ReplayGuard { previous, _replay: std::marker::PhantomData }
     }
 }
 
-impl Drop for ReplayGuard {
+impl Drop for ReplayGuard<'_, '_> {
     fn drop(&mut self) {
-        CURRENT.with(|c| *c.borrow_mut() = None);
+        CURRENT.with(|c| *c.borrow_mut() = self.previous);
     }
 }
 
@@ -379,6 +384,11 @@ impl Replay<'_> {
         wait: Option<&dyn Fn(usize) -> Wait>,
         perform: impl FnOnce(&mut Self, usize) -> RhaiResult<serde_json::Value>,
     ) -> RhaiResult<serde_json::Value> {
+        // A callback that swallowed the suspension (rhai's `sort` ignores errors) must not
+        // go on to ask for more.
+        if self.stop.is_some() {
+            return Err(suspend(pos));
+        }
         let step = self.position;
         let fp = fingerprint(kind, &args);
         if step < self.history.len() {
@@ -716,6 +726,9 @@ fn register_effects(engine: &mut Engine) {
         let d = parse_duration(duration).map_err(|e| {
             script_error(format!("sleep: `{duration}` is not a duration ({e}); write e.g. \"15m\" or \"2h\""), pos)
         })?;
+        if d > MAX_SLEEP {
+            return Err(script_error("sleep: the longest wait is 5 years", pos));
+        }
         with_replay(pos, |r| {
             let args = serde_json::json!({ "duration_ms": d.as_millis() as u64 });
             // The due time is fixed when the timer is first set, and kept in the history.
@@ -729,6 +742,9 @@ fn register_effects(engine: &mut Engine) {
         Ok(())
     });
 }
+
+/// The longest `sleep` a script may ask for.
+pub const MAX_SLEEP: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
 
 /// Parses a duration as coordinators write it: `15m`, `2h 30m`, `1day`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -756,6 +772,8 @@ impl WorkflowEngine {
         for symbol in ["eval", "print", "debug"] {
             engine.disable_symbol(symbol);
         }
+        // Never evaluate functions while compiling: effects must only run in a replay.
+        engine.set_optimization_level(rhai::OptimizationLevel::Simple);
         engine.set_strict_variables(true);
         engine.set_fail_on_invalid_map_property(true);
         engine.set_max_operations(limits.max_operations);
@@ -890,7 +908,12 @@ impl WorkflowEngine {
                 column: 1,
                 message: "the run was advanced while it still waits for something (internal error)".into(),
             }),
-            (Ok(_), _) => Outcome::Finished,
+            (Ok(_), None) => Outcome::Finished,
+            // A callback that swallows errors (rhai's `sort`) asked and the script ran on to
+            // its end: it still waits. Nothing after the question was performed (effects
+            // refuse to run once a replay has stopped), and the replay with the answer
+            // runs the callback properly.
+            (Ok(_), Some(Stop::Wait(w))) => Outcome::Waiting(w),
             (Err(e), _) => Outcome::Failed(describe_failure(&wf.file, &e)),
         };
         Advance { history, effects, outcome }

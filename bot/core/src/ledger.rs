@@ -181,10 +181,15 @@ pub fn link_hash(l: &Link) -> String {
     field(&l.seq.to_be_bytes());
     field(&l.at.0.to_be_bytes());
     field(l.kind.as_bytes());
-    field(l.case_id.as_deref().unwrap_or("\u{0}none").as_bytes());
-    field(l.run_id.as_deref().unwrap_or("\u{0}none").as_bytes());
+    // An absent field is one 0 byte; a present one a 1 byte and its text: never equal.
+    let optional = |o: &Option<String>| match o {
+        None => vec![0u8],
+        Some(s) => [&[1u8][..], s.as_bytes()].concat(),
+    };
+    field(&optional(&l.case_id));
+    field(&optional(&l.run_id));
     field(l.actor.as_bytes());
-    field(l.script_hash.as_deref().unwrap_or("\u{0}none").as_bytes());
+    field(&optional(&l.script_hash));
     field(l.content_hash.as_bytes());
     field(l.prev_hash.as_bytes());
     hex::encode(h.finalize())
@@ -242,7 +247,16 @@ pub struct VerifyReport {
 
 /// Walks entries in sequence order and checks each link, each content hash, and that
 /// the chain ends at `head` (the stored chain head). Names the first bad entry.
+///
+/// Content may be missing only where a later `content.erased` entry (itself chained)
+/// names the entry: an erasure nobody recorded is tampering.
 pub fn verify(entries: impl IntoIterator<Item = StoredEntry>, head: &Head) -> Result<VerifyReport, ChainFault> {
+    let entries: Vec<StoredEntry> = entries.into_iter().collect();
+    let recorded_erasures: std::collections::HashSet<i64> = entries
+        .iter()
+        .filter(|e| e.link.kind == EntryKind::ContentErased.as_str())
+        .filter_map(|e| e.content.as_ref()?.get("seq")?.as_i64())
+        .collect();
     let mut expect = Head::genesis();
     let mut erased = 0;
     for e in entries {
@@ -270,7 +284,10 @@ pub fn verify(entries: impl IntoIterator<Item = StoredEntry>, head: &Head) -> Re
                 return Err(ChainFault { seq, problem: "its content was changed after it was written".into() });
             }
             Some(_) => {}
-            None => erased += 1,
+            None if recorded_erasures.contains(&seq) => erased += 1,
+            None => {
+                return Err(ChainFault { seq, problem: "its content is gone without a recorded erasure".into() });
+            }
         }
         expect = Head { seq: l.seq, hash: l.hash.clone() };
     }
@@ -372,11 +389,33 @@ mod tests {
     }
 
     #[test]
-    fn erased_content_still_verifies() {
-        let (mut e, head) = chain(3);
+    fn erased_content_still_verifies_when_the_erasure_is_recorded() {
+        let (mut e, mut head) = chain(3);
         e[1].content = None;
+        let f = verify(e.clone(), &head).expect_err("an unrecorded erasure is tampering");
+        assert_eq!(f.seq, 2, "{f}");
+        let d = Draft {
+            at: Millis(9_000),
+            kind: EntryKind::ContentErased,
+            case_id: None,
+            run_id: None,
+            actor: "rey".into(),
+            script_hash: None,
+            content: json!({ "seq": 2, "reason": "court order" }),
+        };
+        e.push(StoredEntry { link: head.append(&d), content: Some(d.content) });
         let r = verify(e, &head).unwrap();
         assert_eq!(r.erased, 1);
+    }
+
+    #[test]
+    fn absent_and_present_optional_fields_hash_differently() {
+        let (e, _) = chain(1);
+        let mut l = e[0].link.clone();
+        l.case_id = None;
+        let none = link_hash(&l);
+        l.case_id = Some(String::new());
+        assert_ne!(none, link_hash(&l));
     }
 
     #[test]

@@ -59,8 +59,27 @@ pub fn run_failed_for_person(run_id: &str) -> String {
     )
 }
 
-pub fn run_failed_for_coordinator(run_id: &str, workflow: &str, error: &str) -> String {
-    format!("Workflow `{workflow}` failed in run {run_id}: {error}")
+pub fn run_failed_for_coordinator(run_id: &str, workflow: &str, place: &str) -> String {
+    format!(
+        "Workflow `{workflow}` failed in run {run_id} at {place}. The error is in the ledger's run.failed entry for {run_id} (`wavelet audit export`); `wavelet check` and transcripts help find it."
+    )
+}
+
+pub fn nothing_waiting() -> String {
+    "I have no question waiting for you here, so I have not recorded this. `!help` lists what you can start; to add to a concern you raised, tell your safeguarding lead.".into()
+}
+
+pub fn not_your_dialog(starter: &str) -> String {
+    format!(
+        "This question is part of a workflow {starter} started, so only they can cancel it. Please answer it, or tell them."
+    )
+}
+
+pub fn before_the_question(prompt: &str) -> String {
+    let p: String = crate::text::one_line(prompt).chars().take(200).collect();
+    format!(
+        "Your message reached me before my question did, so I have not taken it as the answer to: \"{p}\" Please send your answer again."
+    )
 }
 
 pub fn run_diverged_for_coordinator(run_id: &str, workflow: &str, step: usize) -> String {
@@ -78,4 +97,8 @@ pub fn workflow_reloaded(name: &str, hash: &str) -> String {
         "Workflow `{name}` reloaded (version {}). Runs already started keep their version.",
         &hash[..12.min(hash.len())]
     )
+}
+
+pub fn question_queued() -> String {
+    "I have another question for you waiting above; I'll ask the next one as soon as you have answered it.".into()
 }

@@ -63,7 +63,7 @@ fn event(person: usize, step: usize, text: &str) -> InboundEvent {
         room,
         sender: Account { platform: Platform::Console, id: who },
         text: text.into(),
-        received_at: Millis(0),
+        received_at: wavelet::runtime::Clock::now(&SystemClock),
     }
 }
 

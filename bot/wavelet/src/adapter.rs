@@ -53,7 +53,11 @@ pub fn backoff(attempts: i32) -> Duration {
 
 /// Sends every message that is due, oldest first, and records each delivery or failure.
 /// Returns how many were delivered.
+///
+/// One pass at a time per process: a second caller waits for the first to finish, so no
+/// message is sent twice by two passes reading the same rows.
 pub async fn deliver_pending(store: &Store, adapters: &Adapters, now: Millis) -> store::Result<usize> {
+    let _one_pass = store.delivery.lock().await;
     let mut delivered = 0;
     loop {
         let batch = store.pending_outbox(now, 200).await?;

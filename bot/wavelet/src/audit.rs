@@ -160,3 +160,9 @@ pub async fn export(rt: &Runtime, reader: &str, format: Format, out: &mut dyn Wr
     }
     Ok(n)
 }
+
+/// Erases one entry's content, as `reader` (a reviewer or coordinator).
+pub async fn erase(rt: &Runtime, reader: &str, seq: i64, reason: &str) -> Result<bool, AuditError> {
+    check_reader(&rt.dir, reader)?;
+    Ok(rt.store.erase(seq, reason, reader, rt.clock.now()).await?)
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use wavelet_core::InboundEvent;
 
-type Ack = oneshot::Sender<()>;
+type Ack = oneshot::Sender<Result<(), String>>;
 
 /// The handle adapters submit through. Cloning is cheap.
 #[derive(Clone)]
@@ -17,9 +17,15 @@ pub struct Ingest {
     queue: mpsc::Sender<(InboundEvent, Ack)>,
 }
 
+/// Why an event was not taken. The adapter must not acknowledge it to its platform, so
+/// the platform delivers it again.
 #[derive(Debug, thiserror::Error)]
-#[error("Wavelet is shutting down; the event was not taken (the platform will deliver it again)")]
-pub struct ShuttingDown;
+pub enum SubmitError {
+    #[error("Wavelet is shutting down; the event was not taken")]
+    ShuttingDown,
+    #[error("the event could not be handled: {0}")]
+    Refused(String),
+}
 
 impl Ingest {
     /// Starts the worker. `max_batch` bounds how many events share one transaction.
@@ -30,55 +36,62 @@ impl Ingest {
     }
 
     /// Queues an event and waits until it is committed (or was a duplicate).
-    pub async fn submit(&self, event: InboundEvent) -> Result<(), ShuttingDown> {
+    pub async fn submit(&self, event: InboundEvent) -> Result<(), SubmitError> {
         let (ack, done) = oneshot::channel();
-        self.queue.send((event, ack)).await.map_err(|_| ShuttingDown)?;
-        done.await.map_err(|_| ShuttingDown)
+        self.queue.send((event, ack)).await.map_err(|_| SubmitError::ShuttingDown)?;
+        done.await.map_err(|_| SubmitError::ShuttingDown)?.map_err(SubmitError::Refused)
     }
 }
 
 /// Handles a batch on this thread, taken out of the async worker pool for the duration
 /// (script evaluation is CPU work), when the runtime has a pool to hand its tasks to.
-async fn handle_off_the_workers(rt: &Runtime, events: &[InboundEvent]) -> crate::store::Result<()> {
+async fn handle_off_the_workers(rt: &Runtime, events: &[InboundEvent]) -> Vec<crate::store::Result<()>> {
     let handle = tokio::runtime::Handle::current();
     if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(|| handle.block_on(rt.handle_events(events)))
+        tokio::task::block_in_place(|| handle.block_on(rt.handle_batch(events)))
     } else {
-        rt.handle_events(events).await
+        rt.handle_batch(events).await
     }
 }
 
 async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
-        let (events, acks): (Vec<InboundEvent>, Vec<Ack>) = std::mem::take(&mut batch).into_iter().unzip();
+        let mut pending = std::mem::take(&mut batch);
         let mut delay = Duration::from_millis(100);
         let mut warned = false;
         loop {
-            match handle_off_the_workers(&rt, &events).await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() => {
-                    if !warned {
-                        tracing::warn!(error = %e, events = events.len(), "store unavailable; holding events and retrying");
-                        warned = true;
+            let events: Vec<InboundEvent> = pending.iter().map(|(e, _)| e.clone()).collect();
+            let results = handle_off_the_workers(&rt, &events).await;
+            let mut retry = Vec::new();
+            for ((event, ack), result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        let _ = ack.send(Ok(()));
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    // Refused for good (not a connection problem): each event was tried on
-                    // its own by handle_events; the rest committed. Log ids only.
-                    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-                    tracing::error!(error = %e, ?ids, "events could not be handled");
-                    break;
+                    // The store went away: hold the event and try again; nothing is lost.
+                    Err(e) if e.is_transient() => {
+                        if !warned {
+                            tracing::warn!(error = %e, "store unavailable; holding events and retrying");
+                            warned = true;
+                        }
+                        retry.push((event, ack));
+                    }
+                    Err(e) => {
+                        tracing::error!(event_id = %event.event_id, error = %e, "event could not be handled");
+                        let _ = ack.send(Err(e.to_string()));
+                    }
                 }
             }
+            if retry.is_empty() {
+                break;
+            }
+            pending = retry;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
         if warned {
-            tracing::info!(events = events.len(), "store is back; held events committed");
-        }
-        for ack in acks {
-            let _ = ack.send(());
+            tracing::info!("store is back; held events handled");
         }
     }
 }

@@ -73,6 +73,17 @@ enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Lawfully erase one entry's content (retention, a court order): the hash stays, and
+    /// the erasure itself is chained.
+    Erase {
+        #[arg(long)]
+        seq: i64,
+        #[arg(long)]
+        reason: String,
+        /// The reviewer or coordinator erasing.
+        #[arg(long = "as")]
+        reader: String,
+    },
 }
 
 fn env(key: &str) -> Option<String> {
@@ -214,9 +225,23 @@ async fn audit_command(config_path: &std::path::Path, a: AuditCommand) -> anyhow
                 .with_context(|| format!("cannot show case {case}"))?;
             Ok(ExitCode::SUCCESS)
         }
+        AuditCommand::Erase { seq, reason, reader } => {
+            if reason.trim().is_empty() {
+                anyhow::bail!(
+                    "an erasure needs a --reason (e.g. \"retention period ended\", a court order's reference)"
+                );
+            }
+            if audit::erase(&rt, &reader, seq, &reason).await? {
+                println!("entry {seq}'s content erased; its hash stays and the erasure is recorded");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("no entry {seq} with content to erase (it may be erased already)");
+                Ok(ExitCode::FAILURE)
+            }
+        }
         AuditCommand::Export { format, reader, out } => {
             let mut sink: Box<dyn std::io::Write> = match &out {
-                Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?),
+                Some(p) => Box::new(private_file(p).with_context(|| format!("cannot write {}", p.display()))?),
                 None => Box::new(std::io::stdout()),
             };
             let n = audit::export(&rt, &reader, format, &mut sink).await?;
@@ -224,4 +249,13 @@ async fn audit_command(config_path: &std::path::Path, a: AuditCommand) -> anyhow
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A new file only its owner can read: exports hold what was shared about children.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }

@@ -106,8 +106,15 @@ impl Runtime {
     /// Handles inbound events in one transaction; if that fails, each on its own, so one
     /// bad event cannot hold back the others. Returns the first error that remains.
     pub async fn handle_events(&self, events: &[InboundEvent]) -> store::Result<()> {
+        self.handle_batch(events).await.into_iter().collect()
+    }
+
+    /// Handles events in one transaction; if that fails, each on its own, so one bad
+    /// event cannot hold back the others. One result per event: `Ok` once it is committed
+    /// (or was a redelivery).
+    pub async fn handle_batch(&self, events: &[InboundEvent]) -> Vec<store::Result<()>> {
         if events.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
         let together = async {
             let mut tx = self.store.begin().await?;
@@ -117,29 +124,28 @@ impl Runtime {
             }
             tx.commit().await
         };
-        let result = match together.await {
-            Ok(()) => Ok(()),
-            Err(_) if events.len() > 1 => {
-                let mut first_err = Ok(());
+        let results = match together.await {
+            Ok(()) => events.iter().map(|_| Ok(())).collect(),
+            Err(e) if events.len() == 1 => vec![Err(e)],
+            Err(_) => {
+                let mut results = Vec::with_capacity(events.len());
                 for e in events {
                     let one = async {
                         let mut tx = self.store.begin().await?;
                         self.handle_event(&mut tx, e).await?;
                         tx.commit().await
                     };
-                    if let Err(err) = one.await {
+                    let r = one.await;
+                    if let Err(err) = &r {
                         tracing::error!(event_id = %e.event_id, error = %err, "event not handled");
-                        if first_err.is_ok() {
-                            first_err = Err(err);
-                        }
                     }
+                    results.push(r);
                 }
-                first_err
+                results
             }
-            Err(e) => Err(e),
         };
         self.outbox_ready.notify_waiters();
-        result
+        results
     }
 
     /// Reads up front, for a whole batch, what handling it will look up event by event.
@@ -197,9 +203,13 @@ impl Runtime {
             body: MessageBody::Text { text },
         };
         match route {
+            // Said privately to the bot but nothing to take it as: say so, lose nothing silently.
+            Route::Ignore if ev.room.is_direct() => {
+                tx.enqueue(&reply(render::nothing_waiting()), None, now).await?;
+            }
             Route::Ignore => {}
             Route::RefuseUnknown => {
-                tracing::info!(account = %ev.sender, room = %ev.room, "refused a person not in the directory");
+                tracing::info!(platform = %ev.sender.platform, room = %ev.room, event_id = %ev.event_id, "refused a person not in the directory");
                 tx.append(Draft {
                     at: now,
                     kind: EntryKind::RefusedUnknownPerson,
@@ -220,7 +230,8 @@ impl Runtime {
                 tx.enqueue(&reply(render::help(offered)), None, now).await?;
             }
             Route::UnknownCommand { command, .. } => {
-                tx.enqueue(&reply(render::unknown_command(&text::one_line(&command))), None, now).await?;
+                let shown: String = text::one_line(&command).chars().take(40).collect();
+                tx.enqueue(&reply(render::unknown_command(&shown)), None, now).await?;
             }
             Route::NoGroup { .. } => {
                 tx.enqueue(&reply(render::no_group()), None, now).await?;
@@ -242,11 +253,19 @@ impl Runtime {
                     tx.enqueue(&reply(render::nothing_to_cancel()), None, now).await?;
                 }
                 Some(id) => {
+                    if let Some(run) = tx.run(&id).await?
+                        && run.starter != person
+                    {
+                        // A question from someone else's workflow: not theirs to end.
+                        tx.enqueue(&reply(render::not_your_dialog(&run.starter)), None, now).await?;
+                        return Ok(());
+                    }
                     if let Some(mut run) = tx.run(&id).await? {
                         let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
                         run.status = RunStatus::Cancelled;
                         run.wait = None;
                         run.wait_seq = None;
+                        run.wait_since = None;
                         run.updated_at = now;
                         tx.put_run(&run).await?;
                         tx.append(Draft {
@@ -270,10 +289,16 @@ impl Runtime {
                     tx.enqueue(&reply(render::unknown_command(&command)), None, now).await?;
                     return Ok(());
                 };
-                // One open dialog per person per private room.
+                // The roles are checked again on the version actually started (a reload
+                // may have changed them since routing).
+                if !self.dir.person(&person).is_some_and(|p| wf.may_start(&p.roles)) {
+                    tx.enqueue(&reply(render::not_allowed(&command)), None, now).await?;
+                    return Ok(());
+                }
+                // One open dialog of their own per person per private room.
                 if let Some(p) = self.dir.person(&person)
                     && let Some(dm) = self.dir.direct_room(p, ev.room.platform())
-                    && tx.waiting_run(&person, &dm).await?.is_some()
+                    && tx.open_dialog_of(&person, &dm).await?.is_some()
                 {
                     tx.enqueue(&reply(render::busy(&command)), None, now).await?;
                     return Ok(());
@@ -294,6 +319,7 @@ impl Runtime {
                     wait_person: None,
                     wait_room: None,
                     wait_seq: None,
+                    wait_since: None,
                     error: None,
                     created_at: now,
                     updated_at: now,
@@ -311,7 +337,12 @@ impl Runtime {
             }
             Route::Resume { run_id, person } => {
                 let Some(mut run) = waiting.filter(|r| r.id == run_id) else { return Ok(()) };
-                let Some(Wait::Answer { step, spec, .. }) = run.wait.clone() else { return Ok(()) };
+                let Some(Wait::Answer { step, spec, prompt, .. }) = run.wait.clone() else { return Ok(()) };
+                // Typed before the question reached them: not an answer to it.
+                if run.wait_since.is_none_or(|since| ev.received_at < since) {
+                    tx.enqueue(&reply(render::before_the_question(&prompt)), Some(&run.id), now).await?;
+                    return Ok(());
+                }
                 let answer = match text::validate_answer(&ev.text, &spec, self.max_answer_chars) {
                     Ok(a) => a,
                     Err(refusal) => {
@@ -335,6 +366,7 @@ impl Runtime {
                 let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
                 run.wait = None;
                 run.wait_seq = None;
+                run.wait_since = None;
                 match wf {
                     Some(wf) => self.advance(tx, run, &wf, now).await?,
                     None => self.fail_unloadable(tx, run, now).await?,
@@ -406,6 +438,11 @@ impl Runtime {
     }
 
     async fn fail_unloadable(&self, tx: &mut Tx, mut run: RunRow, now: Millis) -> store::Result<()> {
+        let platform = run.room.platform();
+        let to_starter = render::run_failed_for_person(&run.id);
+        self.tell_person(tx, &run, &run.starter, platform, "failed", to_starter, now).await?;
+        let note = render::run_failed_for_coordinator(&run.id, &run.workflow, "its pinned version could not be loaded");
+        self.tell_coordinators(tx, &run, platform, note, now).await?;
         run.status = RunStatus::Failed;
         run.error = Some("the workflow version this run is pinned to could not be loaded".into());
         run.updated_at = now;
@@ -443,14 +480,48 @@ impl Runtime {
         run.history = adv.history;
         run.updated_at = now;
         let platform = run.room.platform();
+        let mut outcome = adv.outcome;
+        let mut opened: Vec<&str> = Vec::new();
         for effect in &adv.effects {
+            // A script may only file things under cases that exist.
+            let case_ref = match effect {
+                Effect::OpenCase { case, .. } => {
+                    opened.push(&case.id);
+                    None
+                }
+                Effect::Share { case_id, .. } | Effect::Note { case_id, .. } | Effect::CloseCase { case_id, .. } => {
+                    Some(case_id)
+                }
+                _ => None,
+            };
+            if let Some(id) = case_ref
+                && !opened.contains(&id.as_str())
+                && !tx.case_exists(id).await?
+            {
+                outcome = Outcome::Failed(wavelet_core::engine::ScriptError {
+                    file: wf.file.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "there is no case `{}`: share, note and close_case need a case that was opened",
+                        text::one_line(id)
+                    ),
+                });
+                break;
+            }
             self.perform(tx, &run, platform, effect, now).await?;
         }
-        match adv.outcome {
+        match outcome {
             Outcome::Waiting(w) => {
                 run.status = RunStatus::Waiting;
                 if let Wait::Answer { person, .. } = &w {
                     let room = self.dm_room(person, platform);
+                    // Asked now, unless it queues behind another run's question there.
+                    let queued = match &room {
+                        Some(r) => tx.waiting_run_other(person, r, &run.id).await?.is_some(),
+                        None => false,
+                    };
+                    run.wait_since = if queued { None } else { Some(now) };
                     run.wait_person = Some(person.clone());
                     run.wait_room = room;
                     run.wait_seq = Some(tx.next_number("wait").await?);
@@ -458,6 +529,7 @@ impl Runtime {
                     run.wait_person = None;
                     run.wait_room = None;
                     run.wait_seq = None;
+                    run.wait_since = None;
                 }
                 run.wait = Some(w);
             }
@@ -476,7 +548,11 @@ impl Runtime {
                 tx.append(self.draft(&run, EntryKind::RunFailed, None, now, json!({ "error": err.to_string() })));
                 let to_starter = render::run_failed_for_person(&run.id);
                 self.tell_person(tx, &run, &run.starter, platform, "failed", to_starter, now).await?;
-                let note = render::run_failed_for_coordinator(&run.id, &run.workflow, &err.to_string());
+                // Where, not what: the message may quote what someone typed. The ledger
+                // entry holds the whole error.
+                let place =
+                    if err.line == 0 { err.file.clone() } else { format!("{}:{}:{}", err.file, err.line, err.column) };
+                let note = render::run_failed_for_coordinator(&run.id, &run.workflow, &place);
                 self.tell_coordinators(tx, &run, platform, note, now).await?;
             }
             Outcome::Diverged { step, recorded, requested } => {
@@ -490,6 +566,8 @@ impl Runtime {
                     now,
                     json!({ "step": step, "recorded": recorded, "requested": requested }),
                 ));
+                let to_starter = render::run_failed_for_person(&run.id);
+                self.tell_person(tx, &run, &run.starter, platform, "failed", to_starter, now).await?;
                 let note = render::run_diverged_for_coordinator(&run.id, &run.workflow, step);
                 self.tell_coordinators(tx, &run, platform, note, now).await?;
             }
@@ -543,6 +621,14 @@ impl Runtime {
                 if tx.waiting_run_other(person, &room, &run.id).await?.is_none() {
                     tx.enqueue(&question(run, *step, person, room, prompt, spec.choices.clone()), Some(&run.id), now)
                         .await?;
+                } else {
+                    let notice = OutboundMessage {
+                        idempotency_key: format!("run:{}:{step}:queued", run.id),
+                        room,
+                        person: Some(person.clone()),
+                        body: MessageBody::Text { text: render::question_queued() },
+                    };
+                    tx.enqueue(&notice, Some(&run.id), now).await?;
                 }
             }
             Effect::Tell { step, person, text } => {
@@ -740,11 +826,15 @@ impl Runtime {
 
     /// After a wait on (person, room) ends, asks the next queued question there.
     async fn activate_next_wait(&self, tx: &mut Tx, person: &str, room: &RoomRef, now: Millis) -> store::Result<()> {
-        if let Some(next) = tx.waiting_run(person, room).await?
-            && let Some(Wait::Answer { step, prompt, spec, .. }) = &next.wait
+        if let Some(mut next) = tx.waiting_run(person, room).await?
+            && let Some(Wait::Answer { step, prompt, spec, .. }) = next.wait.clone()
         {
-            let m = question(&next, *step, person, room.clone(), prompt, spec.choices.clone());
+            let m = question(&next, step, person, room.clone(), &prompt, spec.choices.clone());
             tx.enqueue(&m, Some(&next.id), now).await?;
+            if next.wait_since.is_none() {
+                next.wait_since = Some(now);
+                tx.put_run(&next).await?;
+            }
         }
         Ok(())
     }

@@ -18,10 +18,11 @@ use wavelet_core::{Millis, OutboundMessage, RoomRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // The cause is in the message, not a `source`, so chains print it once.
     #[error("the database could not be reached or refused a statement: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("the database schema could not be brought up to date: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("`{0}` is not a store URL: use sqlite://PATH or postgres://HOST/DATABASE")]
     BadUrl(String),
     #[error("stored data is damaged: {0}")]
@@ -29,6 +30,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Migrate(e)
+    }
+}
 
 impl Error {
     /// Whether retrying later may succeed (the database went away), as opposed to a
@@ -59,6 +72,8 @@ pub struct Store {
     commits: Arc<AtomicU64>,
     /// Script versions known to be saved, so a run start does not write the source again.
     saved_scripts: Arc<Mutex<HashSet<String>>>,
+    /// Held by the one delivery pass this process runs at a time.
+    pub(crate) delivery: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Clone, Debug)]
@@ -180,12 +195,14 @@ pub struct RunRow {
     pub wait_person: Option<String>,
     pub wait_room: Option<RoomRef>,
     pub wait_seq: Option<i64>,
+    /// When the current question was put to the person (queued questions: when asked).
+    pub wait_since: Option<Millis>,
     pub error: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
 
-const RUN_COLUMNS: &str = "id, workflow, script_hash, status, starter, group_id, room, history, wait, wait_person, wait_room, wait_seq, error, created_at, updated_at";
+const RUN_COLUMNS: &str = "id, workflow, script_hash, status, starter, group_id, room, history, wait, wait_person, wait_room, wait_seq, error, created_at, updated_at, wait_since";
 
 type RunTuple = (
     String,
@@ -203,6 +220,7 @@ type RunTuple = (
     Option<String>,
     i64,
     i64,
+    Option<i64>,
 );
 
 fn run_from_tuple(r: RunTuple) -> Result<RunRow> {
@@ -226,6 +244,7 @@ fn run_from_tuple(r: RunTuple) -> Result<RunRow> {
         error: r.12,
         created_at: Millis(r.13),
         updated_at: Millis(r.14),
+        wait_since: r.15.map(Millis),
     })
 }
 
@@ -281,9 +300,25 @@ impl Store {
             // One connection for an in-memory database (each would be its own database);
             // a few for a file, of which one writes at a time (BEGIN IMMEDIATE).
             let max = if url.contains(":memory:") || url.contains("mode=memory") { 1 } else { 4 };
+            let file = opts.get_filename().to_path_buf();
             let pool = SqlitePoolOptions::new().max_connections(max).connect_with(opts).await?;
             sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-            Store { pool: Pool::Sqlite(pool), commits: Arc::default(), saved_scripts: Arc::default() }
+            // What is in it is about children: readable by its owner only.
+            #[cfg(unix)]
+            for suffix in ["", "-wal", "-shm"] {
+                use std::os::unix::fs::PermissionsExt;
+                let mut f = file.clone().into_os_string();
+                f.push(suffix);
+                if std::path::Path::new(&f).exists() {
+                    let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+            Store {
+                pool: Pool::Sqlite(pool),
+                commits: Arc::default(),
+                saved_scripts: Arc::default(),
+                delivery: Arc::default(),
+            }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact(url)))?;
             let pool = PgPoolOptions::new()
@@ -292,7 +327,12 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
-            Store { pool: Pool::Postgres(pool), commits: Arc::default(), saved_scripts: Arc::default() }
+            Store {
+                pool: Pool::Postgres(pool),
+                commits: Arc::default(),
+                saved_scripts: Arc::default(),
+                delivery: Arc::default(),
+            }
         } else {
             return Err(Error::BadUrl(redact(url)));
         };
@@ -387,6 +427,29 @@ impl Store {
         Ok(())
     }
 
+    /// Lawfully erases an entry's content (retention, a court order): the content goes,
+    /// its hash stays, and a chained `content.erased` entry records who, when and why.
+    /// `false` if there is no such entry or it is erased already.
+    pub async fn erase(&self, seq: i64, reason: &str, actor: &str, at: Millis) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = on_tx!(tx, c => sqlx::query("UPDATE ledger_content SET content = NULL, erased_at = $1, erasure_reason = $2 WHERE seq = $3 AND content IS NOT NULL")
+            .bind(at.0).bind(reason).bind(seq).execute(c).await.map(|r| r.rows_affected()))?;
+        if n != 1 {
+            return Ok(false);
+        }
+        tx.append(Draft {
+            at,
+            kind: wavelet_core::ledger::EntryKind::ContentErased,
+            case_id: None,
+            run_id: None,
+            actor: actor.to_string(),
+            script_hash: None,
+            content: serde_json::json!({ "seq": seq, "reason": reason }),
+        });
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// The recorded chain head.
     pub async fn ledger_head(&self) -> Result<Head> {
         let (seq, hash): (i64, String) =
@@ -472,12 +535,12 @@ impl Store {
     }
 
     pub async fn mark_delivered(&self, id: i64, at: Millis) -> Result<()> {
-        on_pool!(self, p => sqlx::query("UPDATE outbox SET delivered_at = $1, attempts = attempts + 1 WHERE id = $2").bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET delivered_at = $1, attempts = attempts + 1 WHERE id = $2 AND delivered_at IS NULL").bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     pub async fn mark_failed(&self, id: i64, error: &str, retry_at: Millis) -> Result<()> {
-        on_pool!(self, p => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3")
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3 AND delivered_at IS NULL")
             .bind(error).bind(retry_at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -542,6 +605,27 @@ fn entry_from_tuple(r: EntryTuple) -> Result<StoredEntry> {
 
 /// A store URL fit for a log or an error: the password, if any, replaced.
 pub fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (url, None),
+    };
+    let base = redact_credentials(url);
+    match query {
+        None => base,
+        Some(q) => {
+            let kept: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", kept.join("&"))
+        }
+    }
+}
+
+fn redact_credentials(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -720,6 +804,22 @@ impl Tx {
         Ok(self.waits_on(person, &room).find(|r| r.id != run_id).map(|r| r.id.clone()))
     }
 
+    /// The run of this person's own that waits on them in this room, if any.
+    pub async fn open_dialog_of(&mut self, person: &str, room: &RoomRef) -> Result<Option<RunRow>> {
+        let room = room.to_string();
+        self.load_waits(person, &room).await?;
+        Ok(self.waits_on(person, &room).find(|r| r.starter == person).cloned())
+    }
+
+    /// Whether a case exists (opened in this transaction or before).
+    pub async fn case_exists(&mut self, id: &str) -> Result<bool> {
+        if self.cases.iter().any(|c| c.id == id) {
+            return Ok(true);
+        }
+        let n: Option<i64> = on_tx!(self, c => sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM cases WHERE id = $1").bind(id).fetch_optional(c).await)?;
+        Ok(n.is_some())
+    }
+
     /// Writes a run (insert or replace) at commit; reads in this transaction see it now.
     pub async fn put_run(&mut self, r: &RunRow) -> Result<()> {
         if !self.dirty_runs.contains(&r.id) {
@@ -826,12 +926,13 @@ impl Tx {
                         .push_bind(r.wait_seq)
                         .push_bind(r.error.clone())
                         .push_bind(r.created_at.0)
-                        .push_bind(r.updated_at.0);
+                        .push_bind(r.updated_at.0)
+                        .push_bind(r.wait_since.map(|m| m.0));
                 });
                 q.push(
                     " ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
                      wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
-                     error = excluded.error, updated_at = excluded.updated_at",
+                     error = excluded.error, updated_at = excluded.updated_at, wait_since = excluded.wait_since",
                 );
                 q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
             });
@@ -911,5 +1012,21 @@ impl Tx {
         }
         self.store.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_passwords_wherever_they_are() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact("postgres://u@h/db?password=hunter2&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
+        assert_eq!(redact("postgres://h/db?sslpassword=x"), "postgres://h/db?sslpassword=***");
+        assert_eq!(redact("sqlite://wavelet.db"), "sqlite://wavelet.db");
     }
 }

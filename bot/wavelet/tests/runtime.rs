@@ -31,6 +31,7 @@ impl ChatAdapter for Outbox {
 
 struct Bot {
     rt: Arc<Runtime>,
+    clock: Arc<ManualClock>,
     sent: Arc<Outbox>,
     adapters: Adapters,
     n: usize,
@@ -42,11 +43,11 @@ async fn bot(url: &str, workflows: Option<&Path>) -> Bot {
         config.workflows.dir = w.to_path_buf();
     }
     let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000)));
-    let parts = wavelet::app::build(config, url, clock).await.unwrap();
+    let parts = wavelet::app::build(config, url, clock.clone()).await.unwrap();
     let sent = Arc::new(Outbox::default());
     let mut adapters = Adapters::default();
     adapters.add(sent.clone());
-    Bot { rt: parts.runtime, sent, adapters, n: 0 }
+    Bot { rt: parts.runtime, clock, sent, adapters, n: 0 }
 }
 
 impl Bot {
@@ -58,6 +59,11 @@ impl Bot {
     }
 
     async fn say_with_id(&mut self, who: &str, room: &str, text: &str, id: &str) -> Vec<String> {
+        let at = self.rt.clock.now();
+        self.say_at(who, room, text, id, at).await
+    }
+
+    async fn say_at(&mut self, who: &str, room: &str, text: &str, id: &str, received_at: Millis) -> Vec<String> {
         let room = if room == "dm" {
             RoomRef::Direct { platform: Platform::Console, account: who.into() }
         } else {
@@ -68,7 +74,7 @@ impl Bot {
             room,
             sender: Account { platform: Platform::Console, id: who.into() },
             text: text.into(),
-            received_at: Millis(0),
+            received_at,
         };
         self.rt.handle_events(&[ev]).await.unwrap();
         deliver_pending(&self.rt.store, &self.adapters, self.rt.clock.now()).await.unwrap();
@@ -118,7 +124,167 @@ on_both!(
     hostile_answers_are_refused_and_lose_nothing,
     a_failing_script_tells_the_starter_and_the_coordinators,
     runs_keep_the_version_they_began_with,
+    a_workflow_may_open_a_case_or_sleep_before_asking,
+    only_the_starter_can_cancel_and_questions_to_one_person_queue,
+    a_message_with_nothing_waiting_gets_a_reply,
+    a_message_sent_before_the_question_is_not_taken_as_its_answer,
+    sharing_under_a_case_that_does_not_exist_fails_the_run,
+    concurrent_delivery_passes_send_each_message_once,
 );
+
+/// A folder with the shipped concern workflow and `extra` workflows (name, source).
+fn workflows(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
+    let wf = dir.join("workflows");
+    std::fs::create_dir_all(&wf).unwrap();
+    std::fs::copy(root().join("workflows/raise_concern.rhai"), wf.join("raise_concern.rhai")).unwrap();
+    for (name, source) in extra {
+        std::fs::write(wf.join(format!("{name}.rhai")), source).unwrap();
+    }
+    wf
+}
+
+async fn a_workflow_may_open_a_case_or_sleep_before_asking(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(
+        dir.path(),
+        &[(
+            "early",
+            "const COMMAND = \"early\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {\n    let c = open_case(#{ subject: \"XY 2014\", category: \"other\", risk: \"no\" });\n    sleep(\"1m\");\n    let a = ask(ctx.starter, \"Anything to add?\");\n    note(c, a);\n    tell(ctx.starter, `Noted on ${c.id}`);\n}\n",
+        )],
+    );
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    assert!(b.say("alice", "north", "!early").await.is_empty(), "nothing to say until the timer fires");
+    assert!(b.rt.store.case("C-1").await.unwrap().is_some(), "the case is stored with its run");
+    b.clock.advance(std::time::Duration::from_secs(61));
+    assert_eq!(b.rt.fire_due_timers().await.unwrap(), 1);
+    deliver_pending(&b.rt.store, &b.adapters, b.rt.clock.now()).await.unwrap();
+    let asked: Vec<String> = b.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect();
+    assert_eq!(asked, ["Anything to add?"]);
+    assert_eq!(b.say("alice", "dm", "nothing").await, ["Noted on C-1"]);
+    b.verify().await;
+}
+
+const ASK_LEAD: &str = "const COMMAND = \"asklead\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {\n    let a = ask(\"bea\", \"Can you take this on?\");\n    tell(ctx.starter, `bea said: ${a}`);\n}\n";
+
+async fn only_the_starter_can_cancel_and_questions_to_one_person_queue(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(dir.path(), &[("asklead", ASK_LEAD)]);
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    assert_eq!(b.say("alice", "north", "!asklead").await, ["Can you take this on?"]);
+    // bea was asked by alice's workflow: not hers to cancel.
+    let r = b.say("bea", "dm", "cancel").await;
+    assert!(r[0].contains("only they can cancel it"), "{r:?}");
+    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Waiting);
+    // bea may still start her own concern; its first question waits behind alice's.
+    let r = b.say("bea", "north", "!concern").await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(r[0].contains("another question for you waiting"), "{r:?}");
+    // Her next message answers the older question, then the queued one is asked.
+    let r = b.say("bea", "dm", "yes").await;
+    assert_eq!(r, ["bea said: yes", "Child's initials and year of birth (no full names), e.g. AB 2015?"]);
+    let r = b.say("bea", "dm", "CD 2016").await;
+    assert_eq!(
+        r,
+        ["What kind of concern is it?\n1. neglect\n2. physical\n3. emotional\n4. sexual\n5. online\n6. other"]
+    );
+    // Her own dialog she can cancel.
+    let r = b.say("bea", "dm", "cancel").await;
+    assert!(r[0].starts_with("Cancelled."), "{r:?}");
+    b.verify().await;
+}
+
+async fn a_message_with_nothing_waiting_gets_a_reply(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    for a in ["!concern", "AB 2015", "1", "1", "Hungry."] {
+        b.say("alice", if a == "!concern" { "north" } else { "dm" }, a).await;
+    }
+    let r = b.say("alice", "dm", "Also: there were bruises.").await;
+    assert_eq!(r.len(), 1);
+    assert!(r[0].contains("not recorded"), "{r:?}");
+}
+
+async fn a_message_sent_before_the_question_is_not_taken_as_its_answer(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    b.say("alice", "north", "!concern").await;
+    let asked_at = b.rt.clock.now();
+    b.clock.advance(std::time::Duration::from_secs(5));
+    b.say("alice", "dm", "AB 2015").await;
+    // Typed before the second question existed (e.g. a burst of two messages).
+    let r = b.say_at("alice", "dm", "Hungry every morning", "burst-2", asked_at).await;
+    assert!(r[0].contains("before my question did"), "{r:?}");
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    assert_eq!(run.history.len(), 2, "the burst was not recorded as the category");
+}
+
+async fn sharing_under_a_case_that_does_not_exist_fails_the_run(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(
+        dir.path(),
+        &[(
+            "stray",
+            "const COMMAND = \"stray\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {\n    share(ctx.group, \"C-999\", \"about nobody\", #{ purpose: \"p\", basis: \"b\" });\n}\n",
+        )],
+    );
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    let r = b.say("alice", "north", "!stray").await;
+    assert!(r.iter().all(|m| !m.contains("about nobody")), "nothing shared: {r:?}");
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("no case `C-999`"));
+    let entries = b.rt.store.ledger_page(0, 100).await.unwrap();
+    assert!(!entries.iter().any(|e| e.link.kind == "share"));
+}
+
+/// Sends slowly, so passes overlap.
+struct Slow(Mutex<Vec<String>>);
+
+impl ChatAdapter for Slow {
+    fn platform(&self) -> Platform {
+        Platform::Console
+    }
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            self.0.lock().unwrap().push(m.idempotency_key.clone());
+            Ok(())
+        })
+    }
+}
+
+async fn concurrent_delivery_passes_send_each_message_once(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bot(&fresh(backend, dir.path()).await, None).await;
+    let mut tx = b.rt.store.begin().await.unwrap();
+    for i in 0..30 {
+        let m = OutboundMessage {
+            idempotency_key: format!("k{i}"),
+            room: RoomRef::Shared { platform: Platform::Console, id: "north".into() },
+            person: None,
+            body: wavelet_core::MessageBody::Text { text: format!("m{i}") },
+        };
+        tx.enqueue(&m, None, Millis(0)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let slow = Arc::new(Slow(Mutex::default()));
+    let mut adapters = Adapters::default();
+    adapters.add(slow.clone());
+    let now = b.rt.clock.now();
+    let passes = (0..3).map(|_| {
+        let (store, adapters) = (b.rt.store.clone(), adapters.clone());
+        tokio::spawn(async move { deliver_pending(&store, &adapters, now).await.unwrap() })
+    });
+    let mut delivered = 0;
+    for p in passes {
+        delivered += p.await.unwrap();
+    }
+    let mut keys = slow.0.lock().unwrap().clone();
+    assert_eq!(keys.len(), 30, "each message once: {keys:?}");
+    keys.sort();
+    keys.dedup();
+    assert_eq!((keys.len(), delivered), (30, 30));
+}
 
 async fn a_concern_survives_a_restart_mid_dialog(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -190,13 +356,16 @@ async fn a_failing_script_tells_the_starter_and_the_coordinators(backend: &str) 
     let r = b.say("alice", "dm", "answer").await;
     assert_eq!(r.len(), 2, "{r:?}");
     assert!(r[0].contains("something went wrong") && r[0].contains("R-1"), "{r:?}");
-    assert!(r[1].contains("broken.rhai") && r[1].contains("endless loop"), "{r:?}");
+    // Coordinators get where; the ledger keeps what (it may quote what someone typed).
+    assert!(r[1].contains("broken.rhai") && r[1].contains("R-1"), "{r:?}");
+    assert!(!r[1].contains("answer"), "{r:?}");
     let run = b.rt.store.run("R-1").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     // The answer given before the failure is still in the ledger.
     let entries = b.rt.store.ledger_page(0, 1000).await.unwrap();
     assert!(entries.iter().any(|e| e.link.kind == "question.answered"));
-    assert!(entries.iter().any(|e| e.link.kind == "run.failed"));
+    let failed = entries.iter().find(|e| e.link.kind == "run.failed").expect("run.failed recorded");
+    assert!(failed.content.as_ref().unwrap()["error"].as_str().unwrap().contains("endless loop"), "{failed:?}");
 }
 
 async fn runs_keep_the_version_they_began_with(backend: &str) {

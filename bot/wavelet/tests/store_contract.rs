@@ -260,6 +260,7 @@ fn run_row(id: &str, status: RunStatus, wait: Option<(&str, &str, i64)>) -> RunR
         wait_person: wait.map(|(person, _, _)| person.to_string()),
         wait_room: wait.map(|(_, r, _)| room(r)),
         wait_seq: wait.map(|(_, _, seq)| seq),
+        wait_since: wait.map(|_| Millis(1_000)),
         error: None,
         created_at: Millis(1_000),
         updated_at: Millis(1_000),
@@ -1001,15 +1002,23 @@ async fn ledger_refuses_update_and_delete_but_allows_erasure(store: &Store) {
     for i in [0, 2, 3] {
         assert_eq!(after[i], before[i]);
     }
-    let report = ledger::verify(after, &store.ledger_head().await.unwrap()).expect("an erasure is not tampering");
-    assert_eq!((report.entries, report.erased), (4, 1));
+    // Erased in the database alone, nobody recorded it: that is tampering.
+    let fault = ledger::verify(after, &store.ledger_head().await.unwrap()).expect_err("an unrecorded erasure");
+    assert_eq!(fault.seq, 2, "{fault}");
 
-    // Appending still works after an erasure.
+    // The chained record of the erasure makes it lawful, and appending goes on.
     let mut tx = store.begin().await.unwrap();
     tx.append(draft(20_000, EntryKind::ContentErased, None, None, json!({ "seq": 2, "reason": "court order" })));
     tx.commit().await.unwrap();
     let report = ledger::verify(store.ledger_page(0, 100).await.unwrap(), &store.ledger_head().await.unwrap()).unwrap();
     assert_eq!((report.entries, report.erased), (5, 1));
+
+    // Store::erase does both in one transaction, and only once.
+    assert!(store.erase(3, "retention period ended", "rey", Millis(30_000)).await.unwrap());
+    assert!(!store.erase(3, "again", "rey", Millis(31_000)).await.unwrap(), "already erased");
+    assert!(!store.erase(99, "no such entry", "rey", Millis(31_000)).await.unwrap());
+    let report = ledger::verify(store.ledger_page(0, 100).await.unwrap(), &store.ledger_head().await.unwrap()).unwrap();
+    assert_eq!((report.entries, report.erased), (6, 2));
 }
 
 // Tampering, as an attacker who gets past the database's guards. Each starts from a fresh

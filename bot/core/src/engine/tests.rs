@@ -258,3 +258,29 @@ fn history_serializes_stably() {
     };
     assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"kind":"open_case","fingerprint":"ab","result":{"id":"C-1"}}"#);
 }
+
+#[test]
+fn a_question_asked_inside_sort_waits_instead_of_finishing() {
+    // rhai's sort swallows errors from its comparator, suspension included; the script
+    // then runs on to its end, but the run must still wait for the answer.
+    let wf = compile(
+        r#"fn run(ctx) { let x = [1, 2]; x.sort(|a, b| if ask(ctx.starter, "Reverse?") == "yes" { b - a } else { a - b }); }"#,
+    );
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let adv = engine.advance(&wf, &ctx(), History::new(), &mut host());
+    assert!(matches!(adv.outcome, Outcome::Waiting(Wait::Answer { step: 0, .. })), "{:?}", adv.outcome);
+    let (effects, outcome, _) = drive(
+        &compile(
+            r#"fn run(ctx) { let x = [1, 2]; x.sort(|a, b| if ask(ctx.starter, "Reverse?") == "yes" { b - a } else { a - b }); tell(ctx.starter, `${x}`); }"#,
+        ),
+        &["yes"],
+    );
+    assert_eq!(outcome, Outcome::Finished);
+    assert!(matches!(effects.last(), Some(Effect::Tell { text, .. }) if text == "[2, 1]"), "{effects:?}");
+}
+
+#[test]
+fn a_sleep_longer_than_five_years_is_refused() {
+    let e = failure(r#"fn run(ctx) { sleep("9000 years"); }"#);
+    assert!(e.message.contains("longest wait"), "{e}");
+}

@@ -1,0 +1,3 @@
+-- When a run's current question was put to the person. A message received before then
+-- was typed without seeing the question, so it is not taken as the answer.
+ALTER TABLE runs ADD COLUMN wait_since BIGINT;
