@@ -12,6 +12,9 @@ pub struct Directory {
     by_account: HashMap<Account, usize>,
     by_id: HashMap<String, usize>,
     group_by_room: HashMap<RoomRef, usize>,
+    /// Each group's members (people named, and everyone in a named agency), as indices
+    /// into the people, in directory order.
+    members: Vec<Vec<usize>>,
 }
 
 impl Directory {
@@ -30,7 +33,19 @@ impl Directory {
                 group_by_room.insert(r.clone(), i);
             }
         }
-        Directory { config, by_account, by_id, group_by_room }
+        let members = config
+            .groups
+            .iter()
+            .map(|g| {
+                (0..config.people.len())
+                    .filter(|&i| {
+                        let p = &config.people[i];
+                        g.members.contains(&p.id) || g.agencies.contains(&p.agency)
+                    })
+                    .collect()
+            })
+            .collect();
+        Directory { config, by_account, by_id, group_by_room, members }
     }
 
     pub fn config(&self) -> &Config {
@@ -74,7 +89,8 @@ impl Directory {
 
     /// Members of a group, in directory order.
     pub fn members<'a>(&'a self, group: &'a Group) -> impl Iterator<Item = &'a Person> + 'a {
-        self.config.people.iter().filter(move |p| self.is_member(group, p))
+        let index = self.config.groups.iter().position(|g| g.id == group.id);
+        index.map(|i| self.members[i].as_slice()).unwrap_or_default().iter().map(|&i| &self.config.people[i])
     }
 
     /// Members of a group holding a role.

@@ -522,7 +522,7 @@ fn ask_impl(
         r.effect(kind, args, pos, Some(&wait), |r, step| {
             // Checked when first asked, not on every replay: compiling a pattern is costly.
             if let Some(p) = &spec.pattern
-                && let Err(e) = regex::Regex::new(p)
+                && let Err(e) = text::answer_pattern(p)
             {
                 return Err(script_error(format!("{name}: the pattern is not a valid regular expression: {e}"), pos));
             }

@@ -33,14 +33,30 @@ pub fn validate_answer(raw: &str, spec: &AnswerSpec, max_chars: usize) -> Result
         });
     }
     if let Some(p) = &spec.pattern {
-        let anchored = format!("^(?:{p})$");
-        let ok = regex::Regex::new(&anchored).map(|re| re.is_match(answer)).unwrap_or(false);
+        let ok = answer_pattern(p).is_ok_and(|re| re.is_match(answer));
         if !ok {
             let hint = spec.hint.clone().unwrap_or_else(|| "That answer does not have the expected form.".into());
             return Err(Refusal(format!("{hint} Please try again, or `cancel` to stop.")));
         }
     }
     Ok(answer.to_string())
+}
+
+/// The pattern compiled to match a whole answer, or why it does not compile. Compiled
+/// once per pattern: scripts use a handful, and compiling costs far more than matching.
+pub fn answer_pattern(pattern: &str) -> Result<regex::Regex, String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Cache = Mutex<HashMap<String, Result<regex::Regex, String>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() > 1_000 {
+        cache.clear();
+    }
+    cache
+        .entry(pattern.to_string())
+        .or_insert_with(|| regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string()))
+        .clone()
 }
 
 fn too_long(limit: usize) -> Refusal {

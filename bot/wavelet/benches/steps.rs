@@ -93,6 +93,14 @@ async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usiz
         finished.iter().any(|(s, n)| s == "finished" && *n as usize == practitioners),
         "all runs finish: {finished:?}"
     );
+    if std::env::var("BENCH_NO_FLOOR").is_ok() {
+        println!(
+            "{name:<8} workflow: {steps} steps in {:.2} s = {:.0} steps/s",
+            took.as_secs_f64(),
+            steps as f64 / took.as_secs_f64()
+        );
+        return;
+    }
     let floor = storage_floor(&rt, commits).await;
     let per_step_floor = storage_floor(&rt, steps as u64).await;
     println!(
