@@ -104,6 +104,8 @@ pub async fn run(
             }
         })
     };
+    // Through the ingest, so a store that goes away holds the line until it is back.
+    let (ingest, worker) = crate::ingest::Ingest::spawn(rt.clone(), 64);
     let started = rt.clock.now().0;
     let mut n = 0u64;
     let mut line = String::new();
@@ -158,10 +160,17 @@ pub async fn run(
             text: said.to_string(),
             received_at: rt.clock.now(),
         };
-        rt.handle_events(std::slice::from_ref(&event)).await?;
-        deliver_pending(&rt.store, &adapters, rt.clock.now()).await?;
+        if let Err(e) = ingest.submit(event).await {
+            console.print(&format!("  (not taken: {e}; please say it again)"));
+            continue;
+        }
+        if let Err(e) = deliver_pending(&rt.store, &adapters, rt.clock.now()).await {
+            tracing::warn!(error = %e, "delivery failed; will retry");
+        }
     }
     ticker.abort();
+    drop(ingest);
+    let _ = worker.await;
     rt.fire_due_timers().await?;
     deliver_pending(&rt.store, &adapters, rt.clock.now()).await?;
     Ok(())

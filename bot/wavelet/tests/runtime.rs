@@ -130,7 +130,46 @@ on_both!(
     a_message_sent_before_the_question_is_not_taken_as_its_answer,
     sharing_under_a_case_that_does_not_exist_fails_the_run,
     concurrent_delivery_passes_send_each_message_once,
+    a_run_whose_stored_version_replays_differently_is_stopped_and_sends_nothing,
 );
+
+async fn a_run_whose_stored_version_replays_differently_is_stopped_and_sends_nothing(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(dir.path(), &[]);
+    let url = fresh(backend, dir.path()).await;
+    let mut b = bot(&url, Some(&wf)).await;
+    b.say("alice", "north", "!concern").await;
+    b.say("alice", "dm", "AB 2015").await;
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    // The stored source of the pinned version is changed behind Wavelet's back (the
+    // only way a pinned, deterministic script can replay differently).
+    let changed =
+        std::fs::read_to_string(wf.join("raise_concern.rhai")).unwrap().replace("Child's initials", "Initials");
+    let sql = sqlx::AssertSqlSafe(format!(
+        "UPDATE scripts SET source = '{}' WHERE hash = '{}'",
+        changed.replace('\'', "''"),
+        run.script_hash
+    ));
+    if let Some(p) = b.rt.store.sqlite_pool() {
+        sqlx::query(sql).execute(p).await.unwrap();
+    } else {
+        sqlx::query(sql).execute(b.rt.store.postgres_pool().unwrap()).await.unwrap();
+    }
+    // A new process (nothing cached) with the file itself edited too.
+    std::fs::write(wf.join("raise_concern.rhai"), &changed).unwrap();
+    b.rt.store.close().await;
+    drop(b);
+    let mut b = bot(&url, Some(&wf)).await;
+    b.n = 100;
+    let r = b.say("alice", "dm", "neglect").await;
+    assert_eq!(r.len(), 2, "the starter and the coordinator are told, nothing else: {r:?}");
+    assert!(r[0].contains("something went wrong") && r[0].contains("R-1"), "{r:?}");
+    assert!(r[1].contains("replaying it asked for a different step 0"), "{r:?}");
+    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Diverged);
+    assert_eq!(run.history.len(), 2, "the history is kept as it was");
+    b.verify().await;
+}
 
 /// A folder with the shipped concern workflow and `extra` workflows (name, source).
 fn workflows(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
