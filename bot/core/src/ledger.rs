@@ -209,6 +209,14 @@ impl Head {
 
     /// Chains a draft after this head and moves the head to it.
     pub fn append(&mut self, d: &Draft) -> Link {
+        self.append_encoded(d).0
+    }
+
+    /// [`Head::append`], also returning the content's canonical encoding (what a store
+    /// keeps), so it is computed once.
+    pub fn append_encoded(&mut self, d: &Draft) -> (Link, String) {
+        let encoded = canonical_json(&d.content);
+        let content_hash = hex::encode(Sha256::digest(encoded.as_bytes()));
         let mut link = Link {
             seq: self.seq + 1,
             at: d.at,
@@ -217,14 +225,14 @@ impl Head {
             run_id: d.run_id.clone(),
             actor: d.actor.clone(),
             script_hash: d.script_hash.clone(),
-            content_hash: content_hash(&d.content),
+            content_hash,
             prev_hash: self.hash.clone(),
             hash: String::new(),
         };
         link.hash = link_hash(&link);
         self.seq = link.seq;
         self.hash = link.hash.clone();
-        link
+        (link, encoded)
     }
 }
 
