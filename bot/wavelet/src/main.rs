@@ -92,9 +92,10 @@ fn env(key: &str) -> Option<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Long-running commands say what they do; one-shot commands only warn.
+    // `run` says what it does; the others only warn.
     let default_filter = match cli.command {
-        Command::Console { .. } | Command::Run { .. } => "warn,wavelet=info",
+        // The console room is a terminal conversation: keep the log out of it.
+        Command::Run { .. } => "warn,wavelet=info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

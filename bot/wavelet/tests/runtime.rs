@@ -131,7 +131,42 @@ on_both!(
     sharing_under_a_case_that_does_not_exist_fails_the_run,
     concurrent_delivery_passes_send_each_message_once,
     a_run_whose_stored_version_replays_differently_is_stopped_and_sends_nothing,
+    a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators,
 );
+
+async fn a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(dir.path(), &[("asklead", ASK_LEAD)]);
+    let mut config = wavelet::app::load_config(&root().join("examples/wavelet.toml"), &|_| None).unwrap();
+    config.workflows.dir = wf.clone();
+    config.workflows.reload_interval = std::time::Duration::from_millis(100);
+    let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000)));
+    let url = fresh(backend, dir.path()).await;
+    let rt = wavelet::app::build(config, &url, clock).await.unwrap().runtime;
+    let sent = Arc::new(Outbox::default());
+    let mut adapters = Adapters::default();
+    adapters.add(sent.clone());
+    let reloader = wavelet::reload::spawn(rt.clone(), adapters.clone());
+    std::fs::write(wf.join("asklead.rhai"), "const ALLOWED_ROLES = [\"lead\"];\nfn run(ctx) {\n  let = 1;\n}\n")
+        .unwrap();
+    let mut told = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        told.extend(sent.0.lock().unwrap().drain(..));
+        if !told.is_empty() {
+            break;
+        }
+    }
+    reloader.abort();
+    assert_eq!(told.len(), 1, "one coordinator (cora) is told: {told:?}");
+    assert_eq!(told[0].person.as_deref(), Some("cora"));
+    let text = told[0].body.plain();
+    assert!(text.contains("asklead.rhai:3:") && text.contains("previous version keeps serving"), "{text}");
+    // The old version still serves.
+    assert!(rt.workflows.read().unwrap().by_command("asklead").is_some());
+    let entries = rt.store.ledger_page(0, 100).await.unwrap();
+    assert!(entries.iter().any(|e| e.link.kind == "workflow.refused"));
+}
 
 async fn a_run_whose_stored_version_replays_differently_is_stopped_and_sends_nothing(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
