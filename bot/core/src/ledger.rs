@@ -443,7 +443,9 @@ mod tests {
             run_id: Some("R-1".into()),
             actor: "alice".into(),
             script_hash: None,
-            content_hash: content_hash(&json!({ "what": "New neglect concern C-1", "purpose": "protect a child from harm" })),
+            content_hash: content_hash(
+                &json!({ "what": "New neglect concern C-1", "purpose": "protect a child from harm" }),
+            ),
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
         };

@@ -124,7 +124,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => check(&cli.config),
         Command::Test { paths } => test(&cli.config, paths).await,
-        Command::Console { as_person } | Command::Run { as_person } => console(&cli.config, as_person).await,
+        Command::Console { as_person } => console(&cli.config, as_person).await,
+        // With a terminal, `run` is the console room; as a service (no terminal), it keeps
+        // timers, delivery and reloading going until it is stopped.
+        Command::Run { as_person } if std::io::stdin().is_terminal() => console(&cli.config, as_person).await,
+        Command::Run { .. } => serve(&cli.config).await,
         Command::Audit(a) => audit_command(&cli.config, a).await,
     }
 }
@@ -200,6 +204,39 @@ async fn console(config_path: &std::path::Path, as_person: Option<String>) -> an
     let result = wavelet::console::run(rt.clone(), adapters, console, stdin, as_person, echo).await;
     reloader.abort();
     result?;
+    rt.store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = app::load_config(config_path, &env)?;
+    let url = config.store.url.clone();
+    let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
+    let rt = parts.runtime;
+    for e in &parts.load.refused {
+        tracing::warn!(file = %e.file, line = e.line, "workflow not loaded");
+    }
+    let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()));
+    let mut adapters = Adapters::default();
+    adapters.add(console);
+    let reloader = wavelet::reload::spawn(rt.clone(), adapters.clone());
+    tracing::info!(store = rt.store.backend(), "wavelet running; stop it with SIGTERM or Ctrl-C");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+        if let Err(e) = rt.fire_due_timers().await {
+            tracing::warn!(error = %e, "timers not fired; will retry");
+        }
+        if let Err(e) = wavelet::adapter::deliver_pending(&rt.store, &adapters, rt.clock.now()).await {
+            tracing::warn!(error = %e, "delivery failed; will retry");
+        }
+    }
+    reloader.abort();
+    tracing::info!("wavelet stopped");
     rt.store.close().await;
     Ok(ExitCode::SUCCESS)
 }
