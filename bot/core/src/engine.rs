@@ -914,6 +914,9 @@ impl WorkflowEngine {
             // refuse to run once a replay has stopped), and the replay with the answer
             // runs the callback properly.
             (Ok(_), Some(Stop::Wait(w))) => Outcome::Waiting(w),
+            // An error after a swallowed suspension came from running on without the
+            // answer; the replay with it will tell whether it is real.
+            (Err(_), Some(Stop::Wait(w))) => Outcome::Waiting(w),
             (Err(e), _) => Outcome::Failed(describe_failure(&wf.file, &e)),
         };
         Advance { history, effects, outcome }

@@ -10,11 +10,13 @@ use wavelet_core::{Directory, roles, text};
 
 /// Walks the whole chain, a page at a time.
 pub async fn verify_store(store: &Store) -> store::Result<Result<VerifyReport, ChainFault>> {
+    // The chain up to the head read now: entries appended meanwhile (a running Wavelet)
+    // belong to the next verification, not to this one's "beyond the head".
     let head = store.ledger_head().await?;
     let mut all = Vec::new();
     let mut after = 0;
-    loop {
-        let page = store.ledger_page(after, 10_000).await?;
+    while after < head.seq {
+        let page = store.ledger_page(after, (head.seq - after).min(10_000)).await?;
         let Some(last) = page.last() else { break };
         after = last.link.seq;
         all.extend(page);

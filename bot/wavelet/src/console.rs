@@ -88,13 +88,18 @@ pub async fn run(
     });
     let mut seat = Seat { person: first, room: first_room };
     console.print(&format!("Wavelet console. {HELP}"));
-    // Timers fire while the console is open.
+    // Timers fire while the console is open. The ticker is stopped between passes, never
+    // in the middle of one (a send not yet marked delivered would be sent again).
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let ticker = {
         let rt = rt.clone();
         let adapters = adapters.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = stopped.changed() => return,
+                }
                 if let Err(e) = rt.fire_due_timers().await {
                     tracing::warn!(error = %e, "timers not fired; will retry");
                 }
@@ -168,7 +173,8 @@ pub async fn run(
             tracing::warn!(error = %e, "delivery failed; will retry");
         }
     }
-    ticker.abort();
+    let _ = stop.send(true);
+    let _ = ticker.await;
     drop(ingest);
     let _ = worker.await;
     rt.fire_due_timers().await?;

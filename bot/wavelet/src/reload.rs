@@ -32,7 +32,9 @@ pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()
                 if let Err(e) = rt.record(draft).await {
                     tracing::warn!(error = %e, "reload not recorded");
                 }
-                let _ = rt.notify_coordinators(&format!("reload:{hash}"), &render::workflow_reloaded(name, hash)).await;
+                // The time makes each notice its own message (a version may be loaded again later).
+                let key = format!("reload:{hash}:{}", rt.clock.now().0);
+                let _ = rt.notify_coordinators(&key, &render::workflow_reloaded(name, hash)).await;
             }
             for e in &report.refused {
                 tracing::warn!(file = %e.file, line = e.line, "edited workflow refused");
@@ -48,7 +50,7 @@ pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()
                 if let Err(err) = rt.record(draft).await {
                     tracing::warn!(error = %err, "refusal not recorded");
                 }
-                let key = format!("refused:{}:{}", e.file, wavelet_core::engine::source_hash(&e.to_string()));
+                let key = format!("refused:{}:{}", e.file, rt.clock.now().0);
                 let _ = rt.notify_coordinators(&key, &render::workflow_refused(&e.file, &e.to_string())).await;
             }
             if !report.loaded.is_empty() || !report.refused.is_empty() {

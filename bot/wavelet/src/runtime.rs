@@ -127,9 +127,22 @@ impl Runtime {
         let results = match together.await {
             Ok(()) => events.iter().map(|_| Ok(())).collect(),
             Err(e) if events.len() == 1 => vec![Err(e)],
+            // The store went away: every event waits, so they are retried in their order
+            // (a later message must never be handled before an earlier one).
+            Err(e) if e.is_transient() => {
+                let message = e.to_string();
+                events.iter().map(|_| Err(store::Error::Unavailable(message.clone()))).collect()
+            }
             Err(_) => {
+                // One event is refused for good: handle each on its own, in order, so the
+                // others go through. Once one hits a passing fault, the rest wait too.
                 let mut results = Vec::with_capacity(events.len());
+                let mut held: Option<String> = None;
                 for e in events {
+                    if let Some(m) = &held {
+                        results.push(Err(store::Error::Unavailable(m.clone())));
+                        continue;
+                    }
                     let one = async {
                         let mut tx = self.store.begin().await?;
                         self.handle_event(&mut tx, e).await?;
@@ -137,7 +150,11 @@ impl Runtime {
                     };
                     let r = one.await;
                     if let Err(err) = &r {
-                        tracing::error!(event_id = %e.event_id, error = %err, "event not handled");
+                        if err.is_transient() {
+                            held = Some(err.to_string());
+                        } else {
+                            tracing::error!(event_id = %e.event_id, error = %err, "event not handled");
+                        }
                     }
                     results.push(r);
                 }
@@ -339,7 +356,7 @@ impl Runtime {
                 let Some(mut run) = waiting.filter(|r| r.id == run_id) else { return Ok(()) };
                 let Some(Wait::Answer { step, spec, prompt, .. }) = run.wait.clone() else { return Ok(()) };
                 // Typed before the question reached them: not an answer to it.
-                if run.wait_since.is_none_or(|since| ev.received_at < since) {
+                if run.wait_since.is_some_and(|since| ev.received_at < since) {
                     tx.enqueue(&reply(render::before_the_question(&prompt)), Some(&run.id), now).await?;
                     return Ok(());
                 }

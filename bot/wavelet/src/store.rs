@@ -27,6 +27,12 @@ pub enum Error {
     BadUrl(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// Refused for a reason a person can act on.
+    #[error("{0}")]
+    Refused(String),
+    /// Held back because the store was unavailable for an event before it.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,6 +67,7 @@ impl Error {
                         || d.code().is_some_and(|c| c.starts_with("08"))
                 })
             }
+            Error::Unavailable(_) => true,
             _ => false,
         }
     }
@@ -435,6 +442,15 @@ impl Store {
     /// `false` if there is no such entry or it is erased already.
     pub async fn erase(&self, seq: i64, reason: &str, actor: &str, at: Millis) -> Result<bool> {
         let mut tx = self.begin().await?;
+        // The record of an erasure is never itself erased: it is what makes the gap lawful.
+        let kind: Option<String> = on_tx!(tx, c => sqlx::query_scalar("SELECT kind FROM ledger WHERE seq = $1").bind(seq).fetch_optional(c).await)?;
+        match kind.as_deref() {
+            None => return Ok(false),
+            Some(k) if k == wavelet_core::ledger::EntryKind::ContentErased.as_str() => {
+                return Err(Error::Refused("the record of an erasure cannot itself be erased".into()));
+            }
+            Some(_) => {}
+        }
         let n = on_tx!(tx, c => sqlx::query("UPDATE ledger_content SET content = NULL, erased_at = $1, erasure_reason = $2 WHERE seq = $3 AND content IS NOT NULL")
             .bind(at.0).bind(reason).bind(seq).execute(c).await.map(|r| r.rows_affected()))?;
         if n != 1 {

@@ -1017,6 +1017,9 @@ async fn ledger_refuses_update_and_delete_but_allows_erasure(store: &Store) {
     assert!(store.erase(3, "retention period ended", "rey", Millis(30_000)).await.unwrap());
     assert!(!store.erase(3, "again", "rey", Millis(31_000)).await.unwrap(), "already erased");
     assert!(!store.erase(99, "no such entry", "rey", Millis(31_000)).await.unwrap());
+    // The record of an erasure is what makes the gap lawful: it cannot be erased.
+    let erasure_record = store.ledger_head().await.unwrap().seq;
+    assert!(store.erase(erasure_record, "tidy up", "rey", Millis(32_000)).await.is_err());
     let report = ledger::verify(store.ledger_page(0, 100).await.unwrap(), &store.ledger_head().await.unwrap()).unwrap();
     assert_eq!((report.entries, report.erased), (6, 2));
 }
