@@ -102,3 +102,15 @@ pub fn workflow_reloaded(name: &str, hash: &str) -> String {
 pub fn question_queued() -> String {
     "I have another question for you waiting above; I'll ask the next one as soon as you have answered it.".into()
 }
+
+pub fn cannot_cancel(run: &str) -> String {
+    format!("I can't cancel {run}: only a waiting run you started can be cancelled.")
+}
+
+pub fn which_to_cancel(runs: &[String]) -> String {
+    let example = runs.first().and_then(|r| r.split(' ').next()).unwrap_or("R-1");
+    format!(
+        "You have several open workflows: {}. Send `!cancel` with the one to end, e.g. `!cancel {example}`.",
+        runs.join(", ")
+    )
+}

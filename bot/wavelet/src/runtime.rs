@@ -265,42 +265,62 @@ impl Runtime {
                 });
                 tx.enqueue(&reply(render::not_allowed(&command)), None, now).await?;
             }
-            Route::Cancel { person, run_id } => match run_id {
-                None => {
-                    tx.enqueue(&reply(render::nothing_to_cancel()), None, now).await?;
-                }
-                Some(id) => {
-                    if let Some(run) = tx.run(&id).await?
-                        && run.starter != person
-                    {
-                        // A question from someone else's workflow: not theirs to end.
-                        tx.enqueue(&reply(render::not_your_dialog(&run.starter)), None, now).await?;
-                        return Ok(());
-                    }
-                    if let Some(mut run) = tx.run(&id).await? {
-                        let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
-                        run.status = RunStatus::Cancelled;
-                        run.wait = None;
-                        run.wait_seq = None;
-                        run.wait_since = None;
-                        run.updated_at = now;
-                        tx.put_run(&run).await?;
-                        tx.append(Draft {
-                            at: now,
-                            kind: EntryKind::RunCancelled,
-                            case_id: None,
-                            run_id: Some(run.id.clone()),
-                            actor: person,
-                            script_hash: Some(run.script_hash.clone()),
-                            content: json!({ "room": ev.room.to_string() }),
-                        });
-                        tx.enqueue(&reply(render::cancelled()), Some(&run.id), now).await?;
-                        if let (Some(p), Some(r)) = (wp, wr) {
-                            self.activate_next_wait(tx, &p, &r, now).await?;
+            Route::Cancel { person, run_id } => {
+                // `!cancel R-3` names a run; plain `cancel` means the person's own dialog
+                // here, else their one waiting run anywhere.
+                let named = ev.text.split_whitespace().nth(1).filter(|w| w.starts_with("R-")).map(str::to_string);
+                let target = if let Some(id) = named {
+                    match tx.run(&id).await? {
+                        Some(r) if r.starter == person && r.status == RunStatus::Waiting => Some(r),
+                        _ => {
+                            tx.enqueue(&reply(render::cannot_cancel(&text::one_line(&id))), None, now).await?;
+                            return Ok(());
                         }
                     }
+                } else if let Some(own) = tx.open_dialog_of(&person, &ev.room).await? {
+                    Some(own)
+                } else if let Some(other) = run_id {
+                    // A question from someone else's workflow: not theirs to end.
+                    let starter = tx.run(&other).await?.map(|r| r.starter).unwrap_or_default();
+                    tx.enqueue(&reply(render::not_your_dialog(&starter)), None, now).await?;
+                    return Ok(());
+                } else {
+                    let mut mine = tx.waiting_runs_started_by(&person).await?;
+                    match mine.len() {
+                        0 => None,
+                        1 => mine.pop(),
+                        _ => {
+                            let ids: Vec<String> = mine.iter().map(|r| format!("{} ({})", r.id, r.workflow)).collect();
+                            tx.enqueue(&reply(render::which_to_cancel(&ids)), None, now).await?;
+                            return Ok(());
+                        }
+                    }
+                };
+                let Some(mut run) = target else {
+                    tx.enqueue(&reply(render::nothing_to_cancel()), None, now).await?;
+                    return Ok(());
+                };
+                let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
+                run.status = RunStatus::Cancelled;
+                run.wait = None;
+                run.wait_seq = None;
+                run.wait_since = None;
+                run.updated_at = now;
+                tx.put_run(&run).await?;
+                tx.append(Draft {
+                    at: now,
+                    kind: EntryKind::RunCancelled,
+                    case_id: None,
+                    run_id: Some(run.id.clone()),
+                    actor: person,
+                    script_hash: Some(run.script_hash.clone()),
+                    content: json!({ "room": ev.room.to_string() }),
+                });
+                tx.enqueue(&reply(render::cancelled()), Some(&run.id), now).await?;
+                if let (Some(p), Some(r)) = (wp, wr) {
+                    self.activate_next_wait(tx, &p, &r, now).await?;
                 }
-            },
+            }
             Route::Start { person, command, group } => {
                 let Some(wf) = self.workflows.read().ok().and_then(|w| w.by_command(&command)) else {
                     tx.enqueue(&reply(render::unknown_command(&command)), None, now).await?;

@@ -827,7 +827,27 @@ impl Tx {
     pub async fn open_dialog_of(&mut self, person: &str, room: &RoomRef) -> Result<Option<RunRow>> {
         let room = room.to_string();
         self.load_waits(person, &room).await?;
-        Ok(self.waits_on(person, &room).find(|r| r.starter == person).cloned())
+        Ok(self
+            .waits_on(person, &room)
+            .filter(|r| r.starter == person)
+            .min_by_key(|r| r.wait_seq.unwrap_or(i64::MAX))
+            .cloned())
+    }
+
+    /// Every waiting run this person started, oldest first.
+    pub async fn waiting_runs_started_by(&mut self, person: &str) -> Result<Vec<RunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE starter = $1 AND status = 'waiting'");
+        let rows: Vec<RunTuple> =
+            on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(person).fetch_all(c).await)?;
+        for row in rows {
+            let r = run_from_tuple(row)?;
+            self.runs.entry(r.id.clone()).or_insert(r);
+        }
+        let mut mine: Vec<RunRow> =
+            self.runs.values().filter(|r| r.starter == person && r.status == RunStatus::Waiting).cloned().collect();
+        // Started order: time, then run number (runs started in the same millisecond).
+        mine.sort_by_key(|r| (r.created_at, r.id.trim_start_matches("R-").parse::<i64>().unwrap_or(i64::MAX)));
+        Ok(mine)
     }
 
     /// Whether a case exists (opened in this transaction or before).

@@ -132,7 +132,32 @@ on_both!(
     concurrent_delivery_passes_send_each_message_once,
     a_run_whose_stored_version_replays_differently_is_stopped_and_sends_nothing,
     a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators,
+    a_starter_can_cancel_a_run_that_waits_on_someone_else,
 );
+
+async fn a_starter_can_cancel_a_run_that_waits_on_someone_else(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(dir.path(), &[("asklead", ASK_LEAD)]);
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    assert_eq!(b.say("alice", "north", "!asklead").await, ["Can you take this on?"]);
+    let r = b.say("alice", "dm", "!cancel R-99").await;
+    assert!(r[0].contains("can't cancel R-99"), "{r:?}");
+    let r = b.say("alice", "dm", "cancel").await;
+    assert!(r[0].starts_with("Cancelled."), "{r:?}");
+    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Cancelled);
+    // bea's answer now has nothing to answer, and she is told so.
+    let r = b.say("bea", "dm", "yes").await;
+    assert!(r[0].contains("not recorded"), "{r:?}");
+    // Two runs of alice's own waiting: she is asked which.
+    b.say("alice", "north", "!asklead").await;
+    b.say("alice", "north", "!asklead").await;
+    let r = b.say("alice", "dm", "cancel").await;
+    assert!(r[0].contains("R-2 (asklead), R-3 (asklead)"), "{r:?}");
+    let r = b.say("alice", "dm", "!cancel R-3").await;
+    assert!(r[0].starts_with("Cancelled."), "{r:?}");
+    assert_eq!(b.rt.store.run("R-2").await.unwrap().unwrap().status, RunStatus::Waiting);
+    b.verify().await;
+}
 
 async fn a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
