@@ -13,7 +13,6 @@ use wavelet::console::ConsoleAdapter;
 use wavelet::runtime::SystemClock;
 use wavelet::{app, transcripts};
 use wavelet_core::engine::{SandboxLimits, WorkflowEngine};
-use wavelet_core::ledger::{Draft, EntryKind};
 
 #[derive(Parser)]
 #[command(
@@ -183,18 +182,7 @@ async fn console(config_path: &std::path::Path, as_person: Option<String>) -> an
     for e in &parts.load.refused {
         eprintln!("workflow not loaded: {e}");
     }
-    for (name, hash) in &parts.load.loaded {
-        rt.record(Draft {
-            at: rt.clock.now(),
-            kind: EntryKind::WorkflowLoaded,
-            case_id: None,
-            run_id: None,
-            actor: "wavelet".into(),
-            script_hash: Some(hash.clone()),
-            content: serde_json::json!({ "workflow": name }),
-        })
-        .await?;
-    }
+    wavelet::reload::record(&rt, &parts.load, false).await;
     let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()));
     let mut adapters = Adapters::default();
     adapters.add(console.clone());
@@ -213,9 +201,7 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let url = config.store.url.clone();
     let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
     let rt = parts.runtime;
-    for e in &parts.load.refused {
-        tracing::warn!(file = %e.file, line = e.line, "workflow not loaded");
-    }
+    wavelet::reload::record(&rt, &parts.load, false).await;
     let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()));
     let mut adapters = Adapters::default();
     adapters.add(console);

@@ -4,9 +4,53 @@
 
 use crate::adapter::{Adapters, deliver_pending};
 use crate::runtime::Runtime;
+use crate::workflows::LoadReport;
 use std::sync::Arc;
 use wavelet_core::ledger::{Draft, EntryKind};
 use wavelet_core::render;
+
+/// Records what a (re)load found in the ledger and tells the coordinators about refused
+/// files; loads are announced to them too when `announce_loads` (edits while running, not
+/// every start).
+pub async fn record(rt: &Runtime, report: &LoadReport, announce_loads: bool) {
+    for (name, hash) in &report.loaded {
+        tracing::info!(workflow = %name, version = %&hash[..12], "workflow loaded");
+        let draft = Draft {
+            at: rt.clock.now(),
+            kind: EntryKind::WorkflowLoaded,
+            case_id: None,
+            run_id: None,
+            actor: "wavelet".into(),
+            script_hash: Some(hash.clone()),
+            content: serde_json::json!({ "workflow": name }),
+        };
+        if let Err(e) = rt.record(draft).await {
+            tracing::warn!(error = %e, "workflow load not recorded");
+        }
+        if announce_loads {
+            // The time makes each notice its own message (a version may be loaded again).
+            let key = format!("reload:{hash}:{}", rt.clock.now().0);
+            let _ = rt.notify_coordinators(&key, &render::workflow_reloaded(name, hash)).await;
+        }
+    }
+    for e in &report.refused {
+        tracing::warn!(file = %e.file, line = e.line, "workflow refused");
+        let draft = Draft {
+            at: rt.clock.now(),
+            kind: EntryKind::WorkflowRefused,
+            case_id: None,
+            run_id: None,
+            actor: "wavelet".into(),
+            script_hash: None,
+            content: serde_json::json!({ "file": e.file, "error": e.to_string() }),
+        };
+        if let Err(err) = rt.record(draft).await {
+            tracing::warn!(error = %err, "workflow refusal not recorded");
+        }
+        let key = format!("refused:{}:{}", e.file, rt.clock.now().0);
+        let _ = rt.notify_coordinators(&key, &render::workflow_refused(&e.file, &e.to_string())).await;
+    }
+}
 
 pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -18,41 +62,7 @@ pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()
                 Ok(mut w) => w.reload(&rt.engine, &dir),
                 Err(_) => return,
             };
-            for (name, hash) in &report.loaded {
-                tracing::info!(workflow = %name, version = %&hash[..12], "workflow reloaded");
-                let draft = Draft {
-                    at: rt.clock.now(),
-                    kind: EntryKind::WorkflowLoaded,
-                    case_id: None,
-                    run_id: None,
-                    actor: "wavelet".into(),
-                    script_hash: Some(hash.clone()),
-                    content: serde_json::json!({ "workflow": name }),
-                };
-                if let Err(e) = rt.record(draft).await {
-                    tracing::warn!(error = %e, "reload not recorded");
-                }
-                // The time makes each notice its own message (a version may be loaded again later).
-                let key = format!("reload:{hash}:{}", rt.clock.now().0);
-                let _ = rt.notify_coordinators(&key, &render::workflow_reloaded(name, hash)).await;
-            }
-            for e in &report.refused {
-                tracing::warn!(file = %e.file, line = e.line, "edited workflow refused");
-                let draft = Draft {
-                    at: rt.clock.now(),
-                    kind: EntryKind::WorkflowRefused,
-                    case_id: None,
-                    run_id: None,
-                    actor: "wavelet".into(),
-                    script_hash: None,
-                    content: serde_json::json!({ "file": e.file, "error": e.to_string() }),
-                };
-                if let Err(err) = rt.record(draft).await {
-                    tracing::warn!(error = %err, "refusal not recorded");
-                }
-                let key = format!("refused:{}:{}", e.file, rt.clock.now().0);
-                let _ = rt.notify_coordinators(&key, &render::workflow_refused(&e.file, &e.to_string())).await;
-            }
+            record(&rt, &report, true).await;
             if !report.loaded.is_empty() || !report.refused.is_empty() {
                 let _ = deliver_pending(&rt.store, &adapters, rt.clock.now()).await;
             }
