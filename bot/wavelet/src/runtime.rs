@@ -300,24 +300,14 @@ impl Runtime {
                     tx.enqueue(&reply(render::nothing_to_cancel()), None, now).await?;
                     return Ok(());
                 };
-                let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
+                let waited_on = run.clear_wait();
                 run.status = RunStatus::Cancelled;
-                run.wait = None;
-                run.wait_seq = None;
-                run.wait_since = None;
                 run.updated_at = now;
                 tx.put_run(&run).await?;
-                tx.append(Draft {
-                    at: now,
-                    kind: EntryKind::RunCancelled,
-                    case_id: None,
-                    run_id: Some(run.id.clone()),
-                    actor: person,
-                    script_hash: Some(run.script_hash.clone()),
-                    content: json!({ "room": ev.room.to_string() }),
-                });
+                // Only the starter cancels, so the run's own draft names the right actor.
+                tx.append(self.draft(&run, EntryKind::RunCancelled, None, now, json!({ "room": ev.room.to_string() })));
                 tx.enqueue(&reply(render::cancelled()), Some(&run.id), now).await?;
-                if let (Some(p), Some(r)) = (wp, wr) {
+                if let Some((p, r)) = waited_on {
                     self.activate_next_wait(tx, &p, &r, now).await?;
                 }
             }
@@ -400,15 +390,12 @@ impl Runtime {
                 if let Some(entry) = run.history.get_mut(step) {
                     entry.result = Some(json!(answer));
                 }
-                let (wp, wr) = (run.wait_person.take(), run.wait_room.take());
-                run.wait = None;
-                run.wait_seq = None;
-                run.wait_since = None;
+                let waited_on = run.clear_wait();
                 match wf {
                     Some(wf) => self.advance(tx, run, &wf, now).await?,
                     None => self.fail_unloadable(tx, run, now).await?,
                 }
-                if let (Some(p), Some(r)) = (wp, wr) {
+                if let Some((p, r)) = waited_on {
                     self.activate_next_wait(tx, &p, &r, now).await?;
                 }
             }
@@ -444,7 +431,7 @@ impl Runtime {
         if let Some(entry) = run.history.get_mut(step) {
             entry.result = Some(json!(now.0));
         }
-        run.wait = None;
+        run.clear_wait();
         match self.workflow_for(tx, &run).await? {
             Some(wf) => self.advance(tx, run, &wf, now).await?,
             None => self.fail_unloadable(tx, run, now).await?,
@@ -563,22 +550,19 @@ impl Runtime {
                     run.wait_room = room;
                     run.wait_seq = Some(tx.next_number("wait").await?);
                 } else {
-                    run.wait_person = None;
-                    run.wait_room = None;
-                    run.wait_seq = None;
-                    run.wait_since = None;
+                    run.clear_wait();
                 }
                 run.wait = Some(w);
             }
             Outcome::Finished => {
                 run.status = RunStatus::Finished;
-                run.wait = None;
+                run.clear_wait();
                 tracing::info!(run = %run.id, "run finished");
                 tx.append(self.draft(&run, EntryKind::RunFinished, None, now, json!({})));
             }
             Outcome::Failed(err) => {
                 run.status = RunStatus::Failed;
-                run.wait = None;
+                run.clear_wait();
                 // Log where, never what: the message may quote what someone typed.
                 tracing::warn!(run = %run.id, file = %err.file, line = err.line, column = err.column, "run failed");
                 run.error = Some(err.to_string());
@@ -594,7 +578,7 @@ impl Runtime {
             }
             Outcome::Diverged { step, recorded, requested } => {
                 run.status = RunStatus::Diverged;
-                run.wait = None;
+                run.clear_wait();
                 tracing::error!(run = %run.id, step, "run diverged on replay");
                 tx.append(self.draft(
                     &run,

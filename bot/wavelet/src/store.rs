@@ -210,6 +210,18 @@ pub struct RunRow {
     pub updated_at: Millis,
 }
 
+impl RunRow {
+    /// Stops waiting (answered, cancelled, fired, ended). Returns whom and where the run
+    /// was waiting on, so the next queued question there can be asked.
+    pub fn clear_wait(&mut self) -> Option<(String, RoomRef)> {
+        self.wait = None;
+        self.wait_seq = None;
+        self.wait_since = None;
+        let room = self.wait_room.take();
+        self.wait_person.take().zip(room)
+    }
+}
+
 const RUN_COLUMNS: &str = "id, workflow, script_hash, status, starter, group_id, room, history, wait, wait_person, wait_room, wait_seq, error, created_at, updated_at, wait_since";
 
 type RunTuple = (
@@ -801,34 +813,31 @@ impl Tx {
         Ok(())
     }
 
-    fn waits_on<'a>(&'a self, person: &'a str, room: &'a str) -> impl Iterator<Item = &'a RunRow> + 'a {
+    fn waits_on<'a>(&'a self, person: &'a str, room: &'a RoomRef) -> impl Iterator<Item = &'a RunRow> + 'a {
         self.runs.values().filter(move |r| {
             r.status == RunStatus::Waiting
                 && r.wait_person.as_deref() == Some(person)
-                && r.wait_room.as_ref().is_some_and(|w| w.to_string() == room)
+                && r.wait_room.as_ref() == Some(room)
         })
     }
 
     /// The run whose question to `person` in `room` is answered next: the oldest wait.
     pub async fn waiting_run(&mut self, person: &str, room: &RoomRef) -> Result<Option<RunRow>> {
-        let room = room.to_string();
-        self.load_waits(person, &room).await?;
-        Ok(self.waits_on(person, &room).min_by_key(|r| r.wait_seq.unwrap_or(i64::MAX)).cloned())
+        self.load_waits(person, &room.to_string()).await?;
+        Ok(self.waits_on(person, room).min_by_key(|r| r.wait_seq.unwrap_or(i64::MAX)).cloned())
     }
 
     /// Another run's wait on the same person and room, if any.
     pub async fn waiting_run_other(&mut self, person: &str, room: &RoomRef, run_id: &str) -> Result<Option<String>> {
-        let room = room.to_string();
-        self.load_waits(person, &room).await?;
-        Ok(self.waits_on(person, &room).find(|r| r.id != run_id).map(|r| r.id.clone()))
+        self.load_waits(person, &room.to_string()).await?;
+        Ok(self.waits_on(person, room).find(|r| r.id != run_id).map(|r| r.id.clone()))
     }
 
     /// The run of this person's own that waits on them in this room, if any.
     pub async fn open_dialog_of(&mut self, person: &str, room: &RoomRef) -> Result<Option<RunRow>> {
-        let room = room.to_string();
-        self.load_waits(person, &room).await?;
+        self.load_waits(person, &room.to_string()).await?;
         Ok(self
-            .waits_on(person, &room)
+            .waits_on(person, room)
             .filter(|r| r.starter == person)
             .min_by_key(|r| r.wait_seq.unwrap_or(i64::MAX))
             .cloned())
