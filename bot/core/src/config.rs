@@ -25,6 +25,8 @@ pub struct Config {
     pub agencies: Vec<Agency>,
     pub people: Vec<Person>,
     pub groups: Vec<Group>,
+    /// Escalation policies, by id (`[[policy]]`).
+    pub policies: Vec<Policy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +91,90 @@ pub struct Group {
     pub rooms: Vec<RoomRef>,
 }
 
+/// An escalation policy: notify level by level until someone acknowledges; run the levels
+/// `repeat` more times; then the final level, which always comes when nobody has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub id: String,
+    pub description: String,
+    pub levels: Vec<Level>,
+    /// How many more times the levels run before the final level. Default 0.
+    pub repeat: u32,
+    /// Notified when every level (and repeat) went unacknowledged. Every policy has one.
+    pub final_notify: Vec<Notify>,
+}
+
+impl Policy {
+    /// Levels notified in all, the final one included.
+    pub fn total_levels(&self) -> usize {
+        self.levels.len() * (self.repeat as usize + 1) + 1
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Level {
+    pub notify: Vec<Notify>,
+    /// How long to wait for an acknowledgement before the next level.
+    pub wait: Duration,
+}
+
+/// Who a level notifies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Notify {
+    /// `person:ID`: one person, privately.
+    Person(String),
+    /// `role:ID`: every member of the case's group holding the role, privately.
+    Role(String),
+    /// `group`: the case's group's rooms.
+    GroupRooms,
+    /// `room:PLATFORM:ID`: one shared room.
+    Room(RoomRef),
+}
+
+impl Notify {
+    /// Parses the text form used in `notify` lists and stored escalation plans.
+    pub fn parse(text: &str) -> Option<Notify> {
+        let v = text.trim();
+        if v == "group" {
+            return Some(Notify::GroupRooms);
+        }
+        if let Some(id) = v.strip_prefix("person:").filter(|id| !id.is_empty()) {
+            return Some(Notify::Person(id.to_string()));
+        }
+        if let Some(id) = v.strip_prefix("role:").filter(|id| !id.is_empty()) {
+            return Some(Notify::Role(id.to_string()));
+        }
+        match RoomRef::parse(v.strip_prefix("room:")?) {
+            Some(room @ RoomRef::Shared { .. }) => Some(Notify::Room(room)),
+            _ => None,
+        }
+    }
+}
+
+impl serde::Serialize for Notify {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Notify {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Notify::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not a notify target: {s}")))
+    }
+}
+
+impl fmt::Display for Notify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notify::Person(p) => write!(f, "person:{p}"),
+            Notify::Role(r) => write!(f, "role:{r}"),
+            Notify::GroupRooms => f.write_str("group"),
+            Notify::Room(r) => write!(f, "room:{r}"),
+        }
+    }
+}
+
 /// One mistake in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -134,6 +220,10 @@ impl Config {
 
     pub fn person(&self, id: &str) -> Option<&Person> {
         self.people.iter().find(|p| p.id == id)
+    }
+
+    pub fn policy(&self, id: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.id == id)
     }
 }
 

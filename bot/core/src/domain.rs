@@ -23,6 +23,12 @@ impl Millis {
         humantime::format_rfc3339_millis(t).to_string()
     }
 
+    /// For people: `2026-11-25 10:05 UTC`.
+    pub fn short(self) -> String {
+        let t = self.rfc3339();
+        format!("{} {} UTC", &t[..10], &t[11..16])
+    }
+
     pub fn parse_rfc3339(s: &str) -> Option<Millis> {
         let t = humantime::parse_rfc3339_weak(s).ok()?;
         let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;

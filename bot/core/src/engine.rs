@@ -148,6 +148,9 @@ pub enum EffectKind {
     Note,
     Now,
     Sleep,
+    SleepUntil,
+    Escalate,
+    WaitForAck,
 }
 
 impl EffectKind {
@@ -163,6 +166,9 @@ impl EffectKind {
             EffectKind::Note => "note",
             EffectKind::Now => "now",
             EffectKind::Sleep => "sleep",
+            EffectKind::SleepUntil => "sleep_until",
+            EffectKind::Escalate => "escalate",
+            EffectKind::WaitForAck => "wait_for_ack",
         }
     }
 }
@@ -225,14 +231,49 @@ pub enum Effect {
         step: usize,
         until: Millis,
     },
+    /// Start escalating a case by a policy from the configuration.
+    Escalate {
+        step: usize,
+        case_id: String,
+        policy: String,
+        escalation_id: String,
+    },
+    /// Wait for the case's next acknowledgement, at most until `until`.
+    WaitForAck {
+        step: usize,
+        case_id: String,
+        until: Millis,
+    },
 }
 
 /// Why a run is waiting.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "wait", rename_all = "snake_case")]
 pub enum Wait {
-    Answer { step: usize, person: String, prompt: String, spec: AnswerSpec },
-    Timer { step: usize, until: Millis },
+    Answer {
+        step: usize,
+        person: String,
+        prompt: String,
+        spec: AnswerSpec,
+    },
+    Timer {
+        step: usize,
+        until: Millis,
+    },
+    /// The case's next acknowledgement, or `until`, whichever comes first.
+    Ack {
+        step: usize,
+        case_id: String,
+        until: Millis,
+    },
+}
+
+impl Wait {
+    pub fn step(&self) -> usize {
+        match self {
+            Wait::Answer { step, .. } | Wait::Timer { step, .. } | Wait::Ack { step, .. } => *step,
+        }
+    }
 }
 
 /// How an advance ended.
@@ -277,7 +318,14 @@ pub trait Host {
     fn new_case_id(&mut self) -> String;
     fn person_exists(&self, id: &str) -> bool;
     fn group_exists(&self, id: &str) -> bool;
+    /// Whether the configuration has an escalation policy with this id.
+    fn policy_exists(&self, id: &str) -> bool;
+    /// A fresh escalation id, e.g. `E-7`.
+    fn new_escalation_id(&mut self) -> String;
 }
+
+/// What `wait_for_ack` records when the deadline passes first.
+pub const ACK_TIMED_OUT: serde_json::Value = serde_json::Value::Bool(false);
 
 /// The sandboxed rhai engine, shared by every run.
 pub struct WorkflowEngine {
@@ -743,6 +791,90 @@ fn register_effects(engine: &mut Engine) {
     });
 }
 
+fn register_escalation(engine: &mut Engine) {
+    engine.register_fn("escalate", |ctx: NativeCallContext, case: Dynamic, policy: &str| -> RhaiResult<String> {
+        let pos = ctx.call_position();
+        let case_id = case_id_of(&case, "escalate", pos)?;
+        let v = with_replay(pos, |r| {
+            if !r.host.policy_exists(policy) {
+                return Err(script_error(
+                    format!(
+                        "escalate: no policy `{policy}` in the configuration; add a [[policy]] with id = \"{policy}\""
+                    ),
+                    pos,
+                ));
+            }
+            let args = serde_json::json!({ "case": case_id, "policy": policy });
+            r.effect(EffectKind::Escalate, args, pos, None, |r, step| {
+                let escalation_id = r.host.new_escalation_id();
+                r.effects.push(Effect::Escalate {
+                    step,
+                    case_id: case_id.clone(),
+                    policy: policy.to_string(),
+                    escalation_id: escalation_id.clone(),
+                });
+                Ok(serde_json::json!(escalation_id))
+            })
+        })?;
+        Ok(v.as_str().unwrap_or_default().to_string())
+    });
+    engine.register_fn(
+        "wait_for_ack",
+        |ctx: NativeCallContext, case: Dynamic, deadline: &str| -> RhaiResult<Dynamic> {
+            let pos = ctx.call_position();
+            let case_id = case_id_of(&case, "wait_for_ack", pos)?;
+            let d = parse_duration(deadline).map_err(|e| {
+                script_error(
+                    format!("wait_for_ack: `{deadline}` is not a duration ({e}); write e.g. \"15m\" or \"2h\""),
+                    pos,
+                )
+            })?;
+            if d > MAX_SLEEP {
+                return Err(script_error("wait_for_ack: the longest wait is 5 years", pos));
+            }
+            let v = with_replay(pos, |r| {
+                let args = serde_json::json!({ "case": case_id, "deadline_ms": d.as_millis() as u64 });
+                let until = if r.position < r.history.len() { Millis(0) } else { r.host.now().plus(d) };
+                let id = case_id.clone();
+                let wait = move |step| Wait::Ack { step, case_id: id.clone(), until };
+                r.effect(EffectKind::WaitForAck, args, pos, Some(&wait), |r, step| {
+                    r.effects.push(Effect::WaitForAck { step, case_id: case_id.clone(), until });
+                    Ok(serde_json::Value::Null)
+                })
+            })?;
+            // `#{ by: "bea", at: "2026-…" }`, or `()` when the deadline came first.
+            Ok(match v.get("by").and_then(|b| b.as_str()) {
+                Some(by) => {
+                    let mut m = Map::new();
+                    m.insert("by".into(), Dynamic::from(by.to_string()));
+                    let at = Millis(v.get("at").and_then(|a| a.as_i64()).unwrap_or(0));
+                    m.insert("at".into(), Dynamic::from(at.rfc3339()));
+                    Dynamic::from_map(m)
+                }
+                None => Dynamic::UNIT,
+            })
+        },
+    );
+    engine.register_fn("sleep_until", |ctx: NativeCallContext, time: &str| -> RhaiResult<()> {
+        let pos = ctx.call_position();
+        let Some(at) = Millis::parse_rfc3339(time.trim()) else {
+            return Err(script_error(
+                format!("sleep_until: `{time}` is not a time; write it like \"2026-11-30T09:00:00Z\""),
+                pos,
+            ));
+        };
+        with_replay(pos, |r| {
+            let args = serde_json::json!({ "until": at.0 });
+            let wait = move |step| Wait::Timer { step, until: at };
+            r.effect(EffectKind::SleepUntil, args, pos, Some(&wait), |r, step| {
+                r.effects.push(Effect::Sleep { step, until: at });
+                Ok(serde_json::Value::Null)
+            })
+        })?;
+        Ok(())
+    });
+}
+
 /// The longest `sleep` a script may ask for.
 pub const MAX_SLEEP: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
 
@@ -789,6 +921,7 @@ impl WorkflowEngine {
         engine.on_print(|_| {});
         engine.on_debug(|_, _, _| {});
         register_effects(&mut engine);
+        register_escalation(&mut engine);
         WorkflowEngine { engine, limits }
     }
 

@@ -56,6 +56,18 @@ pub enum EntryKind {
     AuditRead,
     #[serde(rename = "content.erased")]
     ContentErased,
+    #[serde(rename = "escalation.started")]
+    EscalationStarted,
+    #[serde(rename = "escalation.notified")]
+    EscalationNotified,
+    #[serde(rename = "case.acknowledged")]
+    CaseAcknowledged,
+    #[serde(rename = "acknowledgement.late")]
+    AcknowledgementLate,
+    #[serde(rename = "acknowledgement.refused")]
+    AcknowledgementRefused,
+    #[serde(rename = "delivery.failed")]
+    DeliveryFailed,
 }
 
 impl EntryKind {
@@ -82,6 +94,12 @@ impl EntryKind {
             EntryKind::WorkflowRefused => "workflow.refused",
             EntryKind::AuditRead => "audit.read",
             EntryKind::ContentErased => "content.erased",
+            EntryKind::EscalationStarted => "escalation.started",
+            EntryKind::EscalationNotified => "escalation.notified",
+            EntryKind::CaseAcknowledged => "case.acknowledged",
+            EntryKind::AcknowledgementLate => "acknowledgement.late",
+            EntryKind::AcknowledgementRefused => "acknowledgement.refused",
+            EntryKind::DeliveryFailed => "delivery.failed",
         }
     }
 }

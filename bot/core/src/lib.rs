@@ -7,6 +7,7 @@ pub mod config;
 pub mod directory;
 pub mod domain;
 pub mod engine;
+pub mod escalation;
 pub mod ledger;
 pub mod render;
 pub mod router;

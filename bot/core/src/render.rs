@@ -114,3 +114,86 @@ pub fn which_to_cancel(runs: &[String]) -> String {
         runs.join(", ")
     )
 }
+
+/// A duration for people: `45 s`, `5 min`, `2 h 5 min`, `3 days 2 h`.
+pub fn span(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let (d, h, m) = (s / 86_400, (s % 86_400) / 3_600, (s % 3_600) / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, 0) => format!("{h} h"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (1, 0, _) => "1 day".to_string(),
+        (1, h, _) => format!("1 day {h} h"),
+        (d, 0, _) => format!("{d} days"),
+        (d, h, _) => format!("{d} days {h} h"),
+    }
+}
+
+/// How a person is named to others in a message: name and agency, never an account.
+pub fn person_label(p: &crate::config::Person, agency: Option<&crate::config::Agency>) -> String {
+    match agency {
+        Some(a) => format!("{} ({})", p.name, a.name),
+        None => p.name.clone(),
+    }
+}
+
+pub fn ack_thanks(case: &str) -> String {
+    format!(
+        "Thank you: you have acknowledged {case}. The escalation has stopped, and the person who raised it has been told."
+    )
+}
+
+pub fn ack_for_raiser(case: &str, by: &str, at: crate::Millis, after_ms: Option<i64>) -> String {
+    match after_ms {
+        Some(ms) => format!("{by} acknowledged {case} at {}, {} after it was escalated.", at.short(), span(ms)),
+        None => format!("{by} acknowledged {case} at {}.", at.short()),
+    }
+}
+
+pub fn ack_for_others(case: &str, by: &str) -> String {
+    format!("{case} has been acknowledged by {by}: no action is needed from you for this escalation.")
+}
+
+pub fn ack_late(case: &str, by: &str, at: crate::Millis) -> String {
+    format!("{case} was already acknowledged by {by} at {}. Your acknowledgement is recorded too.", at.short())
+}
+
+pub fn ack_nothing_pending(case: &str) -> String {
+    format!("Nothing is waiting for an acknowledgement on {case} now. Your acknowledgement is recorded.")
+}
+
+pub fn ack_not_allowed(case: &str) -> String {
+    format!(
+        "Sorry, only the people an escalation of {case} notified, or the leads of its group, can acknowledge it. This attempt is recorded."
+    )
+}
+
+pub fn ack_which() -> String {
+    "Which case? Send e.g. `ack C-42`.".into()
+}
+
+pub fn ack_no_case(case: &str) -> String {
+    format!("There is no case {case}. Check the id in the message you were sent, e.g. `ack C-42`.")
+}
+
+pub fn delivery_failed_for_coordinator(key: &str, room: &str, attempts: i32, run: Option<&str>) -> String {
+    let run = run.map(|r| format!(" for run {r}")).unwrap_or_default();
+    format!(
+        "Wavelet could not deliver a message{run} to {room} after {attempts} attempts and has stopped trying. It is kept in the outbox (key {key}); the ledger's delivery.failed entry has the error. Please check the room and the bot's access to it."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spans_read_naturally() {
+        assert_eq!(super::span(45_000), "45 s");
+        assert_eq!(super::span(5 * 60_000), "5 min");
+        assert_eq!(super::span(2 * 3_600_000), "2 h");
+        assert_eq!(super::span(2 * 3_600_000 + 5 * 60_000), "2 h 5 min");
+        assert_eq!(super::span(86_400_000 + 3_600_000), "1 day 1 h");
+        assert_eq!(super::span(3 * 86_400_000), "3 days");
+    }
+}

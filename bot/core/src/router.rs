@@ -17,6 +17,8 @@ pub struct WaitingRun {
 pub enum Command {
     Help,
     Cancel,
+    /// `ack C-42`: acknowledge a case (stops its escalation). The case id, if given.
+    Ack(Option<String>),
     /// A workflow's command, e.g. `concern`.
     Workflow(String),
 }
@@ -47,6 +49,11 @@ pub enum Route {
         person: String,
         run_id: Option<String>,
     },
+    /// Acknowledge a case: stop its escalation, resume runs waiting for it.
+    Ack {
+        person: String,
+        case_id: Option<String>,
+    },
     /// The person may not start this workflow (their roles do not allow it).
     NotAllowed {
         person: String,
@@ -63,9 +70,13 @@ pub enum Route {
 }
 
 /// Parses a command: `!name` or `/name` anywhere; bare `help` and `cancel` in a direct
-/// room. Arguments after the name are ignored.
+/// room; bare `ack C-42` anywhere. Arguments after the name are ignored, except the case
+/// id of `ack`.
 pub fn parse_command(text: &str, direct: bool) -> Option<Command> {
     let t = text.trim();
+    if let Some(id) = bare_ack(t) {
+        return Some(Command::Ack(Some(id)));
+    }
     let name = if let Some(rest) = t.strip_prefix('!').or_else(|| t.strip_prefix('/')) {
         rest.split_whitespace().next()?.to_lowercase()
     } else if direct && (t.eq_ignore_ascii_case("help") || t.eq_ignore_ascii_case("cancel")) {
@@ -76,8 +87,22 @@ pub fn parse_command(text: &str, direct: bool) -> Option<Command> {
     Some(match name.as_str() {
         "help" => Command::Help,
         "cancel" => Command::Cancel,
+        "ack" => Command::Ack(t.split_whitespace().nth(1).map(|w| w.to_ascii_uppercase())),
         _ => Command::Workflow(name),
     })
+}
+
+/// `ack C-42` on its own (any case): specific enough to be a command wherever it is said,
+/// even while a question waits.
+fn bare_ack(t: &str) -> Option<String> {
+    let mut words = t.split_whitespace();
+    let (first, id, rest) = (words.next()?, words.next()?, words.next());
+    let digits = id.get(2..)?;
+    let is_case = id.len() > 2
+        && id[..2].eq_ignore_ascii_case("C-")
+        && digits.len() <= 18
+        && digits.chars().all(|c| c.is_ascii_digit());
+    (first.eq_ignore_ascii_case("ack") && is_case && rest.is_none()).then(|| format!("C-{digits}"))
 }
 
 /// Decides the route of one message. `waiting` is the run waiting on the sender in this
@@ -98,6 +123,7 @@ pub fn route<'a>(
     if let Some(w) = waiting {
         match &command {
             Some(Command::Cancel) => return Route::Cancel { person: pid, run_id: Some(w.run_id.clone()) },
+            Some(Command::Ack(_)) => {}
             // A bare `help` is an answer; `!help` and `!concern` are commands.
             Some(Command::Help | Command::Workflow(_)) if !event.text.trim().eq_ignore_ascii_case("help") => {}
             _ => return Route::Resume { run_id: w.run_id.clone(), person: pid },
@@ -107,6 +133,7 @@ pub fn route<'a>(
         None => Route::Ignore,
         Some(Command::Help) => Route::Help { person: pid },
         Some(Command::Cancel) => Route::Cancel { person: pid, run_id: None },
+        Some(Command::Ack(case_id)) => Route::Ack { person: pid, case_id },
         Some(Command::Workflow(name)) => {
             let Some(meta) = workflows.into_iter().find(|m| m.command == name) else {
                 return Route::UnknownCommand { person: pid, command: name };
@@ -251,6 +278,21 @@ rooms = ["console:north"]
         check("mallory", "dm:console:mallory", "hello", false, Route::RefuseUnknown);
         check("mallory", "console:north", "hello", false, Route::Ignore);
         check("alice", "console:elsewhere", "!concern", false, Route::NoGroup { person: alice() });
+        // Acknowledgements: bare or as a command, in any room, even while a question waits.
+        let ack = |id: &str| Route::Ack { person: alice(), case_id: Some(id.into()) };
+        check("alice", "console:north", "ack C-42", false, ack("C-42"));
+        check("alice", "dm:console:alice", "Ack c-7", true, ack("C-7"));
+        check("alice", "dm:console:alice", "!ack C-7", true, ack("C-7"));
+        check("alice", "console:north", "!ack", false, Route::Ack { person: alice(), case_id: None });
+        check("alice", "console:north", "ack it please", false, Route::Ignore);
+        check(
+            "alice",
+            "dm:console:alice",
+            "ack C-7 and more",
+            true,
+            Route::Resume { run_id: "R-1".into(), person: alice() },
+        );
+        check("mallory", "console:north", "ack C-1", false, Route::RefuseUnknown);
     }
 
     #[test]

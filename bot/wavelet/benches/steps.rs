@@ -209,6 +209,12 @@ fn replay_only() {
         fn group_exists(&self, _: &str) -> bool {
             true
         }
+        fn policy_exists(&self, _: &str) -> bool {
+            true
+        }
+        fn new_escalation_id(&mut self) -> String {
+            "E-1".into()
+        }
     }
     let engine = WorkflowEngine::new(SandboxLimits::default());
     let path = root().join("workflows/raise_concern.rhai");

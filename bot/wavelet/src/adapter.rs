@@ -2,7 +2,8 @@
 //! Nothing reaches a chat platform except through here: the runtime writes messages to
 //! the outbox in its transaction; [`deliver_pending`] sends them and records delivery.
 
-use crate::store::{self, Store};
+use crate::runtime::Runtime;
+use crate::store::{self, ClaimedMessage};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,9 @@ pub enum SendError {
     /// Will never work as it is (unknown room, refused content); surfaced to coordinators.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The platform asked us to slow down: nothing more goes to it until then.
+    #[error("rate limited for {0:?}")]
+    RateLimited(Duration),
 }
 
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
@@ -44,6 +48,13 @@ impl Adapters {
     pub fn get(&self, p: Platform) -> Option<&Arc<dyn ChatAdapter>> {
         self.0.get(&p)
     }
+
+    /// The platforms there are adapters for.
+    pub fn platforms(&self) -> Vec<Platform> {
+        let mut p: Vec<Platform> = self.0.keys().copied().collect();
+        p.sort();
+        p
+    }
 }
 
 /// The wait before the n-th retry: 1 s doubling to at most 5 min.
@@ -51,42 +62,72 @@ pub fn backoff(attempts: i32) -> Duration {
     Duration::from_secs(1u64 << attempts.clamp(0, 8) as u32).min(Duration::from_secs(300))
 }
 
-/// Sends every message that is due, oldest first, and records each delivery or failure.
-/// Returns how many were delivered.
+/// Attempts before a message that keeps failing is parked and surfaced to coordinators
+/// (with [`backoff`], about 20 minutes of trying).
+pub const MAX_ATTEMPTS: i32 = 12;
+
+/// How long a claim on a message lasts: if the process dies mid-send, another sends it
+/// after this (with the same idempotency key, so the platform drops a duplicate).
+pub const CLAIM: Duration = Duration::from_secs(60);
+
+/// Sends every message that is due on the platforms this process has adapters for,
+/// oldest first, and records each delivery or failure. Returns how many were delivered.
 ///
-/// One pass at a time per process: a second caller waits for the first to finish, so no
-/// message is sent twice by two passes reading the same rows.
-pub async fn deliver_pending(store: &Store, adapters: &Adapters, now: Millis) -> store::Result<usize> {
+/// Messages are claimed before they are sent, so two processes never send one at once;
+/// within a process one pass runs at a time. A platform that asks us to slow down gets
+/// nothing more in this pass. A message that keeps failing, or fails for good, is parked
+/// (kept, not dropped) and surfaced: a ledger entry and a note to every coordinator.
+pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> store::Result<usize> {
+    let store = &rt.store;
     let _one_pass = store.delivery.lock().await;
+    let platforms = adapters.platforms();
     let mut delivered = 0;
+    // Platforms still inside a wait they asked for (in this pass or an earlier one).
+    let mut slowed: Vec<Platform> = {
+        let mut slow = rt.slow_until.lock().unwrap_or_else(|e| e.into_inner());
+        slow.retain(|_, until| *until > now);
+        slow.keys().copied().collect()
+    };
     loop {
-        let batch = store.pending_outbox(now, 200).await?;
+        let open: Vec<Platform> = platforms.iter().copied().filter(|p| !slowed.contains(p)).collect();
+        let batch = store.claim_outbox(&rt.instance, &open, now, CLAIM, 200).await?;
         if batch.is_empty() {
             return Ok(delivered);
         }
         let mut progressed = false;
-        for p in batch {
-            let Some(adapter) = adapters.get(p.message.room.platform()) else {
-                // No adapter for that platform here: try again later, when one may be.
-                store
-                    .mark_failed(p.id, "no adapter is running for this platform", now.plus(backoff(p.attempts)))
-                    .await?;
+        for c in batch {
+            let platform = c.message.room.platform();
+            let Some(adapter) = adapters.get(platform).filter(|_| !slowed.contains(&platform)) else {
+                // Slowed down in this pass: hand it back for the next.
+                store.release_claim(c.id).await?;
                 continue;
             };
-            match adapter.send(&p.message).await {
+            match adapter.send(&c.message).await {
                 Ok(()) => {
-                    store.mark_delivered(p.id, now).await?;
+                    store.mark_delivered(c.id, now).await?;
                     delivered += 1;
                     progressed = true;
                 }
+                Err(SendError::RateLimited(wait)) => {
+                    tracing::info!(platform = %platform, wait_ms = wait.as_millis() as u64, "platform asked us to slow down");
+                    store.retry_later(c.id, now.plus(wait)).await?;
+                    rt.slow_until.lock().unwrap_or_else(|e| e.into_inner()).insert(platform, now.plus(wait));
+                    slowed.push(platform);
+                }
                 Err(e) => {
-                    tracing::warn!(outbox = p.id, key = %p.message.idempotency_key, attempts = p.attempts + 1, error = %e, "delivery failed");
-                    let retry = match e {
-                        SendError::Temporary(_) => now.plus(backoff(p.attempts)),
-                        // Kept, not dropped: visible in the outbox for coordinators.
-                        SendError::Permanent(_) => Millis(i64::MAX),
-                    };
-                    store.mark_failed(p.id, &e.to_string(), retry).await?;
+                    let attempts = c.attempts + 1;
+                    tracing::warn!(outbox = c.id, key = %c.message.idempotency_key, attempts, error = %e, "delivery failed");
+                    match e {
+                        SendError::Temporary(_) if attempts < MAX_ATTEMPTS => {
+                            store.mark_failed(c.id, &e.to_string(), now.plus(backoff(c.attempts))).await?;
+                        }
+                        _ => {
+                            store.mark_parked(c.id, &e.to_string(), now).await?;
+                            rt.surface_failed_delivery(&c, attempts, &e.to_string()).await?;
+                            // The coordinators' note is new work for this pass.
+                            progressed = true;
+                        }
+                    }
                 }
             }
         }
@@ -94,4 +135,14 @@ pub async fn deliver_pending(store: &Store, adapters: &Adapters, now: Millis) ->
             return Ok(delivered);
         }
     }
+}
+
+/// What a parked message was, for the ledger.
+pub fn describe(c: &ClaimedMessage) -> serde_json::Value {
+    serde_json::json!({
+        "outbox": c.id,
+        "key": c.message.idempotency_key,
+        "room": c.message.room.to_string(),
+        "run": c.run_id,
+    })
 }

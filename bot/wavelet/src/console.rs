@@ -103,7 +103,7 @@ pub async fn run(
                 if let Err(e) = rt.fire_due_timers().await {
                     tracing::warn!(error = %e, "timers not fired; will retry");
                 }
-                if let Err(e) = deliver_pending(&rt.store, &adapters, rt.clock.now()).await {
+                if let Err(e) = deliver_pending(&rt, &adapters, rt.clock.now()).await {
                     tracing::warn!(error = %e, "delivery failed; will retry");
                 }
             }
@@ -169,7 +169,7 @@ pub async fn run(
             console.print(&format!("  (not taken: {e}; please say it again)"));
             continue;
         }
-        if let Err(e) = deliver_pending(&rt.store, &adapters, rt.clock.now()).await {
+        if let Err(e) = deliver_pending(&rt, &adapters, rt.clock.now()).await {
             tracing::warn!(error = %e, "delivery failed; will retry");
         }
     }
@@ -178,6 +178,6 @@ pub async fn run(
     drop(ingest);
     let _ = worker.await;
     rt.fire_due_timers().await?;
-    deliver_pending(&rt.store, &adapters, rt.clock.now()).await?;
+    deliver_pending(&rt, &adapters, rt.clock.now()).await?;
     Ok(())
 }

@@ -217,7 +217,7 @@ async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
         if let Err(e) = rt.fire_due_timers().await {
             tracing::warn!(error = %e, "timers not fired; will retry");
         }
-        if let Err(e) = wavelet::adapter::deliver_pending(&rt.store, &adapters, rt.clock.now()).await {
+        if let Err(e) = wavelet::adapter::deliver_pending(&rt, &adapters, rt.clock.now()).await {
             tracing::warn!(error = %e, "delivery failed; will retry");
         }
     }

@@ -64,7 +64,7 @@ pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()
             };
             record(&rt, &report, true).await;
             if !report.loaded.is_empty() || !report.refused.is_empty() {
-                let _ = deliver_pending(&rt.store, &adapters, rt.clock.now()).await;
+                let _ = deliver_pending(&rt, &adapters, rt.clock.now()).await;
             }
         }
     })

@@ -3,11 +3,14 @@
 //! inbox row, run, case, ledger entries, timers, outbox messages — in one transaction.
 //! Several events share one transaction when they arrive together (group commit).
 
-use crate::store::{self, CaseRow, DueTimer, RunRow, RunStatus, Store, Tx};
+use crate::store::{self, CaseRow, Due, DueTimer, EscalationRow, EscalationStatus, RunRow, RunStatus, Store, Tx};
 use crate::workflows::Workflows;
 use serde_json::json;
 use std::sync::{Arc, Mutex, RwLock};
-use wavelet_core::engine::{Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine};
+use wavelet_core::engine::{
+    ACK_TIMED_OUT, Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine,
+};
+use wavelet_core::escalation::{self, CaseSummary};
 use wavelet_core::ledger::{Draft, EntryKind};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{
@@ -63,6 +66,10 @@ pub struct Runtime {
     pub clock: Arc<dyn Clock>,
     /// Told after each commit that queued something for delivery.
     pub outbox_ready: Arc<tokio::sync::Notify>,
+    /// This process, as it claims outbox rows: host, pid and a random part.
+    pub instance: String,
+    /// Platforms that asked this process to slow down, and until when.
+    pub slow_until: Mutex<std::collections::HashMap<Platform, Millis>>,
     max_answer_chars: usize,
 }
 
@@ -72,6 +79,7 @@ const WAVELET: &str = "wavelet";
 struct StepHost<'a> {
     now: Millis,
     next_case: &'a mut i64,
+    next_escalation: &'a mut i64,
     dir: &'a Directory,
 }
 
@@ -89,7 +97,17 @@ impl Host for StepHost<'_> {
     fn group_exists(&self, id: &str) -> bool {
         self.dir.group(id).is_some()
     }
+    fn policy_exists(&self, id: &str) -> bool {
+        self.dir.config().policy(id).is_some()
+    }
+    fn new_escalation_id(&mut self) -> String {
+        *self.next_escalation += 1;
+        format!("E-{}", self.next_escalation)
+    }
 }
+
+/// How many due timers and escalation stages one transaction fires.
+const DUE_BATCH: i64 = 200;
 
 impl Runtime {
     pub fn new(
@@ -100,7 +118,18 @@ impl Runtime {
         clock: Arc<dyn Clock>,
     ) -> Runtime {
         let max_answer_chars = dir.config().limits.max_answer_chars;
-        Runtime { store, dir, workflows, engine, clock, outbox_ready: Arc::default(), max_answer_chars }
+        let instance = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand_u32());
+        Runtime {
+            store,
+            dir,
+            workflows,
+            engine,
+            clock,
+            outbox_ready: Arc::default(),
+            instance,
+            slow_until: Mutex::default(),
+            max_answer_chars,
+        }
     }
 
     /// Handles inbound events in one transaction; if that fails, each on its own, so one
@@ -179,22 +208,72 @@ impl Runtime {
         tx.prefetch(&ids, &people).await
     }
 
-    /// Fires timers that are due, earliest first. Returns how many fired.
+    /// Fires what is due (run timers, escalation stages), earliest first, in batches of
+    /// one transaction each. Returns how many fired. Something that cannot be fired is
+    /// put back a minute later and logged, so it never holds up what is due after it.
     pub async fn fire_due_timers(&self) -> store::Result<usize> {
-        let now = self.clock.now();
-        let due = self.store.due_timers(now, 500).await?;
         let mut fired = 0;
-        for t in &due {
-            let mut tx = self.store.begin().await?;
-            if self.fire_timer(&mut tx, t).await? {
-                fired += 1;
+        let mut limit = DUE_BATCH;
+        loop {
+            let now = self.clock.now();
+            let batch = async {
+                let mut tx = self.store.begin().await?;
+                let due = tx.claim_due(now, limit).await?;
+                let mut n = 0;
+                for d in &due {
+                    if self.fire(&mut tx, d, now).await? {
+                        n += 1;
+                    }
+                }
+                if !due.is_empty() {
+                    tx.commit().await?;
+                }
+                Ok::<_, store::Error>((due, n))
+            };
+            match batch.await {
+                Ok((due, n)) => {
+                    fired += n;
+                    if (due.len() as i64) < limit {
+                        break;
+                    }
+                    limit = DUE_BATCH;
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                // One of the batch cannot be fired: find it by firing one at a time.
+                Err(_) if limit > 1 => limit = 1,
+                Err(e) => {
+                    self.put_back_first_due(now, &e).await?;
+                    limit = DUE_BATCH;
+                }
             }
-            tx.commit().await?;
         }
         if fired > 0 {
             self.outbox_ready.notify_waiters();
         }
         Ok(fired)
+    }
+
+    async fn put_back_first_due(&self, now: Millis, error: &store::Error) -> store::Result<()> {
+        let mut tx = self.store.begin().await?;
+        for d in tx.claim_due(now, 1).await? {
+            match &d {
+                Due::Timer(t) => {
+                    tracing::error!(run = %t.run_id, step = t.step, error = %error, "timer could not fire; retrying in a minute")
+                }
+                Due::Escalation(e) => {
+                    tracing::error!(escalation = %e.id, error = %error, "escalation could not go on; retrying in a minute")
+                }
+            }
+            tx.postpone(&d, now.plus(std::time::Duration::from_secs(60))).await?;
+        }
+        tx.commit().await
+    }
+
+    async fn fire(&self, tx: &mut Tx, due: &Due, now: Millis) -> store::Result<bool> {
+        match due {
+            Due::Timer(t) => self.fire_timer(tx, t, now).await,
+            Due::Escalation(e) => self.next_stage(tx, (**e).clone(), now).await.map(|()| true),
+        }
     }
 
     async fn handle_event(&self, tx: &mut Tx, ev: &InboundEvent) -> store::Result<()> {
@@ -265,6 +344,10 @@ impl Runtime {
                 });
                 tx.enqueue(&reply(render::not_allowed(&command)), None, now).await?;
             }
+            Route::Ack { person, case_id } => match case_id {
+                Some(id) => self.acknowledge(tx, ev, &person, &id, now).await?,
+                None => tx.enqueue(&reply(render::ack_which()), None, now).await?,
+            },
             Route::Cancel { person, run_id } => {
                 // `!cancel R-3` names a run; plain `cancel` means the person's own dialog
                 // here, else their one waiting run anywhere.
@@ -403,17 +486,21 @@ impl Runtime {
         Ok(())
     }
 
-    /// Fires one timer: records it, gives the run its result and advances it. `false` if
-    /// the timer was already gone.
-    async fn fire_timer(&self, tx: &mut Tx, t: &DueTimer) -> store::Result<bool> {
-        if !tx.take_timer(&t.run_id, t.step).await? {
-            return Ok(false);
-        }
-        let now = self.clock.now();
+    /// Fires one claimed timer: records it, gives the run its result and advances it.
+    /// `false` if the run no longer waits for it.
+    async fn fire_timer(&self, tx: &mut Tx, t: &DueTimer, now: Millis) -> store::Result<bool> {
         let Some(mut run) = tx.run(&t.run_id).await? else { return Ok(false) };
-        if run.status != RunStatus::Waiting {
-            return Ok(false);
-        }
+        let step = usize::try_from(t.step).unwrap_or(usize::MAX);
+        let result = match &run.wait {
+            _ if run.status != RunStatus::Waiting => return Ok(false),
+            Some(Wait::Timer { step: s, .. }) if *s == step => json!(now.0),
+            // The deadline of a wait for an acknowledgement came first.
+            Some(Wait::Ack { step: s, .. }) if *s == step => {
+                tx.remove_ack_wait(&run.id, t.step).await?;
+                ACK_TIMED_OUT
+            }
+            _ => return Ok(false),
+        };
         let late_ms = (now.0 - t.due_at.0).max(0);
         tx.append(Draft {
             at: now,
@@ -424,12 +511,11 @@ impl Runtime {
             script_hash: Some(run.script_hash.clone()),
             content: json!({ "step": t.step, "due": t.due_at.rfc3339(), "late_ms": late_ms }),
         });
-        if late_ms > 60_000 {
+        if late_ms > escalation::LATE_NOTICE_MS {
             tracing::warn!(run = %run.id, late_ms, "timer fired late");
         }
-        let step = usize::try_from(t.step).unwrap_or(usize::MAX);
         if let Some(entry) = run.history.get_mut(step) {
-            entry.result = Some(json!(now.0));
+            entry.result = Some(result);
         }
         run.clear_wait();
         match self.workflow_for(tx, &run).await? {
@@ -437,6 +523,252 @@ impl Runtime {
             None => self.fail_unloadable(tx, run, now).await?,
         }
         Ok(true)
+    }
+
+    /// The platform an escalation reaches people on: its group's first room's.
+    fn group_platform(&self, group: &str) -> Platform {
+        self.dir.group(group).and_then(|g| g.rooms.first()).map_or(Platform::Console, |r| r.platform())
+    }
+
+    async fn case_summary(&self, tx: &mut Tx, case_id: &str) -> store::Result<CaseSummary> {
+        let c = tx.case(case_id).await?;
+        Ok(CaseSummary {
+            id: case_id.to_string(),
+            category: c.as_ref().map_or_else(|| "unknown".into(), |c| c.category.clone()),
+            risk: c.map_or_else(|| "unknown".into(), |c| c.risk),
+        })
+    }
+
+    /// Notifies the escalation's current stage and sets when the next one is due.
+    /// `due` is when this stage was due: a late stage says how late it is.
+    async fn notify_stage(&self, tx: &mut Tx, e: &mut EscalationRow, due: Millis, now: Millis) -> store::Result<()> {
+        let Some(stage) = e.plan.get(e.stage).cloned() else { return Ok(()) };
+        let case = self.case_summary(tx, &e.case_id).await?;
+        let to = escalation::recipients(&self.dir, &stage, &e.group_id);
+        let late_ms = (now.0 - due.0).max(0);
+        let text = escalation::notice(&e.id, &e.policy, &stage, &case, late_ms, due);
+        let platform = self.group_platform(&e.group_id);
+        for p in &to.people {
+            if let Some(room) = self.dm_room(p, platform) {
+                let m = OutboundMessage {
+                    idempotency_key: format!("esc:{}:{}:{p}", e.id, e.stage),
+                    room,
+                    person: Some(p.clone()),
+                    body: MessageBody::Text { text: text.clone() },
+                };
+                tx.enqueue(&m, Some(&e.run_id), now).await?;
+            }
+            if !e.notified.contains(p) {
+                e.notified.push(p.clone());
+            }
+        }
+        for (i, room) in to.rooms.iter().enumerate() {
+            let m = OutboundMessage {
+                idempotency_key: format!("esc:{}:{}:room:{i}", e.id, e.stage),
+                room: room.clone(),
+                person: None,
+                body: MessageBody::Text { text: text.clone() },
+            };
+            tx.enqueue(&m, Some(&e.run_id), now).await?;
+        }
+        tracing::info!(escalation = %e.id, case = %e.case_id, stage = e.stage + 1, late_ms, "escalation notified");
+        tx.append(Draft {
+            at: now,
+            kind: EntryKind::EscalationNotified,
+            case_id: Some(e.case_id.clone()),
+            run_id: Some(e.run_id.clone()),
+            actor: WAVELET.into(),
+            script_hash: None,
+            content: json!({
+                "escalation": e.id,
+                "policy": e.policy,
+                "stage": e.stage + 1,
+                "level": stage.level,
+                "round": stage.round,
+                "final": stage.is_final,
+                "people": to.people,
+                "rooms": to.rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                "text": text,
+                "due": due.rfc3339(),
+                "late_ms": late_ms,
+            }),
+        });
+        if to.people.is_empty() && to.rooms.is_empty() {
+            // Nobody to tell is itself something to tell: the coordinators fix the policy.
+            tracing::warn!(escalation = %e.id, stage = e.stage + 1, "escalation stage reached nobody");
+            let note = format!(
+                "Escalation {} of {} (policy `{}`) reached nobody at level {}: nobody in group `{}` matches its notify list. Please acknowledge or act on {} directly, and check the policy.",
+                e.id, e.case_id, e.policy, stage.level, e.group_id, e.case_id
+            );
+            for c in self.dir.people_with_role(roles::COORDINATOR) {
+                if let Some(room) = self.dm_room(&c.id, platform) {
+                    let m = OutboundMessage {
+                        idempotency_key: format!("esc:{}:{}:nobody:{}", e.id, e.stage, c.id),
+                        room,
+                        person: Some(c.id.clone()),
+                        body: MessageBody::Text { text: note.clone() },
+                    };
+                    tx.enqueue(&m, Some(&e.run_id), now).await?;
+                }
+            }
+        }
+        e.next_at = stage.wait_ms.map(|w| now.plus(std::time::Duration::from_millis(w)));
+        Ok(())
+    }
+
+    /// Moves a claimed escalation on to its next stage.
+    async fn next_stage(&self, tx: &mut Tx, mut e: EscalationRow, now: Millis) -> store::Result<()> {
+        let due = e.next_at.unwrap_or(now);
+        if e.stage + 1 >= e.plan.len() {
+            e.next_at = None;
+            return tx.update_escalation(&e).await;
+        }
+        e.stage += 1;
+        self.notify_stage(tx, &mut e, due, now).await?;
+        tx.update_escalation(&e).await
+    }
+
+    /// `ack C-42`: stops the case's escalations, resumes runs waiting for it, and tells
+    /// the person who raised it. Late, repeated and refused acknowledgements are recorded.
+    async fn acknowledge(
+        &self,
+        tx: &mut Tx,
+        ev: &InboundEvent,
+        person: &str,
+        case_id: &str,
+        now: Millis,
+    ) -> store::Result<()> {
+        let platform = ev.room.platform();
+        let reply_key = format!("re:{platform}:{}", ev.event_id);
+        let say = |to: &str, key: String, text: String| {
+            self.dm_room(to, platform).map(|room| OutboundMessage {
+                idempotency_key: key,
+                room,
+                person: Some(to.to_string()),
+                body: MessageBody::Text { text },
+            })
+        };
+        let reply = |text: String| OutboundMessage {
+            idempotency_key: reply_key.clone(),
+            room: ev.room.clone(),
+            person: Some(person.to_string()),
+            body: MessageBody::Text { text },
+        };
+        let Some(case) = tx.case(case_id).await? else {
+            tx.enqueue(&reply(render::ack_no_case(&text::one_line(case_id))), None, now).await?;
+            return Ok(());
+        };
+        let mut escalations = tx.escalations_of(case_id).await?;
+        let is_lead = self
+            .dir
+            .group(&case.group_id)
+            .is_some_and(|g| self.dir.members_with_role(g, roles::LEAD).any(|p| p.id == person));
+        let was_notified = escalations.iter().any(|e| e.notified.iter().any(|p| p == person));
+        let draft = |kind: EntryKind, content: serde_json::Value| Draft {
+            at: now,
+            kind,
+            case_id: Some(case_id.to_string()),
+            run_id: None,
+            actor: person.to_string(),
+            script_hash: None,
+            content,
+        };
+        if !is_lead && !was_notified {
+            tracing::info!(case = %case_id, "acknowledgement refused");
+            tx.append(draft(EntryKind::AcknowledgementRefused, json!({ "room": ev.room.to_string() })));
+            tx.enqueue(&reply(render::ack_not_allowed(case_id)), None, now).await?;
+            return Ok(());
+        }
+        // Runs waiting for this acknowledgement (stale waits of ended runs are dropped).
+        let mut resumed = Vec::new();
+        for (run_id, step) in tx.take_ack_waits(case_id).await? {
+            if let Some(run) = tx.run(&run_id).await?
+                && run.status == RunStatus::Waiting
+                && matches!(&run.wait, Some(Wait::Ack { step: s, .. }) if *s as i64 == step)
+            {
+                resumed.push((run, step));
+            }
+        }
+        let active: Vec<&mut EscalationRow> =
+            escalations.iter_mut().filter(|e| e.status == EscalationStatus::Active).collect();
+        let label = self.label(person);
+        if active.is_empty() && resumed.is_empty() {
+            let last = tx_last_ack(&escalations);
+            tx.append(draft(
+                EntryKind::AcknowledgementLate,
+                json!({ "room": ev.room.to_string(), "already_by": last.map(|l| l.0.clone()), "already_at": last.map(|l| l.1.rfc3339()) }),
+            ));
+            let text = match last {
+                Some((by, at)) => render::ack_late(case_id, &self.label(by), at),
+                None => render::ack_nothing_pending(case_id),
+            };
+            tx.enqueue(&reply(text), None, now).await?;
+            return Ok(());
+        }
+        let mut stopped = Vec::new();
+        let mut others: Vec<String> = Vec::new();
+        let mut since: Option<Millis> = None;
+        for e in active {
+            e.status = EscalationStatus::Acknowledged;
+            e.acked_by = Some(person.to_string());
+            e.acked_at = Some(now);
+            e.next_at = None;
+            since = Some(since.map_or(e.started_at, |s: Millis| s.min(e.started_at)));
+            stopped.push(json!({ "escalation": e.id, "stage": e.stage + 1, "after_ms": now.0 - e.started_at.0 }));
+            for p in &e.notified {
+                if !others.contains(p) {
+                    others.push(p.clone());
+                }
+            }
+            tx.update_escalation(e).await?;
+        }
+        tracing::info!(case = %case_id, escalations = stopped.len(), runs = resumed.len(), "case acknowledged");
+        tx.append(draft(
+            EntryKind::CaseAcknowledged,
+            json!({
+                "room": ev.room.to_string(),
+                "escalations": stopped,
+                "runs": resumed.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>(),
+            }),
+        ));
+        tx.enqueue(&reply(render::ack_thanks(case_id)), None, now).await?;
+        let raiser = tx.run(&case.run_id).await?.map(|r| r.starter);
+        if let Some(raiser) = raiser.as_deref().filter(|r| *r != person) {
+            let text = render::ack_for_raiser(case_id, &label, now, since.map(|s| now.0 - s.0));
+            if let Some(m) = say(raiser, format!("ack:{platform}:{}:{raiser}", ev.event_id), text) {
+                tx.enqueue(&m, Some(&case.run_id), now).await?;
+            }
+        }
+        for p in others.iter().filter(|p| p.as_str() != person && Some(p.as_str()) != raiser.as_deref()) {
+            if let Some(m) =
+                say(p, format!("ack:{platform}:{}:{p}", ev.event_id), render::ack_for_others(case_id, &label))
+            {
+                tx.enqueue(&m, Some(&case.run_id), now).await?;
+            }
+        }
+        for (mut run, step) in resumed {
+            tx.take_timer(&run.id, step).await?;
+            if let Some(entry) = run.history.get_mut(step as usize) {
+                entry.result = Some(json!({ "by": person, "at": now.0 }));
+            }
+            run.clear_wait();
+            match self.workflow_for(tx, &run).await? {
+                Some(wf) => self.advance(tx, run, &wf, now).await?,
+                None => self.fail_unloadable(tx, run, now).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A person as others read them in a message: name and agency.
+    fn label(&self, person: &str) -> String {
+        match self.dir.person(person) {
+            Some(p) => {
+                let agency = self.dir.config().agencies.iter().find(|a| a.id == p.agency);
+                render::person_label(p, agency)
+            }
+            None => person.to_string(),
+        }
     }
 
     /// The version a run is pinned to: from memory, or compiled from the store.
@@ -492,15 +824,18 @@ impl Runtime {
             group: run.group_id.clone(),
             room: run.room.to_string(),
         };
-        let mut next_case = tx.case_counter().await?;
+        let mut next_case = tx.counter("case").await?;
+        let mut next_escalation = tx.counter("escalation").await?;
         let history = std::mem::take(&mut run.history);
         let adv: Advance = {
-            let mut host = StepHost { now, next_case: &mut next_case, dir: &self.dir };
+            let mut host =
+                StepHost { now, next_case: &mut next_case, next_escalation: &mut next_escalation, dir: &self.dir };
             // CPU work, run inline: the ingest worker runs whole batches off the async
             // workers (see `ingest.rs`), which costs one hand-off per batch, not per step.
             self.engine.advance(wf, &ctx, history, &mut host)
         };
-        tx.set_case_counter(next_case);
+        tx.set_counter("case", next_case);
+        tx.set_counter("escalation", next_escalation);
         run.history = adv.history;
         run.updated_at = now;
         let platform = run.room.platform();
@@ -513,9 +848,11 @@ impl Runtime {
                     opened.push(&case.id);
                     None
                 }
-                Effect::Share { case_id, .. } | Effect::Note { case_id, .. } | Effect::CloseCase { case_id, .. } => {
-                    Some(case_id)
-                }
+                Effect::Share { case_id, .. }
+                | Effect::Note { case_id, .. }
+                | Effect::CloseCase { case_id, .. }
+                | Effect::Escalate { case_id, .. }
+                | Effect::WaitForAck { case_id, .. } => Some(case_id),
                 _ => None,
             };
             if let Some(id) = case_ref
@@ -527,7 +864,7 @@ impl Runtime {
                     line: 0,
                     column: 0,
                     message: format!(
-                        "there is no case `{}`: share, note and close_case need a case that was opened",
+                        "there is no case `{}`: share, note, close_case, escalate and wait_for_ack need a case that was opened",
                         text::one_line(id)
                     ),
                 });
@@ -732,12 +1069,67 @@ impl Runtime {
             }
             Effect::CloseCase { step, case_id, reason } => {
                 tx.close_case(case_id, now).await?;
+                // A closed case needs no more acknowledging.
+                let mut stopped = Vec::new();
+                for mut e in tx.escalations_of(case_id).await? {
+                    if e.status == EscalationStatus::Active {
+                        e.status = EscalationStatus::Stopped;
+                        e.next_at = None;
+                        tx.update_escalation(&e).await?;
+                        stopped.push(e.id);
+                    }
+                }
                 tx.append(self.draft(
                     run,
                     EntryKind::CaseClosed,
                     Some(case_id.clone()),
                     now,
-                    json!({ "step": step, "reason": reason }),
+                    json!({ "step": step, "reason": reason, "stopped_escalations": stopped }),
+                ));
+            }
+            Effect::Escalate { step, case_id, policy, escalation_id } => {
+                let Some(p) = self.dir.config().policy(policy) else {
+                    // The engine checked it when the script asked; the configuration is fixed
+                    // for the life of the process.
+                    tracing::error!(run = %run.id, "escalation policy vanished");
+                    return Ok(());
+                };
+                let group_id = tx.case(case_id).await?.map_or_else(|| run.group_id.clone(), |c| c.group_id);
+                let mut e = EscalationRow {
+                    id: escalation_id.clone(),
+                    case_id: case_id.clone(),
+                    policy: policy.clone(),
+                    run_id: run.id.clone(),
+                    group_id,
+                    plan: escalation::plan(p),
+                    stage: 0,
+                    status: EscalationStatus::Active,
+                    next_at: None,
+                    notified: Vec::new(),
+                    started_at: now,
+                    acked_by: None,
+                    acked_at: None,
+                };
+                tracing::info!(run = %run.id, escalation = %e.id, case = %case_id, "escalation started");
+                tx.append(self.draft(
+                    run,
+                    EntryKind::EscalationStarted,
+                    Some(case_id.clone()),
+                    now,
+                    json!({ "step": step, "escalation": e.id, "policy": policy, "stages": e.plan }),
+                ));
+                self.notify_stage(tx, &mut e, now, now).await?;
+                tx.insert_escalation(&e).await?;
+            }
+            Effect::WaitForAck { step, case_id, until } => {
+                tx.set_timer(&run.id, *step as i64, *until).await?;
+                tx.add_ack_wait(case_id, &run.id, *step as i64).await?;
+                tx.append(self.draft(
+                    run,
+                    EntryKind::TimerSet,
+                    Some(case_id.clone()),
+                    now,
+                    json!({ "step": step, "until": until.rfc3339(), "waits_for": "acknowledgement" }),
                 ));
             }
             Effect::Note { step, case_id, text } => {
@@ -860,12 +1252,78 @@ impl Runtime {
         Ok(())
     }
 
+    /// A message that will not be delivered: recorded in the ledger, and every coordinator
+    /// told, on another platform than the failing one where they have an account there.
+    /// A note about a failed note is recorded only (it would fail the same way).
+    pub async fn surface_failed_delivery(
+        &self,
+        c: &crate::store::ClaimedMessage,
+        attempts: i32,
+        error: &str,
+    ) -> store::Result<()> {
+        let now = self.clock.now();
+        let failing = c.message.room.platform();
+        let mut tx = self.store.begin().await?;
+        let mut content = crate::adapter::describe(c);
+        content["attempts"] = json!(attempts);
+        content["error"] = json!(error);
+        tx.append(Draft {
+            at: now,
+            kind: EntryKind::DeliveryFailed,
+            case_id: None,
+            run_id: c.run_id.clone(),
+            actor: WAVELET.into(),
+            script_hash: None,
+            content,
+        });
+        tracing::error!(outbox = c.id, room = %c.message.room, attempts, "message parked: it could not be delivered");
+        if !c.message.idempotency_key.starts_with("failed:") {
+            let text = render::delivery_failed_for_coordinator(
+                &c.message.idempotency_key,
+                &c.message.room.to_string(),
+                attempts,
+                c.run_id.as_deref(),
+            );
+            for p in self.dir.people_with_role(roles::COORDINATOR) {
+                let other = p.accounts.iter().find(|a| a.platform != failing).map(|a| a.platform).unwrap_or(failing);
+                let Some(room) = self.dir.direct_room(p, other) else { continue };
+                let m = OutboundMessage {
+                    idempotency_key: format!("failed:{}:{}", c.id, p.id),
+                    room,
+                    person: Some(p.id.clone()),
+                    body: MessageBody::Text { text: text.clone() },
+                };
+                tx.enqueue(&m, c.run_id.as_deref(), now).await?;
+            }
+        }
+        tx.commit().await?;
+        self.outbox_ready.notify_waiters();
+        Ok(())
+    }
+
     /// Records something in the ledger on its own (workflow loads, audit reads).
     pub async fn record(&self, draft: Draft) -> store::Result<()> {
         let mut tx = self.store.begin().await?;
         tx.append(draft);
         tx.commit().await
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
+}
+
+/// A little randomness for the instance id (two processes with one pid in two containers).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish() as u32
+}
+
+/// The last acknowledgement of any of these escalations: who and when.
+fn tx_last_ack(escalations: &[EscalationRow]) -> Option<(&String, Millis)> {
+    escalations.iter().filter_map(|e| Some((e.acked_by.as_ref()?, e.acked_at?))).max_by_key(|(_, at)| *at)
 }
 
 fn question(

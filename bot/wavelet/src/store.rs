@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wavelet_core::engine::{History, Wait};
+use wavelet_core::escalation::Stage;
 use wavelet_core::ledger::{Draft, Head, Link, StoredEntry};
 use wavelet_core::{Millis, OutboundMessage, RoomRef};
 
@@ -268,6 +269,32 @@ fn run_from_tuple(r: RunTuple) -> Result<RunRow> {
     })
 }
 
+const CASE_SQL: &str =
+    "SELECT id, run_id, group_id, subject, category, risk, status, opened_at, closed_at FROM cases WHERE id = $1";
+type CaseTuple = (String, String, String, String, String, String, String, i64, Option<i64>);
+
+fn case_from_tuple(r: CaseTuple) -> CaseRow {
+    CaseRow {
+        id: r.0,
+        run_id: r.1,
+        group_id: r.2,
+        subject: r.3,
+        category: r.4,
+        risk: r.5,
+        status: r.6,
+        opened_at: Millis(r.7),
+        closed_at: r.8.map(Millis),
+    }
+}
+
+fn escalation_status(s: EscalationStatus) -> &'static str {
+    match s {
+        EscalationStatus::Active => "active",
+        EscalationStatus::Acknowledged => "acknowledged",
+        EscalationStatus::Stopped => "stopped",
+    }
+}
+
 fn parse_room(s: &str) -> Result<RoomRef> {
     RoomRef::parse(s).ok_or_else(|| Error::Corrupt(format!("bad room {s}")))
 }
@@ -304,6 +331,102 @@ pub struct DueTimer {
     pub run_id: String,
     pub step: i64,
     pub due_at: Millis,
+}
+
+/// Something due, claimed by one process: a run's timer, or an escalation's next stage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Due {
+    Timer(DueTimer),
+    Escalation(Box<EscalationRow>),
+}
+
+impl Due {
+    pub fn due_at(&self) -> Millis {
+        match self {
+            Due::Timer(t) => t.due_at,
+            Due::Escalation(e) => e.next_at.unwrap_or(Millis(0)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EscalationStatus {
+    Active,
+    Acknowledged,
+    /// Its case was closed first.
+    Stopped,
+}
+
+/// One escalation as stored: its plan (the policy when it began) and where it has got to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EscalationRow {
+    pub id: String,
+    pub case_id: String,
+    pub policy: String,
+    pub run_id: String,
+    pub group_id: String,
+    pub plan: Vec<Stage>,
+    /// The stage notified last (index into `plan`).
+    pub stage: usize,
+    pub status: EscalationStatus,
+    /// When the next stage is due; `None` after the final level, or once acknowledged.
+    pub next_at: Option<Millis>,
+    /// Everyone notified so far: they may acknowledge.
+    pub notified: Vec<String>,
+    pub started_at: Millis,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<Millis>,
+}
+
+const ESCALATION_COLUMNS: &str =
+    "id, case_id, policy, run_id, group_id, plan, stage, status, next_at, notified, started_at, acked_by, acked_at";
+
+type EscalationTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+);
+
+fn escalation_from_tuple(r: EscalationTuple) -> Result<EscalationRow> {
+    Ok(EscalationRow {
+        id: r.0,
+        case_id: r.1,
+        policy: r.2,
+        run_id: r.3,
+        group_id: r.4,
+        plan: serde_json::from_str(&r.5).map_err(|e| Error::Corrupt(format!("escalation plan: {e}")))?,
+        stage: usize::try_from(r.6).map_err(|_| Error::Corrupt("escalation stage".into()))?,
+        status: match r.7.as_str() {
+            "active" => EscalationStatus::Active,
+            "acknowledged" => EscalationStatus::Acknowledged,
+            "stopped" => EscalationStatus::Stopped,
+            other => return Err(Error::Corrupt(format!("unknown escalation status {other}"))),
+        },
+        next_at: r.8.map(Millis),
+        notified: serde_json::from_str(&r.9).map_err(|e| Error::Corrupt(format!("escalation notified: {e}")))?,
+        started_at: Millis(r.10),
+        acked_by: r.11,
+        acked_at: r.12.map(Millis),
+    })
+}
+
+/// A message claimed for delivery by this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedMessage {
+    pub id: i64,
+    pub message: OutboundMessage,
+    pub attempts: i32,
+    pub run_id: Option<String>,
 }
 
 impl Store {
@@ -507,20 +630,8 @@ impl Store {
     }
 
     pub async fn case(&self, id: &str) -> Result<Option<CaseRow>> {
-        const SQL: &str = "SELECT id, run_id, group_id, subject, category, risk, status, opened_at, closed_at FROM cases WHERE id = $1";
-        type CaseTuple = (String, String, String, String, String, String, String, i64, Option<i64>);
-        let row: Option<CaseTuple> = on_pool!(self, p => sqlx::query_as(SQL).bind(id).fetch_optional(p).await)?;
-        Ok(row.map(|r| CaseRow {
-            id: r.0,
-            run_id: r.1,
-            group_id: r.2,
-            subject: r.3,
-            category: r.4,
-            risk: r.5,
-            status: r.6,
-            opened_at: Millis(r.7),
-            closed_at: r.8.map(Millis),
-        }))
+        let row: Option<CaseTuple> = on_pool!(self, p => sqlx::query_as(CASE_SQL).bind(id).fetch_optional(p).await)?;
+        Ok(row.map(case_from_tuple))
     }
 
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
@@ -540,7 +651,7 @@ impl Store {
     /// Undelivered outbox messages due by `now`, oldest first.
     pub async fn pending_outbox(&self, now: Millis, limit: i64) -> Result<Vec<PendingMessage>> {
         const SQL: &str = "SELECT id, idempotency_key, room, person, body, attempts FROM outbox \
-                           WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2";
+                           WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2";
         let rows: Vec<(i64, String, String, Option<String>, String, i32)> =
             on_pool!(self, p => sqlx::query_as(SQL).bind(now.0).bind(limit).fetch_all(p).await)?;
         rows.into_iter()
@@ -561,17 +672,17 @@ impl Store {
 
     /// The earliest time an undelivered message is due, if any.
     pub async fn next_outbox_due(&self) -> Result<Option<Millis>> {
-        let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL").fetch_one(p).await)?;
+        let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL").fetch_one(p).await)?;
         Ok(v.map(Millis))
     }
 
     pub async fn mark_delivered(&self, id: i64, at: Millis) -> Result<()> {
-        on_pool!(self, p => sqlx::query("UPDATE outbox SET delivered_at = $1, attempts = attempts + 1 WHERE id = $2 AND delivered_at IS NULL").bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = $2 AND delivered_at IS NULL").bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     pub async fn mark_failed(&self, id: i64, error: &str, retry_at: Millis) -> Result<()> {
-        on_pool!(self, p => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3 AND delivered_at IS NULL")
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, claimed_by = NULL, claimed_until = NULL WHERE id = $3 AND delivered_at IS NULL")
             .bind(error).bind(retry_at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -581,6 +692,91 @@ impl Store {
         let rows: Vec<(String, i64, i64)> = on_pool!(self, p => sqlx::query_as("SELECT run_id, step, due_at FROM timers WHERE due_at <= $1 ORDER BY due_at, run_id LIMIT $2")
             .bind(now.0).bind(limit).fetch_all(p).await)?;
         Ok(rows.into_iter().map(|(run_id, step, due)| DueTimer { run_id, step, due_at: Millis(due) }).collect())
+    }
+
+    /// The earliest time a timer or an escalation's next stage is due, if any.
+    pub async fn next_due(&self) -> Result<Option<Millis>> {
+        const SQL: &str = "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM timers \
+                           UNION ALL SELECT MIN(next_at) AS t FROM escalations WHERE status = 'active' AND next_at IS NOT NULL) AS due";
+        let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar(SQL).fetch_one(p).await)?;
+        Ok(v.map(Millis))
+    }
+
+    /// Claims up to `limit` undelivered messages due by `now` for `platforms`, oldest
+    /// first, for `lease`: no other process claims them until it runs out. On PostgreSQL
+    /// rows another process is claiming are skipped (`FOR UPDATE SKIP LOCKED`).
+    pub async fn claim_outbox(
+        &self,
+        owner: &str,
+        platforms: &[wavelet_core::Platform],
+        now: Millis,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        if platforms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rooms: Vec<String> =
+            platforms.iter().flat_map(|p| [format!("room LIKE '{p}:%'"), format!("room LIKE 'dm:{p}:%'")]).collect();
+        let lock = match self.pool {
+            Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+            Pool::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (\
+             SELECT id FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3 \
+             AND (claimed_until IS NULL OR claimed_until < $3) AND ({}) ORDER BY id LIMIT $4{lock}) \
+             RETURNING id, idempotency_key, room, person, body, attempts, run_id",
+            rooms.join(" OR ")
+        );
+        let until = now.plus(lease);
+        type ClaimTuple = (i64, String, String, Option<String>, String, i32, Option<String>);
+        let mut rows: Vec<ClaimTuple> = on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(owner).bind(until.0).bind(now.0).bind(limit).fetch_all(p).await)?;
+        rows.sort_by_key(|r| r.0);
+        rows.into_iter()
+            .map(|(id, key, room, person, body, attempts, run_id)| {
+                Ok(ClaimedMessage {
+                    id,
+                    attempts,
+                    run_id,
+                    message: OutboundMessage {
+                        idempotency_key: key,
+                        room: parse_room(&room)?,
+                        person,
+                        body: serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("outbox body: {e}")))?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Hands a claimed message back without counting an attempt.
+    pub async fn release_claim(&self, id: i64) -> Result<()> {
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = $1")
+            .bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Due again at `at`, without counting an attempt (the platform asked us to wait).
+    pub async fn retry_later(&self, id: i64, at: Millis) -> Result<()> {
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET next_attempt_at = $1, claimed_by = NULL, claimed_until = NULL WHERE id = $2 AND delivered_at IS NULL")
+            .bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Parks a message that will not be delivered: kept, never retried, and surfaced.
+    pub async fn mark_parked(&self, id: i64, error: &str, at: Millis) -> Result<()> {
+        on_pool!(self, p => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, failed_at = $2, claimed_by = NULL, claimed_until = NULL WHERE id = $3 AND delivered_at IS NULL")
+            .bind(error).bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Messages parked as undeliverable, oldest first: (id, key, room, attempts, error).
+    pub async fn parked_outbox(&self) -> Result<Vec<(i64, String, String, i32, Option<String>)>> {
+        Ok(
+            on_pool!(self, p => sqlx::query_as("SELECT id, idempotency_key, room, attempts, last_error FROM outbox WHERE failed_at IS NOT NULL AND delivered_at IS NULL ORDER BY id").fetch_all(p).await)?,
+        )
     }
 
     pub async fn next_timer_due(&self) -> Result<Option<Millis>> {
@@ -701,7 +897,8 @@ impl Tx {
         Ok(v)
     }
 
-    async fn counter(&mut self, name: &str) -> Result<i64> {
+    /// A counter's value (`run`, `case`, `wait`, `escalation`).
+    pub async fn counter(&mut self, name: &str) -> Result<i64> {
         if let Some((v, _)) = self.counters.get(name) {
             return Ok(*v);
         }
@@ -710,14 +907,10 @@ impl Tx {
         Ok(v)
     }
 
-    /// The number of the last case opened.
-    pub async fn case_counter(&mut self) -> Result<i64> {
-        self.counter("case").await
-    }
-
-    pub fn set_case_counter(&mut self, v: i64) {
-        if let Some((old, dirty)) = self.counters.get("case").copied() {
-            self.counters.insert("case".into(), (v, dirty || v != old));
+    /// Sets a counter read before with [`Tx::counter`]; written at commit if it changed.
+    pub fn set_counter(&mut self, name: &str, v: i64) {
+        if let Some((old, dirty)) = self.counters.get(name).copied() {
+            self.counters.insert(name.into(), (v, dirty || v != old));
         }
     }
 
@@ -919,6 +1112,110 @@ impl Tx {
         }
         let r = on_tx!(self, c => sqlx::query("DELETE FROM timers WHERE run_id = $1 AND step = $2").bind(run_id).bind(step).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(r == 1)
+    }
+
+    /// Claims what is due by `now` (run timers and escalation stages), earliest first, at
+    /// most `limit` of each. Timers are deleted as they are claimed; escalation rows are
+    /// locked until commit. On PostgreSQL, rows another process holds are skipped
+    /// (`FOR UPDATE SKIP LOCKED`), so two processes never take the same one.
+    pub async fn claim_due(&mut self, now: Millis, limit: i64) -> Result<Vec<Due>> {
+        let postgres = matches!(self.conn, TxConn::Postgres(_));
+        let lock = if postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let timers_sql = format!(
+            "DELETE FROM timers WHERE (run_id, step) IN (SELECT run_id, step FROM timers WHERE due_at <= $1 \
+             ORDER BY due_at, run_id, step LIMIT $2{lock}) RETURNING run_id, step, due_at"
+        );
+        let timers: Vec<(String, i64, i64)> = on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(timers_sql)).bind(now.0).bind(limit).fetch_all(c).await)?;
+        let esc_sql = format!(
+            "SELECT {ESCALATION_COLUMNS} FROM escalations WHERE status = 'active' AND next_at IS NOT NULL \
+             AND next_at <= $1 ORDER BY next_at, id LIMIT $2{lock}"
+        );
+        let escalations: Vec<EscalationTuple> =
+            on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(esc_sql)).bind(now.0).bind(limit).fetch_all(c).await)?;
+        let mut due: Vec<Due> = timers
+            .into_iter()
+            .map(|(run_id, step, at)| Due::Timer(DueTimer { run_id, step, due_at: Millis(at) }))
+            .collect();
+        for e in escalations {
+            due.push(Due::Escalation(Box::new(escalation_from_tuple(e)?)));
+        }
+        due.sort_by_key(|d| d.due_at());
+        Ok(due)
+    }
+
+    /// Puts something that could not be handled back, due again at `at`, so it does not
+    /// hold up what is due after it.
+    pub async fn postpone(&mut self, due: &Due, at: Millis) -> Result<()> {
+        match due {
+            Due::Timer(t) => {
+                on_tx!(self, c => sqlx::query("INSERT INTO timers (run_id, step, due_at) VALUES ($1, $2, $3) ON CONFLICT (run_id, step) DO UPDATE SET due_at = excluded.due_at")
+                .bind(&t.run_id).bind(t.step).bind(at.0).execute(c).await.map(|r| r.rows_affected()))?
+            }
+            Due::Escalation(e) => on_tx!(self, c => sqlx::query("UPDATE escalations SET next_at = $1 WHERE id = $2")
+                .bind(at.0).bind(&e.id).execute(c).await.map(|r| r.rows_affected()))?,
+        };
+        Ok(())
+    }
+
+    pub async fn insert_escalation(&mut self, e: &EscalationRow) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO escalations ({ESCALATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        );
+        on_tx!(self, c => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&e.id).bind(&e.case_id).bind(&e.policy).bind(&e.run_id).bind(&e.group_id).bind(json(&e.plan))
+            .bind(e.stage as i64).bind(escalation_status(e.status)).bind(e.next_at.map(|m| m.0)).bind(json(&e.notified))
+            .bind(e.started_at.0).bind(&e.acked_by).bind(e.acked_at.map(|m| m.0))
+            .execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Writes an escalation's progress (stage, status, next due time, who was notified, ack).
+    pub async fn update_escalation(&mut self, e: &EscalationRow) -> Result<()> {
+        on_tx!(self, c => sqlx::query("UPDATE escalations SET stage = $1, status = $2, next_at = $3, notified = $4, acked_by = $5, acked_at = $6 WHERE id = $7")
+            .bind(e.stage as i64).bind(escalation_status(e.status)).bind(e.next_at.map(|m| m.0)).bind(json(&e.notified))
+            .bind(&e.acked_by).bind(e.acked_at.map(|m| m.0)).bind(&e.id)
+            .execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Every escalation of a case, oldest first.
+    pub async fn escalations_of(&mut self, case_id: &str) -> Result<Vec<EscalationRow>> {
+        let sql = format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE case_id = $1 ORDER BY started_at, id");
+        let rows: Vec<EscalationTuple> =
+            on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(case_id).fetch_all(c).await)?;
+        rows.into_iter().map(escalation_from_tuple).collect()
+    }
+
+    /// Records that a run waits for a case's next acknowledgement.
+    pub async fn add_ack_wait(&mut self, case_id: &str, run_id: &str, step: i64) -> Result<()> {
+        on_tx!(self, c => sqlx::query("INSERT INTO ack_waits (case_id, run_id, step) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(case_id).bind(run_id).bind(step).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Takes every wait on a case's acknowledgement: (run, step), in the order they began.
+    pub async fn take_ack_waits(&mut self, case_id: &str) -> Result<Vec<(String, i64)>> {
+        let rows: Vec<(String, i64)> = on_tx!(self, c => sqlx::query_as("DELETE FROM ack_waits WHERE case_id = $1 RETURNING run_id, step")
+            .bind(case_id).fetch_all(c).await)?;
+        let mut rows = rows;
+        rows.sort();
+        Ok(rows)
+    }
+
+    /// Removes one run's wait on an acknowledgement (its deadline came first).
+    pub async fn remove_ack_wait(&mut self, run_id: &str, step: i64) -> Result<()> {
+        on_tx!(self, c => sqlx::query("DELETE FROM ack_waits WHERE run_id = $1 AND step = $2")
+            .bind(run_id).bind(step).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// A case opened in this transaction or before.
+    pub async fn case(&mut self, id: &str) -> Result<Option<CaseRow>> {
+        if let Some(c) = self.cases.iter().find(|c| c.id == id) {
+            return Ok(Some(c.clone()));
+        }
+        let row: Option<CaseTuple> = on_tx!(self, c => sqlx::query_as(CASE_SQL).bind(id).fetch_optional(c).await)?;
+        Ok(row.map(case_from_tuple))
     }
 
     /// Adds an entry to the ledger; it is chained now and written at commit.

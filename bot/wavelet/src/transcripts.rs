@@ -106,7 +106,7 @@ pub async fn run(path: &Path, default_config: Option<&Path>) -> Result<usize, Tr
                 continue;
             }
         }
-        deliver_pending(&rt.store, &adapters, clock.now_millis()).await.map_err(|e| setup(e.to_string()))?;
+        deliver_pending(&rt, &adapters, clock.now_millis()).await.map_err(|e| setup(e.to_string()))?;
         for o in capture.seen.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             checker.observe(o);
         }

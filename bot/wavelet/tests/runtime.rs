@@ -2,121 +2,10 @@
 //! command provides one): durability across restarts, exactly-once handling, hostile
 //! input, failing scripts and pinned versions.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 use std::sync::{Arc, Mutex};
-use wavelet::adapter::{Adapters, ChatAdapter, SendFuture, deliver_pending};
-use wavelet::runtime::{ManualClock, Runtime};
 use wavelet::store::RunStatus;
-use wavelet_core::{Account, InboundEvent, Millis, OutboundMessage, Platform, RoomRef};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Collects what the bot sends.
-#[derive(Default)]
-struct Outbox(Mutex<Vec<OutboundMessage>>);
-
-impl ChatAdapter for Outbox {
-    fn platform(&self) -> Platform {
-        Platform::Console
-    }
-    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
-        Box::pin(async move {
-            self.0.lock().unwrap().push(m.clone());
-            Ok(())
-        })
-    }
-}
-
-struct Bot {
-    rt: Arc<Runtime>,
-    clock: Arc<ManualClock>,
-    sent: Arc<Outbox>,
-    adapters: Adapters,
-    n: usize,
-}
-
-async fn bot(url: &str, workflows: Option<&Path>) -> Bot {
-    let mut config = wavelet::app::load_config(&root().join("examples/wavelet.toml"), &|_| None).unwrap();
-    if let Some(w) = workflows {
-        config.workflows.dir = w.to_path_buf();
-    }
-    let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000)));
-    let parts = wavelet::app::build(config, url, clock.clone()).await.unwrap();
-    let sent = Arc::new(Outbox::default());
-    let mut adapters = Adapters::default();
-    adapters.add(sent.clone());
-    Bot { rt: parts.runtime, clock, sent, adapters, n: 0 }
-}
-
-impl Bot {
-    /// `room` "dm" means privately to the bot. Returns the texts sent in reply.
-    async fn say(&mut self, who: &str, room: &str, text: &str) -> Vec<String> {
-        self.n += 1;
-        let id = format!("{who}-{}", self.n);
-        self.say_with_id(who, room, text, &id).await
-    }
-
-    async fn say_with_id(&mut self, who: &str, room: &str, text: &str, id: &str) -> Vec<String> {
-        let at = self.rt.clock.now();
-        self.say_at(who, room, text, id, at).await
-    }
-
-    async fn say_at(&mut self, who: &str, room: &str, text: &str, id: &str, received_at: Millis) -> Vec<String> {
-        let room = if room == "dm" {
-            RoomRef::Direct { platform: Platform::Console, account: who.into() }
-        } else {
-            RoomRef::Shared { platform: Platform::Console, id: room.into() }
-        };
-        let ev = InboundEvent {
-            event_id: id.into(),
-            room,
-            sender: Account { platform: Platform::Console, id: who.into() },
-            text: text.into(),
-            received_at,
-        };
-        self.rt.handle_events(&[ev]).await.unwrap();
-        deliver_pending(&self.rt.store, &self.adapters, self.rt.clock.now()).await.unwrap();
-        self.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect()
-    }
-
-    async fn verify(&self) -> i64 {
-        wavelet::audit::verify_store(&self.rt.store).await.unwrap().expect("ledger verifies").entries
-    }
-}
-
-/// A fresh store URL per test: a SQLite file, or a new PostgreSQL database.
-async fn fresh(backend: &str, dir: &Path) -> String {
-    match backend {
-        "sqlite" => format!("sqlite://{}", dir.join("w.db").display()),
-        _ => {
-            let base = std::env::var("WAVELET_TEST_DATABASE_URL")
-                .or_else(|_| std::env::var("DATABASE_URL"))
-                .expect("PostgreSQL tests need a server: run them with scripts/test, or set DATABASE_URL");
-            let name = format!("wavelet_rt_{}", std::process::id() as u64 * 1000 + rand_suffix());
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.unwrap();
-            let (head, _) = base.rsplit_once('/').unwrap();
-            format!("{head}/{name}")
-        }
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 997)
-        + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("sqlite").await } )* }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name("postgres").await } )* }
-    };
-}
 
 on_both!(
     a_concern_survives_a_restart_mid_dialog,
@@ -232,16 +121,6 @@ async fn a_run_whose_stored_version_replays_differently_is_stopped_and_sends_not
 }
 
 /// A folder with the shipped concern workflow and `extra` workflows (name, source).
-fn workflows(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
-    let wf = dir.join("workflows");
-    std::fs::create_dir_all(&wf).unwrap();
-    std::fs::copy(root().join("workflows/raise_concern.rhai"), wf.join("raise_concern.rhai")).unwrap();
-    for (name, source) in extra {
-        std::fs::write(wf.join(format!("{name}.rhai")), source).unwrap();
-    }
-    wf
-}
-
 async fn a_workflow_may_open_a_case_or_sleep_before_asking(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let wf = workflows(
@@ -256,7 +135,7 @@ async fn a_workflow_may_open_a_case_or_sleep_before_asking(backend: &str) {
     assert!(b.rt.store.case("C-1").await.unwrap().is_some(), "the case is stored with its run");
     b.clock.advance(std::time::Duration::from_secs(61));
     assert_eq!(b.rt.fire_due_timers().await.unwrap(), 1);
-    deliver_pending(&b.rt.store, &b.adapters, b.rt.clock.now()).await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
     let asked: Vec<String> = b.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect();
     assert_eq!(asked, ["Anything to add?"]);
     assert_eq!(b.say("alice", "dm", "nothing").await, ["Noted on C-1"]);
@@ -354,7 +233,10 @@ impl ChatAdapter for Slow {
 
 async fn concurrent_delivery_passes_send_each_message_once(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let b = bot(&fresh(backend, dir.path()).await, None).await;
+    let url = fresh(backend, dir.path()).await;
+    let b = bot(&url, None).await;
+    // A second process on the same store: its passes claim rows too.
+    let other = bot(&url, None).await;
     let mut tx = b.rt.store.begin().await.unwrap();
     for i in 0..30 {
         let m = OutboundMessage {
@@ -370,9 +252,9 @@ async fn concurrent_delivery_passes_send_each_message_once(backend: &str) {
     let mut adapters = Adapters::default();
     adapters.add(slow.clone());
     let now = b.rt.clock.now();
-    let passes = (0..3).map(|_| {
-        let (store, adapters) = (b.rt.store.clone(), adapters.clone());
-        tokio::spawn(async move { deliver_pending(&store, &adapters, now).await.unwrap() })
+    let passes = (0..4).map(|i| {
+        let (rt, adapters) = (if i % 2 == 0 { b.rt.clone() } else { other.rt.clone() }, adapters.clone());
+        tokio::spawn(async move { deliver_pending(&rt, &adapters, now).await.unwrap() })
     });
     let mut delivered = 0;
     for p in passes {

@@ -588,31 +588,31 @@ async fn counters_increase_monotonically_across_transactions(store: &Store) {
 
 async fn case_counter_is_written_back_on_commit(store: &Store) {
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.case_counter().await.unwrap(), 0);
-    tx.set_case_counter(5);
-    assert_eq!(tx.case_counter().await.unwrap(), 5, "the transaction sees its own counter");
+    assert_eq!(tx.counter("case").await.unwrap(), 0);
+    tx.set_counter("case", 5);
+    assert_eq!(tx.counter("case").await.unwrap(), 5, "the transaction sees its own counter");
     tx.commit().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.case_counter().await.unwrap(), 5, "written back on commit");
-    tx.set_case_counter(9);
+    assert_eq!(tx.counter("case").await.unwrap(), 5, "written back on commit");
+    tx.set_counter("case", 9);
     drop(tx);
 
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.case_counter().await.unwrap(), 5, "not written back without commit");
-    tx.set_case_counter(6);
-    tx.set_case_counter(7);
+    assert_eq!(tx.counter("case").await.unwrap(), 5, "not written back without commit");
+    tx.set_counter("case", 6);
+    tx.set_counter("case", 7);
     tx.commit().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.case_counter().await.unwrap(), 7, "the last value set wins");
+    assert_eq!(tx.counter("case").await.unwrap(), 7, "the last value set wins");
     tx.commit().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
     assert_eq!(tx.next_number("case").await.unwrap(), 8, "it is the same counter `case` numbers come from");
     tx.commit().await.unwrap();
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.case_counter().await.unwrap(), 8);
+    assert_eq!(tx.counter("case").await.unwrap(), 8);
 }
 
 async fn cases_are_inserted_once_and_closed_once(store: &Store) {
@@ -755,8 +755,8 @@ async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &
     tx.set_timer("R-1", 1, Millis(100)).await.unwrap();
     tx.append(draft(10, EntryKind::RunStarted, None, Some("R-1"), json!({ "workflow": "concern" })));
     tx.append(draft(11, EntryKind::CaseOpened, Some("C-1"), Some("R-1"), json!({ "risk": "high" })));
-    tx.case_counter().await.unwrap();
-    tx.set_case_counter(1);
+    tx.counter("case").await.unwrap();
+    tx.set_counter("case", 1);
     tx.commit().await.unwrap();
     let head = store.ledger_head().await.unwrap();
     let ledger = store.ledger_page(0, 100).await.unwrap();
@@ -777,8 +777,8 @@ async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &
     tx.set_timer("R-2", 1, Millis(50)).await.unwrap();
     assert!(tx.take_timer("R-1", 1).await.unwrap());
     tx.append(draft(20, EntryKind::CaseClosed, Some("C-1"), Some("R-1"), json!({ "reason": "dropped" })));
-    tx.case_counter().await.unwrap();
-    tx.set_case_counter(2);
+    tx.counter("case").await.unwrap();
+    tx.set_counter("case", 2);
     assert_eq!(tx.run("R-1").await.unwrap().as_ref(), Some(&changed), "visible inside the transaction");
     drop(tx);
 
@@ -809,7 +809,7 @@ async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &
     assert!(tx.record_inbox("console", "e2", Millis(4)).await.unwrap(), "rolled-back inbox gone");
     assert!(tx.record_inbox("console", "e3", Millis(4)).await.unwrap(), "failed transaction's inbox gone");
     assert_eq!(tx.next_number("run").await.unwrap(), 2);
-    assert_eq!(tx.case_counter().await.unwrap(), 1);
+    assert_eq!(tx.counter("case").await.unwrap(), 1);
     assert_eq!(tx.script_source("h-new").await.unwrap(), None);
     assert!(tx.script_source(SCRIPT_HASH).await.unwrap().is_some());
     // The next append chains onto the committed head, not the dropped entry.

@@ -7,8 +7,8 @@
 //! list comes back in file order.
 
 use super::{
-    Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, EnvLookup, Group, Limits, Person, Role, StoreConfig,
-    WorkflowsConfig,
+    Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, EnvLookup, Group, Level, Limits, Notify, Person,
+    Policy, Role, StoreConfig, WorkflowsConfig,
 };
 use crate::domain::{Account, Platform, RoomRef};
 use std::collections::HashMap;
@@ -27,7 +27,14 @@ const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ANSWER_CHARS_LIMIT: usize = 1_000_000;
 
-const TOP_KEYS: &[&str] = &["store", "workflows", "limits", "role", "agency", "person", "group"];
+const TOP_KEYS: &[&str] = &["store", "workflows", "limits", "role", "agency", "person", "group", "policy"];
+const POLICY_KEYS: &[&str] = &["id", "description", "repeat", "level", "final"];
+const LEVEL_KEYS: &[&str] = &["notify", "wait"];
+const FINAL_KEYS: &[&str] = &["notify"];
+/// The shortest wait a level may have (short waits are for tests) and the longest.
+const MIN_LEVEL_WAIT: Duration = Duration::from_secs(1);
+const MAX_LEVEL_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_REPEAT: i64 = 10;
 const STORE_KEYS: &[&str] = &["url"];
 const WORKFLOWS_KEYS: &[&str] = &["dir", "reload_interval"];
 const LIMITS_KEYS: &[&str] = &["max_answer_chars"];
@@ -83,11 +90,28 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
         sections(&mut rep, &root, "agency").iter().map(|t| read_agency(&mut rep, t)).collect();
     let people: Vec<RawPerson> = sections(&mut rep, &root, "person").iter().map(|t| read_person(&mut rep, t)).collect();
     let groups: Vec<RawGroup> = sections(&mut rep, &root, "group").iter().map(|t| read_group(&mut rep, t)).collect();
+    let policies: Vec<RawPolicy> =
+        sections(&mut rep, &root, "policy").iter().map(|t| read_policy(&mut rep, t)).collect();
 
     let role_ids = unique_ids(&mut rep, "role", roles.iter().map(|r| (&r.path, &r.id)));
     let agency_ids = unique_ids(&mut rep, "agency", agencies.iter().map(|a| (&a.path, &a.id)));
     let person_ids = unique_ids(&mut rep, "person", people.iter().map(|p| (&p.path, &p.id)));
     unique_ids(&mut rep, "group", groups.iter().map(|g| (&g.path, &g.id)));
+    unique_ids(&mut rep, "policy", policies.iter().map(|p| (&p.path, &p.id)));
+    for p in &policies {
+        let targets = p.levels.iter().flat_map(|l| &l.notify).chain(&p.final_notify);
+        for (key, target) in targets {
+            match &target.v {
+                Notify::Person(id) => {
+                    check_ref(&mut rep, &Sp { v: id.clone(), span: target.span.clone() }, key, "person", &person_ids)
+                }
+                Notify::Role(id) => {
+                    check_ref(&mut rep, &Sp { v: id.clone(), span: target.span.clone() }, key, "role", &role_ids)
+                }
+                Notify::GroupRooms | Notify::Room(_) => {}
+            }
+        }
+    }
 
     for p in &people {
         if let Some(agency) = &p.agency {
@@ -154,6 +178,24 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
                     members: g.members.into_iter().map(|(_, m)| m.v).collect(),
                     agencies: g.agencies.into_iter().map(|(_, a)| a.v).collect(),
                     rooms: g.rooms.into_iter().map(|(_, r)| r.v).collect(),
+                })
+            })
+            .collect(),
+        policies: policies
+            .into_iter()
+            .filter_map(|p| {
+                Some(Policy {
+                    id: p.id?.v,
+                    description: p.description,
+                    levels: p
+                        .levels
+                        .into_iter()
+                        .map(|l| {
+                            Some(Level { notify: l.notify.into_iter().map(|(_, n)| n.v).collect(), wait: l.wait? })
+                        })
+                        .collect::<Option<Vec<_>>>()?,
+                    repeat: p.repeat,
+                    final_notify: p.final_notify.into_iter().map(|(_, n)| n.v).collect(),
                 })
             })
             .collect(),
@@ -365,7 +407,7 @@ fn sections<'t, 'i>(rep: &mut Report<'_>, root: &Table<'t, 'i>, name: &str) -> V
             .iter()
             .enumerate()
             .filter_map(|(i, item)| {
-                let path = format!("{name}[{}]", i + 1);
+                let path = format!("{}[{}]", root.key(name), i + 1);
                 match item.get_ref() {
                     DeValue::Table(map) => Some(Table { map, span: item.span(), path }),
                     other => {
@@ -389,7 +431,7 @@ fn sections<'t, 'i>(rep: &mut Report<'_>, root: &Table<'t, 'i>, name: &str) -> V
                 name,
                 format!("write [[{name}]] with double brackets, one section for each {name}"),
             );
-            vec![Table { map, span: value.span(), path: format!("{name}[1]") }]
+            vec![Table { map, span: value.span(), path: format!("{}[1]", root.key(name)) }]
         }
         other => {
             let found = article(other);
@@ -678,6 +720,130 @@ fn read_group(rep: &mut Report<'_>, t: &Table<'_, '_>) -> RawGroup {
         agencies: agencies.unwrap_or_default(),
         rooms,
     }
+}
+
+struct RawPolicy {
+    path: String,
+    id: Option<Sp<String>>,
+    description: String,
+    levels: Vec<RawLevel>,
+    repeat: u32,
+    final_notify: Vec<(String, Sp<Notify>)>,
+}
+
+struct RawLevel {
+    notify: Vec<(String, Sp<Notify>)>,
+    wait: Option<Duration>,
+}
+
+const POLICY_EXAMPLE: &str = r#"[[policy.level]] with notify = ["role:lead"] and wait = "15m""#;
+
+fn read_policy(rep: &mut Report<'_>, t: &Table<'_, '_>) -> RawPolicy {
+    t.check_keys(rep, POLICY_KEYS, "key");
+    let id = read_id(rep, t, r#"id = "immediate""#);
+    let description = t
+        .string(rep, "description", r#"description = "A child may be at immediate risk""#)
+        .map(|d| d.v)
+        .unwrap_or_default();
+    let mut repeat = 0;
+    if let Some(value) = t.get("repeat") {
+        let key = t.key("repeat");
+        match value.get_ref() {
+            DeValue::Integer(i) => match integer(i).filter(|n| (0..=MAX_REPEAT).contains(n)) {
+                Some(n) => repeat = n as u32,
+                None => rep.error(
+                    &value.span(),
+                    key,
+                    format!("`repeat` must be a whole number from 0 to {MAX_REPEAT}: how many more times the levels run before the final level"),
+                ),
+            },
+            _ => rep.wrong_type(value, &key, "an integer", "repeat = 1"),
+        }
+    }
+    let level_tables = sections(rep, t, "level");
+    if t.get("level").is_none() {
+        t.missing(rep, "level", &format!("a policy needs at least one level; add {POLICY_EXAMPLE}"));
+    }
+    let levels = level_tables
+        .iter()
+        .map(|l| {
+            l.check_keys(rep, LEVEL_KEYS, "key");
+            let notify = read_notify(rep, l);
+            let wait = read_wait(rep, l);
+            RawLevel { notify, wait }
+        })
+        .collect();
+    let final_notify = match section(rep, t, "final") {
+        Some(f) => {
+            f.check_keys(rep, FINAL_KEYS, "key");
+            read_notify(rep, &f)
+        }
+        None => {
+            t.missing(
+                rep,
+                "final",
+                "every policy ends with a final level that cannot be skipped; add [policy.final] with notify = [\"role:coordinator\"]",
+            );
+            Vec::new()
+        }
+    };
+    RawPolicy { path: t.path.clone(), id, description, levels, repeat, final_notify }
+}
+
+fn read_wait(rep: &mut Report<'_>, t: &Table<'_, '_>) -> Option<Duration> {
+    let example = r#"wait = "15m""#;
+    let s = t.required_string(rep, "wait", example)?;
+    let key = t.key("wait");
+    match humantime::parse_duration(s.v.trim()) {
+        Err(_) => {
+            rep.error(&s.span, key, format!("`{}` is not a duration; write a number and a unit, like {example}", s.v));
+            None
+        }
+        Ok(d) if d < MIN_LEVEL_WAIT || d > MAX_LEVEL_WAIT => {
+            rep.error(&s.span, key, "a level waits from 1s to 7 days for an acknowledgement; write e.g. \"15m\"");
+            None
+        }
+        Ok(d) => Some(d),
+    }
+}
+
+/// A level's `notify` list: `person:ID`, `role:ID` (within the case's group), `group` (the
+/// case's group's rooms) or `room:PLATFORM:ID`.
+fn read_notify(rep: &mut Report<'_>, t: &Table<'_, '_>) -> Vec<(String, Sp<Notify>)> {
+    let example = r#"notify = ["role:lead", "group"]"#;
+    let Some(items) = t.strings(rep, "notify", example) else {
+        if t.get("notify").is_none() {
+            t.missing(rep, "notify", &format!("say who this level notifies, like {example}"));
+        }
+        return Vec::new();
+    };
+    if items.is_empty() {
+        rep.error(
+            &t.span,
+            t.key("notify"),
+            format!("the list is empty, so nobody would be told; write it like {example}"),
+        );
+    }
+    items
+        .into_iter()
+        .filter_map(|(key, text)| {
+            let parsed = Notify::parse(&text.v);
+            match parsed {
+                Some(n) => Some((key, Sp { v: n, span: text.span })),
+                None => {
+                    rep.error(
+                        &text.span,
+                        key,
+                        format!(
+                            "`{}` names nobody; write person:ID, role:ID (that role within the case's group), group (the case's group's rooms) or room:PLATFORM:ID, like {example}",
+                            text.v
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 fn read_rooms(rep: &mut Report<'_>, t: &Table<'_, '_>) -> Vec<(String, Sp<RoomRef>)> {

@@ -101,6 +101,21 @@ fn a_full_example_parses_to_the_expected_config() {
         members = ["alice"]
         agencies = ["police"]
         rooms = ["console:north", "matrix:!abc:example.org", "discord:456"]
+
+        [[policy]]
+        id = "immediate"
+        repeat = 1
+
+        [[policy.level]]
+        notify = ["role:lead"]
+        wait = "15m"
+
+        [[policy.level]]
+        notify = ["role:lead", "group", "person:alice"]
+        wait = "10m"
+
+        [policy.final]
+        notify = ["room:console:north"]
         "#,
     );
     let account = |platform, id: &str| Account { platform, id: id.to_string() };
@@ -151,6 +166,19 @@ fn a_full_example_parses_to_the_expected_config() {
                 RoomRef::Shared { platform: Platform::Matrix, id: "!abc:example.org".to_string() },
                 RoomRef::Shared { platform: Platform::Discord, id: "456".to_string() },
             ],
+        }],
+        policies: vec![Policy {
+            id: "immediate".to_string(),
+            description: String::new(),
+            levels: vec![
+                Level { notify: vec![Notify::Role("lead".into())], wait: Duration::from_secs(900) },
+                Level {
+                    notify: vec![Notify::Role("lead".into()), Notify::GroupRooms, Notify::Person("alice".into())],
+                    wait: Duration::from_secs(600),
+                },
+            ],
+            repeat: 1,
+            final_notify: vec![Notify::Room(RoomRef::Shared { platform: Platform::Console, id: "north".into() })],
         }],
     };
     assert_eq!(config, expected);
@@ -708,5 +736,42 @@ fn columns_count_characters_not_bytes() {
         accounts = { matrix = "@zoë:example.org", slack = "zoë" }
         "#,
         &[("6:21 syntax", "not valid TOML"), ("9:43 person[1].accounts.slack", "unknown platform `slack`")],
+    );
+}
+
+#[test]
+fn policy_mistakes_are_all_reported() {
+    check(
+        r#"
+        [[role]]
+        id = "lead"
+
+        [[policy]]
+        id = "immediate"
+        repeat = 99
+
+        [[policy.level]]
+        notify = ["role:leed", "person:nobody", "everyone"]
+        wait = "soon"
+
+        [[policy.level]]
+        notify = []
+        wait = "0s"
+
+        [[policy]]
+        id = "slow"
+        "#,
+        &[
+            ("4:1 policy[1].final", "final level that cannot be skipped"),
+            ("6:10 policy[1].repeat", "from 0 to 10"),
+            ("9:11 policy[1].level[1].notify[1]", "did you mean `lead`?"),
+            ("9:24 policy[1].level[1].notify[2]", "no [[person]] has the id `nobody`"),
+            ("9:41 policy[1].level[1].notify[3]", "names nobody"),
+            ("10:8 policy[1].level[1].wait", "not a duration"),
+            ("12:1 policy[1].level[2].notify", "the list is empty"),
+            ("14:8 policy[1].level[2].wait", "from 1s to 7 days"),
+            ("16:1 policy[2].level", "at least one level"),
+            ("16:1 policy[2].final", "final level"),
+        ],
     );
 }

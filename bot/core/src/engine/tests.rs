@@ -22,6 +22,12 @@ impl Host for TestHost {
     fn group_exists(&self, id: &str) -> bool {
         id == "north"
     }
+    fn policy_exists(&self, id: &str) -> bool {
+        id == "immediate"
+    }
+    fn new_escalation_id(&mut self) -> String {
+        "E-1".into()
+    }
 }
 
 fn host() -> TestHost {
@@ -283,4 +289,77 @@ fn a_question_asked_inside_sort_waits_instead_of_finishing() {
 fn a_sleep_longer_than_five_years_is_refused() {
     let e = failure(r#"fn run(ctx) { sleep("9000 years"); }"#);
     assert!(e.message.contains("longest wait"), "{e}");
+}
+
+#[test]
+fn escalate_and_wait_for_ack_resume_with_the_ack_or_unit_on_timeout() {
+    let wf = compile(
+        r#"
+        fn run(ctx) {
+            let c = open_case(#{ subject: "AB 2015", category: "neglect", risk: "yes" });
+            let e = escalate(c, "immediate");
+            let ack = wait_for_ack(c, "15m");
+            if ack == () {
+                tell(ctx.starter, `nobody acknowledged ${c.id} (${e})`);
+            } else {
+                tell(ctx.starter, `${ack.by} acknowledged at ${ack.at}`);
+            }
+        }
+        "#,
+    );
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let mut h = host();
+    let adv = engine.advance(&wf, &ctx(), History::new(), &mut h);
+    assert!(matches!(&adv.effects[1], Effect::Escalate { case_id, policy, escalation_id, step: 1 }
+        if case_id == "C-1" && policy == "immediate" && escalation_id == "E-1"));
+    let until = Millis(1_000 + 15 * 60_000);
+    assert_eq!(adv.effects[2], Effect::WaitForAck { step: 2, case_id: "C-1".into(), until });
+    assert_eq!(adv.outcome, Outcome::Waiting(Wait::Ack { step: 2, case_id: "C-1".into(), until }));
+
+    // Acknowledged: the script sees who and when.
+    let mut acked = adv.history.clone();
+    acked[2].result = Some(serde_json::json!({ "by": "bea", "at": 0 }));
+    let adv2 = engine.advance(&wf, &ctx(), acked, &mut h);
+    assert_eq!(adv2.outcome, Outcome::Finished);
+    assert!(
+        matches!(&adv2.effects[0], Effect::Tell { text, .. } if text == "bea acknowledged at 1970-01-01T00:00:00.000Z")
+    );
+    // The deadline came first: the script sees ().
+    let mut timed_out = adv.history;
+    timed_out[2].result = Some(ACK_TIMED_OUT);
+    let adv3 = engine.advance(&wf, &ctx(), timed_out, &mut h);
+    assert!(matches!(&adv3.effects[0], Effect::Tell { text, .. } if text == "nobody acknowledged C-1 (E-1)"));
+}
+
+#[test]
+fn escalating_by_an_unknown_policy_fails_with_the_fix() {
+    let e = failure(
+        r#"
+        fn run(ctx) {
+            let c = open_case(#{ subject: "AB 2015", category: "neglect", risk: "yes" });
+            escalate(c, "urgent");
+        }
+        "#,
+    );
+    assert!(e.message.contains("no policy `urgent`"), "{e}");
+    assert_eq!((e.line, e.column), (5, 13)); // the header is line 1
+}
+
+#[test]
+fn sleep_until_waits_for_an_absolute_time_and_refuses_nonsense() {
+    let wf = compile(
+        r#"
+        fn run(ctx) {
+            sleep_until("2026-11-30T09:00:00Z");
+            tell(ctx.starter, "Monday");
+        }
+        "#,
+    );
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let adv = engine.advance(&wf, &ctx(), History::new(), &mut host());
+    let until = Millis::parse_rfc3339("2026-11-30T09:00:00Z").unwrap();
+    assert_eq!(adv.outcome, Outcome::Waiting(Wait::Timer { step: 0, until }));
+    assert_eq!(adv.effects, vec![Effect::Sleep { step: 0, until }]);
+    let e = failure(r#"fn run(ctx) { sleep_until("next monday"); }"#);
+    assert!(e.message.contains("is not a time"), "{e}");
 }

@@ -1,0 +1,275 @@
+//! Escalation end to end on real stores: acknowledgements, waits with deadlines, overdue
+//! stages after downtime, two processes sharing the due work, and delivery that keeps
+//! failing or is asked to slow down.
+
+mod common;
+use common::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wavelet::adapter::SendError;
+use wavelet::store::{EscalationStatus, RunStatus};
+
+on_both!(
+    two_processes_fire_each_due_stage_once,
+    overdue_stages_fire_at_once_in_due_order_and_say_how_late,
+    a_run_waits_for_an_acknowledgement_until_its_deadline,
+    closing_a_case_stops_its_escalation,
+    a_message_that_fails_for_good_is_parked_and_surfaced,
+    a_message_that_keeps_failing_is_retried_then_parked,
+    a_platform_that_asks_to_slow_down_gets_nothing_more_in_that_pass,
+);
+
+/// Raises a concern at immediate risk as `who`; returns what the bot said.
+async fn raise(b: &mut Bot, who: &str) -> Vec<String> {
+    b.say(who, "north", "!concern").await;
+    b.say(who, "dm", "AB 2015").await;
+    b.say(who, "dm", "neglect").await;
+    b.say(who, "dm", "yes").await;
+    b.say(who, "dm", "Seen today.").await
+}
+
+async fn ledger_kinds(b: &Bot, kind: &str) -> Vec<serde_json::Value> {
+    let entries = b.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    entries.into_iter().filter(|e| e.link.kind == kind).filter_map(|e| e.content).collect()
+}
+
+async fn fire(b: &mut Bot) -> Vec<OutboundMessage> {
+    b.rt.fire_due_timers().await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    b.sent.0.lock().unwrap().drain(..).collect()
+}
+
+async fn two_processes_fire_each_due_stage_once(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    let mut a = bot(&url, None).await;
+    let b = bot(&url, None).await;
+    for who in ["alice", "dana", "eve", "alice", "dana", "eve"] {
+        raise(&mut a, who).await;
+    }
+    assert_eq!(ledger_kinds(&a, "escalation.started").await.len(), 6);
+    a.clock.advance(Duration::from_secs(15 * 60));
+    b.clock.advance(Duration::from_secs(15 * 60));
+    let (fa, fb) = tokio::join!(a.rt.fire_due_timers(), b.rt.fire_due_timers());
+    let (fa, fb) = (fa.unwrap(), fb.unwrap());
+    assert_eq!(fa + fb, 6, "each escalation moved on once between the two ({fa} + {fb})");
+    let notified = ledger_kinds(&a, "escalation.notified").await;
+    let mut second: Vec<String> =
+        notified.iter().filter(|c| c["stage"] == 2).map(|c| c["escalation"].as_str().unwrap().to_string()).collect();
+    second.sort();
+    assert_eq!(second, ["E-1", "E-2", "E-3", "E-4", "E-5", "E-6"], "level 2 of each, once");
+    // Nothing more is due until level 2's wait is over.
+    assert_eq!(b.rt.fire_due_timers().await.unwrap() + a.rt.fire_due_timers().await.unwrap(), 0);
+    a.verify().await;
+}
+
+async fn overdue_stages_fire_at_once_in_due_order_and_say_how_late(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    raise(&mut b, "alice").await;
+    b.clock.advance(Duration::from_secs(5 * 60));
+    raise(&mut b, "dana").await;
+    // Wavelet was down for two hours.
+    b.clock.advance(Duration::from_secs(2 * 3600));
+    let sent = fire(&mut b).await;
+    let to_bea: Vec<String> =
+        sent.iter().filter(|m| m.person.as_deref() == Some("bea")).map(|m| m.body.plain()).collect();
+    assert_eq!(to_bea.len(), 2, "{to_bea:?}");
+    assert!(to_bea[0].starts_with("Escalation E-1 (immediate, level 2)"), "{}", to_bea[0]);
+    assert!(to_bea[0].contains("is 1 h 50 min late: Wavelet was not running"), "{}", to_bea[0]);
+    assert!(to_bea[1].starts_with("Escalation E-2 (immediate, level 2)"), "{}", to_bea[1]);
+    assert!(to_bea[1].contains("is 1 h 45 min late"), "{}", to_bea[1]);
+    // Each level still gets its own wait: the final level is not fired in the same breath.
+    assert!(fire(&mut b).await.is_empty());
+    b.clock.advance(Duration::from_secs(15 * 60));
+    let sent = fire(&mut b).await;
+    let finals: Vec<String> =
+        sent.iter().filter(|m| m.person.as_deref() == Some("cora")).map(|m| m.body.plain()).collect();
+    assert_eq!(finals.len(), 2);
+    assert!(finals.iter().all(|t| t.starts_with("FINAL escalation") && !t.contains("late")), "{finals:?}");
+    let late: Vec<i64> = ledger_kinds(&b, "escalation.notified")
+        .await
+        .iter()
+        .filter(|c| c["stage"] == 2)
+        .map(|c| c["late_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(late, [110 * 60_000, 105 * 60_000]);
+    b.verify().await;
+}
+
+const URGENT: &str = r#"
+const COMMAND = "urgent";
+const ALLOWED_ROLES = ["practitioner"];
+fn run(ctx) {
+    let c = open_case(#{ subject: "AB 2015", category: "neglect", risk: "yes" });
+    send(ctx.group, `${c.id} needs a lead: reply ack ${c.id}`);
+    let a = wait_for_ack(c, "10m");
+    if a == () {
+        tell(ctx.starter, `no ack for ${c.id}`);
+        escalate(c, "immediate");
+    } else {
+        tell(ctx.starter, `${a.by} took ${c.id} at ${a.at}`);
+    }
+}
+"#;
+
+async fn a_run_waits_for_an_acknowledgement_until_its_deadline(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(dir.path(), &[("urgent", URGENT)]);
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    assert_eq!(b.say("alice", "north", "!urgent").await, ["C-1 needs a lead: reply ack C-1"]);
+    // eve is neither a lead nor notified by an escalation: refused, and recorded.
+    let r = b.say("eve", "north", "ack C-1").await;
+    assert!(r[0].starts_with("Sorry, only the people"), "{r:?}");
+    assert_eq!(ledger_kinds(&b, "acknowledgement.refused").await.len(), 1);
+    b.clock.advance(Duration::from_secs(120));
+    let r = b.say("bea", "north", "ack C-1").await;
+    assert!(r[0].starts_with("Thank you: you have acknowledged C-1"), "{r:?}");
+    assert!(r.iter().any(|t| t.starts_with("Bea Lindqvist (St Mary's Primary School) acknowledged C-1")), "{r:?}");
+    assert!(r.iter().any(|t| t.starts_with("bea took C-1 at ")), "the run resumed with who: {r:?}");
+    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Finished);
+    // The deadline's timer went with the wait: nothing fires later.
+    b.clock.advance(Duration::from_secs(3600));
+    assert!(fire(&mut b).await.is_empty());
+
+    // Nobody acknowledges the next one: the deadline resumes the run with ().
+    b.say("alice", "north", "!urgent").await;
+    b.clock.advance(Duration::from_secs(600));
+    let sent: Vec<String> = fire(&mut b).await.iter().map(|m| m.body.plain()).collect();
+    assert_eq!(sent[0], "no ack for C-2", "{sent:?}");
+    assert!(sent[1].starts_with("Escalation E-1 (immediate, level 1): case C-2"), "{sent:?}");
+    // A late acknowledgement of C-1 is recorded, never an error.
+    let r = b.say("carl", "dm", "ack C-1").await;
+    assert!(r[0].starts_with("Nothing is waiting for an acknowledgement on C-1"), "{r:?}");
+    assert_eq!(ledger_kinds(&b, "acknowledgement.late").await.len(), 1);
+    assert_eq!(ledger_kinds(&b, "case.acknowledged").await.len(), 1);
+    b.verify().await;
+}
+
+const CLOSES: &str = r#"
+const COMMAND = "brief";
+const ALLOWED_ROLES = ["practitioner"];
+fn run(ctx) {
+    let c = open_case(#{ subject: "AB 2015", category: "neglect", risk: "yes" });
+    escalate(c, "immediate");
+    sleep("5m");
+    close_case(c, "resolved by phone");
+}
+"#;
+
+async fn closing_a_case_stops_its_escalation(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(dir.path(), &[("brief", CLOSES)]);
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    let r = b.say("alice", "north", "!brief").await;
+    assert_eq!(r.len(), 2, "level 1 to both leads: {r:?}");
+    b.clock.advance(Duration::from_secs(300));
+    assert!(fire(&mut b).await.is_empty(), "the case closes; nothing is sent");
+    b.clock.advance(Duration::from_secs(3600));
+    assert!(fire(&mut b).await.is_empty(), "no more levels for a closed case");
+    let closed = ledger_kinds(&b, "case.closed").await;
+    assert_eq!(closed[0]["stopped_escalations"], serde_json::json!(["E-1"]));
+    let mut tx = b.rt.store.begin().await.unwrap();
+    assert_eq!(tx.escalations_of("C-1").await.unwrap()[0].status, EscalationStatus::Stopped);
+    drop(tx);
+    b.verify().await;
+}
+
+/// Fails every send to one room, the way the test says; delivers the rest.
+struct Flaky {
+    room: RoomRef,
+    fail: fn() -> SendError,
+    tried: Mutex<usize>,
+    sent: Mutex<Vec<OutboundMessage>>,
+}
+
+impl ChatAdapter for Flaky {
+    fn platform(&self) -> Platform {
+        Platform::Console
+    }
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(async move {
+            *self.tried.lock().unwrap() += 1;
+            if m.room == self.room {
+                return Err((self.fail)());
+            }
+            self.sent.lock().unwrap().push(m.clone());
+            Ok(())
+        })
+    }
+}
+
+fn flaky(b: &mut Bot, room: &str, fail: fn() -> SendError) -> Arc<Flaky> {
+    let f =
+        Arc::new(Flaky { room: RoomRef::parse(room).unwrap(), fail, tried: Mutex::default(), sent: Mutex::default() });
+    b.adapters = Adapters::default();
+    b.adapters.add(f.clone());
+    f
+}
+
+async fn a_message_that_fails_for_good_is_parked_and_surfaced(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    let f = flaky(&mut b, "console:north", || SendError::Permanent("no such room".into()));
+    raise(&mut b, "alice").await;
+    let parked = b.rt.store.parked_outbox().await.unwrap();
+    assert_eq!(parked.len(), 1, "the summary to the group's room: {parked:?}");
+    assert_eq!(parked[0].2, "console:north");
+    let failed = ledger_kinds(&b, "delivery.failed").await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["room"], "console:north");
+    assert!(failed[0]["error"].as_str().unwrap().contains("no such room"));
+    let to_cora: Vec<String> =
+        f.sent.lock().unwrap().iter().filter(|m| m.person.as_deref() == Some("cora")).map(|m| m.body.plain()).collect();
+    assert_eq!(to_cora.len(), 1, "the coordinator is told");
+    assert!(to_cora[0].starts_with("Wavelet could not deliver a message for run R-1 to console:north"), "{to_cora:?}");
+    // Parked means kept, not retried.
+    let tried = *f.tried.lock().unwrap();
+    b.clock.advance(Duration::from_secs(3600));
+    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    assert_eq!(*f.tried.lock().unwrap(), tried);
+    b.verify().await;
+}
+
+async fn a_message_that_keeps_failing_is_retried_then_parked(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    let f = flaky(&mut b, "console:north", || SendError::Temporary("502 Bad Gateway".into()));
+    raise(&mut b, "alice").await;
+    let mut attempts = 1;
+    while b.rt.store.parked_outbox().await.unwrap().is_empty() {
+        assert!(attempts < 100, "never parked");
+        b.clock.advance(Duration::from_secs(300));
+        deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+        attempts += 1;
+    }
+    assert_eq!(attempts, wavelet::adapter::MAX_ATTEMPTS);
+    let failed = ledger_kinds(&b, "delivery.failed").await;
+    assert_eq!(failed[0]["attempts"], wavelet::adapter::MAX_ATTEMPTS);
+    assert!(f.sent.lock().unwrap().iter().any(|m| m.person.as_deref() == Some("cora")));
+}
+
+async fn a_platform_that_asks_to_slow_down_gets_nothing_more_in_that_pass(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    b.say("alice", "north", "!concern").await;
+    b.say("alice", "dm", "AB 2015").await;
+    b.say("alice", "dm", "neglect").await;
+    b.say("alice", "dm", "yes").await;
+    let f = flaky(&mut b, "console:north", || SendError::RateLimited(Duration::from_secs(30)));
+    b.say("alice", "dm", "Seen today.").await;
+    // The summary to the room came first and was refused: nothing else went in that pass.
+    assert_eq!(*f.tried.lock().unwrap(), 1);
+    assert!(f.sent.lock().unwrap().is_empty());
+    assert!(b.rt.store.parked_outbox().await.unwrap().is_empty(), "slowing down is not failing");
+    // Once the platform is ready again, everything goes, in order.
+    b.adapters = Adapters::default();
+    b.adapters.add(b.sent.clone());
+    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    assert!(b.sent.0.lock().unwrap().is_empty(), "not before the wait it asked for");
+    b.clock.advance(Duration::from_secs(30));
+    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    let sent: Vec<String> = b.sent.0.lock().unwrap().iter().map(|m| m.body.plain()).collect();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert!(sent[0].starts_with("New neglect concern C-1"), "{sent:?}");
+}
