@@ -104,7 +104,9 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
             };
             match adapter.send(&c.message).await {
                 Ok(()) => {
+                    crate::faults::point("deliver.after_send");
                     store.mark_delivered(c.id, now).await?;
+                    crate::faults::point("deliver.after_mark");
                     delivered += 1;
                     progressed = true;
                 }

@@ -13,11 +13,19 @@ use wavelet_core::{Account, Directory, InboundEvent, OutboundMessage, Platform, 
 pub struct ConsoleAdapter {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
     dir: Arc<Directory>,
+    /// Print each message's idempotency key before it (`--show-keys`): what a chat
+    /// platform would dedupe a resend by, for tests and debugging.
+    show_keys: bool,
 }
 
 impl ConsoleAdapter {
     pub fn new(out: Box<dyn Write + Send>, dir: Arc<Directory>) -> ConsoleAdapter {
-        ConsoleAdapter { out: Arc::new(Mutex::new(out)), dir }
+        ConsoleAdapter { out: Arc::new(Mutex::new(out)), dir, show_keys: false }
+    }
+
+    pub fn showing_keys(mut self, show: bool) -> ConsoleAdapter {
+        self.show_keys = show;
+        self
     }
 
     fn print(&self, line: &str) {
@@ -45,7 +53,11 @@ impl ChatAdapter for ConsoleAdapter {
                 }
                 RoomRef::Shared { id, .. } => format!("  [in {id}] wavelet:"),
             };
-            self.print(&format!("{head} {body}"));
+            if self.show_keys {
+                self.print(&format!("{{{}}}{head} {body}", m.idempotency_key));
+            } else {
+                self.print(&format!("{head} {body}"));
+            }
             Ok(())
         })
     }
@@ -64,7 +76,20 @@ fn console_account(dir: &Directory, person: &str) -> String {
         .map_or_else(|| person.to_string(), |a| a.id.clone())
 }
 
-const HELP: &str = "Type to speak. Commands: `:as PERSON` speak as someone else, `:in ROOM` speak in a room, `:dm` speak privately to the bot, `:who` the directory, `:rooms` the rooms, `:quit`.";
+const HELP: &str = "Type to speak. Commands: `:as PERSON` speak as someone else, `:in ROOM` speak in a room, `:dm` speak privately to the bot, `:wait 15s` let time pass, `:who` the directory, `:rooms` the rooms, `:quit`.";
+
+/// How the console room reads its input.
+#[derive(Clone, Debug, Default)]
+pub struct ConsoleOptions {
+    /// Who speaks first (a person id); default the first person in the directory.
+    pub start_as: Option<String>,
+    /// Print each line read (piped input), so the output reads as a conversation.
+    pub echo: bool,
+    /// Names the input: its lines get the event ids `NAME-LINE`, so feeding the same
+    /// input again (after a crash) skips the lines already handled, the way a chat
+    /// platform redelivers what a bot had not acknowledged. Default: ids unique per run.
+    pub input_id: Option<String>,
+}
 
 /// Runs the console room until the input ends or `:quit`.
 pub async fn run(
@@ -72,9 +97,9 @@ pub async fn run(
     adapters: Adapters,
     console: Arc<ConsoleAdapter>,
     mut input: impl AsyncBufRead + Unpin,
-    start_as: Option<String>,
-    echo: bool,
+    options: ConsoleOptions,
 ) -> anyhow::Result<()> {
+    let ConsoleOptions { start_as, echo, input_id } = options;
     let dir = rt.dir.clone();
     let first = start_as.or_else(|| dir.people().first().map(|p| p.id.clone())).unwrap_or_default();
     if dir.person(&first).is_none() {
@@ -88,37 +113,20 @@ pub async fn run(
     });
     let mut seat = Seat { person: first, room: first_room };
     console.print(&format!("Wavelet console. {HELP}"));
-    // Timers fire while the console is open. The ticker is stopped between passes, never
-    // in the middle of one (a send not yet marked delivered would be sent again).
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let ticker = {
-        let rt = rt.clone();
-        let adapters = adapters.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    _ = stopped.changed() => return,
-                }
-                if let Err(e) = rt.fire_due_timers().await {
-                    tracing::warn!(error = %e, "timers not fired; will retry");
-                }
-                if let Err(e) = deliver_pending(&rt, &adapters, rt.clock.now()).await {
-                    tracing::warn!(error = %e, "delivery failed; will retry");
-                }
-            }
-        })
-    };
+    // Timers fire and messages go out while the console is open.
+    let background = crate::service::spawn(rt.clone(), adapters.clone());
     // Through the ingest, so a store that goes away holds the line until it is back.
     let (ingest, worker) = crate::ingest::Ingest::spawn(rt.clone(), 64);
     let started = rt.clock.now().0;
     let mut n = 0u64;
+    let mut line_number = 0u64;
     let mut line = String::new();
     loop {
         line.clear();
         if input.read_line(&mut line).await? == 0 {
             break;
         }
+        line_number += 1;
         let said = line.trim_end_matches(['\n', '\r']);
         if said.trim().is_empty() {
             continue;
@@ -137,6 +145,15 @@ pub async fn run(
                 }
                 (Some("in"), Some(r)) => seat.room = Some(r.to_string()),
                 (Some("dm"), _) => seat.room = None,
+                (Some("wait"), Some(d)) => match wavelet_core::engine::parse_duration(d) {
+                    Ok(d) => {
+                        tokio::time::sleep(d).await;
+                        if let Err(e) = deliver_pending(&rt, &adapters, rt.clock.now()).await {
+                            tracing::warn!(error = %e, "delivery failed; will retry");
+                        }
+                    }
+                    Err(_) => console.print(&format!("  (`{d}` is not a duration; write e.g. `:wait 15s`)")),
+                },
                 (Some("who"), _) => {
                     for p in dir.people() {
                         console.print(&format!("  {} — {} ({}), {}", p.id, p.name, p.agency, p.roles.join(", ")));
@@ -158,8 +175,12 @@ pub async fn run(
             Some(r) => RoomRef::Shared { platform: Platform::Console, id: r.clone() },
             None => RoomRef::Direct { platform: Platform::Console, account: account.clone() },
         };
+        let event_id = match &input_id {
+            Some(name) => format!("{name}-{line_number}"),
+            None => format!("console-{started}-{n}"),
+        };
         let event = InboundEvent {
-            event_id: format!("console-{started}-{n}"),
+            event_id,
             room,
             sender: Account { platform: Platform::Console, id: account },
             text: said.to_string(),
@@ -173,8 +194,7 @@ pub async fn run(
             tracing::warn!(error = %e, "delivery failed; will retry");
         }
     }
-    let _ = stop.send(true);
-    let _ = ticker.await;
+    background.stop().await;
     drop(ingest);
     let _ = worker.await;
     rt.fire_due_timers().await?;

@@ -35,11 +35,15 @@ enum Command {
         /// Who you speak as first (a person id).
         #[arg(long = "as")]
         as_person: Option<String>,
+        #[command(flatten)]
+        input: InputArgs,
     },
     /// Run Wavelet on the chat platforms in the configuration (today: the console room).
     Run {
         #[arg(long = "as")]
         as_person: Option<String>,
+        #[command(flatten)]
+        input: InputArgs,
     },
     /// Check the configuration and compile every workflow; exit non-zero on any mistake.
     Check,
@@ -48,6 +52,17 @@ enum Command {
     /// Read and verify the ledger.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct InputArgs {
+    /// Name the input (a file of lines): feeding it again after a crash skips the lines
+    /// already handled, as a chat platform redelivers only what was not acknowledged.
+    #[arg(long)]
+    input_id: Option<String>,
+    /// Show each message's idempotency key, the id a chat platform dedupes resends by.
+    #[arg(long)]
+    show_keys: bool,
 }
 
 #[derive(Subcommand)]
@@ -123,11 +138,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => check(&cli.config),
         Command::Test { paths } => test(&cli.config, paths).await,
-        Command::Console { as_person } => console(&cli.config, as_person).await,
+        Command::Console { as_person, input } => console(&cli.config, as_person, input).await,
         // With a terminal, `run` is the console room; as a service (no terminal), it keeps
         // timers, delivery and reloading going until it is stopped.
-        Command::Run { as_person } if std::io::stdin().is_terminal() => console(&cli.config, as_person).await,
-        Command::Run { .. } => serve(&cli.config).await,
+        Command::Run { as_person, input } if std::io::stdin().is_terminal() => {
+            console(&cli.config, as_person, input).await
+        }
+        Command::Run { input, .. } => serve(&cli.config, input.show_keys).await,
         Command::Audit(a) => audit_command(&cli.config, a).await,
     }
 }
@@ -174,7 +191,11 @@ async fn test(config: &std::path::Path, paths: Vec<PathBuf>) -> anyhow::Result<E
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn console(config_path: &std::path::Path, as_person: Option<String>) -> anyhow::Result<ExitCode> {
+async fn console(
+    config_path: &std::path::Path,
+    as_person: Option<String>,
+    input: InputArgs,
+) -> anyhow::Result<ExitCode> {
     let config = app::load_config(config_path, &env)?;
     let url = config.store.url.clone();
     let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
@@ -183,44 +204,42 @@ async fn console(config_path: &std::path::Path, as_person: Option<String>) -> an
         eprintln!("workflow not loaded: {e}");
     }
     wavelet::reload::record(&rt, &parts.load, false).await;
-    let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()));
+    let console =
+        Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(input.show_keys));
     let mut adapters = Adapters::default();
     adapters.add(console.clone());
-    let reloader = wavelet::reload::spawn(rt.clone(), adapters.clone());
+    let reloader = wavelet::reload::spawn(rt.clone());
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let echo = !std::io::stdin().is_terminal();
-    let result = wavelet::console::run(rt.clone(), adapters, console, stdin, as_person, echo).await;
+    let options = wavelet::console::ConsoleOptions {
+        start_as: as_person,
+        echo: !std::io::stdin().is_terminal(),
+        input_id: input.input_id,
+    };
+    let result = wavelet::console::run(rt.clone(), adapters, console, stdin, options).await;
     reloader.abort();
     result?;
     rt.store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result<ExitCode> {
     let config = app::load_config(config_path, &env)?;
     let url = config.store.url.clone();
     let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
     let rt = parts.runtime;
     wavelet::reload::record(&rt, &parts.load, false).await;
-    let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()));
+    let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(show_keys));
     let mut adapters = Adapters::default();
     adapters.add(console);
-    let reloader = wavelet::reload::spawn(rt.clone(), adapters.clone());
-    tracing::info!(store = rt.store.backend(), "wavelet running; stop it with SIGTERM or Ctrl-C");
+    let reloader = wavelet::reload::spawn(rt.clone());
+    tracing::info!(store = rt.store.backend(), instance = %rt.instance, "wavelet running; stop it with SIGTERM or Ctrl-C");
+    let background = wavelet::service::spawn(rt.clone(), adapters);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-        }
-        if let Err(e) = rt.fire_due_timers().await {
-            tracing::warn!(error = %e, "timers not fired; will retry");
-        }
-        if let Err(e) = wavelet::adapter::deliver_pending(&rt, &adapters, rt.clock.now()).await {
-            tracing::warn!(error = %e, "delivery failed; will retry");
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
+    background.stop().await;
     reloader.abort();
     tracing::info!("wavelet stopped");
     rt.store.close().await;

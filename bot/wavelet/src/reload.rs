@@ -2,7 +2,6 @@
 //! An edit that compiles replaces the version on offer (runs in flight keep theirs); an
 //! edit that fails is refused, the coordinators are told where, and the old one serves.
 
-use crate::adapter::{Adapters, deliver_pending};
 use crate::runtime::Runtime;
 use crate::workflows::LoadReport;
 use std::sync::Arc;
@@ -52,7 +51,7 @@ pub async fn record(rt: &Runtime, report: &LoadReport, announce_loads: bool) {
     }
 }
 
-pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()> {
+pub fn spawn(rt: Arc<Runtime>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let interval = rt.dir.config().workflows.reload_interval;
         let dir = rt.dir.config().workflows.dir.clone();
@@ -64,7 +63,7 @@ pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> tokio::task::JoinHandle<()
             };
             record(&rt, &report, true).await;
             if !report.loaded.is_empty() || !report.refused.is_empty() {
-                let _ = deliver_pending(&rt, &adapters, rt.clock.now()).await;
+                rt.wake.notify_one();
             }
         }
     })

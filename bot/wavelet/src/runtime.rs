@@ -64,8 +64,8 @@ pub struct Runtime {
     pub workflows: Arc<RwLock<Workflows>>,
     pub engine: Arc<WorkflowEngine>,
     pub clock: Arc<dyn Clock>,
-    /// Told after each commit that queued something for delivery.
-    pub outbox_ready: Arc<tokio::sync::Notify>,
+    /// Told after each commit that queued messages or set timers: the background loop wakes.
+    pub wake: Arc<tokio::sync::Notify>,
     /// This process, as it claims outbox rows: host, pid and a random part.
     pub instance: String,
     /// Platforms that asked this process to slow down, and until when.
@@ -125,7 +125,7 @@ impl Runtime {
             workflows,
             engine,
             clock,
-            outbox_ready: Arc::default(),
+            wake: Arc::default(),
             instance,
             slow_until: Mutex::default(),
             max_answer_chars,
@@ -151,10 +151,14 @@ impl Runtime {
             for e in events {
                 self.handle_event(&mut tx, e).await?;
             }
+            crate::faults::point("step.before_commit");
             tx.commit().await
         };
         let results = match together.await {
-            Ok(()) => events.iter().map(|_| Ok(())).collect(),
+            Ok(()) => {
+                crate::faults::point("step.after_commit");
+                events.iter().map(|_| Ok(())).collect()
+            }
             Err(e) if events.len() == 1 => vec![Err(e)],
             // The store went away: every event waits, so they are retried in their order
             // (a later message must never be handled before an earlier one).
@@ -190,7 +194,7 @@ impl Runtime {
                 results
             }
         };
-        self.outbox_ready.notify_waiters();
+        self.wake.notify_one();
         results
     }
 
@@ -226,7 +230,9 @@ impl Runtime {
                     }
                 }
                 if !due.is_empty() {
+                    crate::faults::point("due.before_commit");
                     tx.commit().await?;
+                    crate::faults::point("due.after_commit");
                 }
                 Ok::<_, store::Error>((due, n))
             };
@@ -248,7 +254,7 @@ impl Runtime {
             }
         }
         if fired > 0 {
-            self.outbox_ready.notify_waiters();
+            self.wake.notify_one();
         }
         Ok(fired)
     }
@@ -1233,7 +1239,7 @@ impl Runtime {
             tx.enqueue(&m, None, now).await?;
         }
         tx.commit().await?;
-        self.outbox_ready.notify_waiters();
+        self.wake.notify_one();
         Ok(())
     }
 
@@ -1297,7 +1303,7 @@ impl Runtime {
             }
         }
         tx.commit().await?;
-        self.outbox_ready.notify_waiters();
+        self.wake.notify_one();
         Ok(())
     }
 

@@ -84,6 +84,41 @@ pub struct Store {
     pub(crate) delivery: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A lease on something only one process may do at a time, such as holding a chat
+/// connection. On PostgreSQL it is a session advisory lock on a connection of its own: when
+/// the holder dies, its connection ends and the lock is free for another process at once.
+/// SQLite stores serve one process, which always holds every lease.
+pub struct Lease {
+    name: String,
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("name", &self.name).finish()
+    }
+}
+
+impl Lease {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the lease is still held (its connection is alive).
+    pub async fn check(&mut self) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(c) => sqlx::query("SELECT 1").execute(&mut *c).await.is_ok(),
+        }
+    }
+}
+
+/// The advisory lock key for a lease name: stable across processes and versions.
+fn lease_key(name: &str) -> i64 {
+    let hex = wavelet_core::engine::source_hash(&format!("wavelet:lease:{name}"));
+    u64::from_str_radix(&hex[..16], 16).unwrap_or(0) as i64
+}
+
 #[derive(Clone, Debug)]
 enum Pool {
     Sqlite(SqlitePool),
@@ -484,6 +519,23 @@ impl Store {
         Ok(store)
     }
 
+    /// Takes the lease `name` if no other process holds it.
+    pub async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(Some(Lease { name: name.to_string(), conn: None }));
+        };
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lease_key(name)).fetch_one(&mut conn).await?;
+        if got {
+            Ok(Some(Lease { name: name.to_string(), conn: Some(conn) }))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self.pool {
             Pool::Sqlite(_) => "sqlite",
@@ -749,6 +801,21 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Frees the claims other processes hold on a platform's messages. Called by the
+    /// process that has just taken the platform's lease: whoever claimed them lost the
+    /// lease (it died, or lost its database connection), so it no longer delivers there. A
+    /// message it was sending at that moment may be sent again, with the same idempotency
+    /// key, which the platform dedupes. Returns how many were freed.
+    pub async fn release_claims_of_others(&self, platform: wavelet_core::Platform, me: &str) -> Result<u64> {
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE delivered_at IS NULL \
+             AND claimed_by IS NOT NULL AND claimed_by <> $1 AND (room LIKE '{platform}:%' OR room LIKE 'dm:{platform}:%')"
+        );
+        Ok(
+            on_pool!(self, p => sqlx::query(sqlx::AssertSqlSafe(sql)).bind(me).execute(p).await.map(|r| r.rows_affected()))?,
+        )
     }
 
     /// Hands a claimed message back without counting an attempt.

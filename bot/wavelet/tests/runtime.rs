@@ -60,7 +60,8 @@ async fn a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators(back
     let sent = Arc::new(Outbox::default());
     let mut adapters = Adapters::default();
     adapters.add(sent.clone());
-    let reloader = wavelet::reload::spawn(rt.clone(), adapters.clone());
+    let reloader = wavelet::reload::spawn(rt.clone());
+    let background = wavelet::service::spawn(rt.clone(), adapters.clone());
     std::fs::write(wf.join("asklead.rhai"), "const ALLOWED_ROLES = [\"lead\"];\nfn run(ctx) {\n  let = 1;\n}\n")
         .unwrap();
     let mut told = Vec::new();
@@ -72,6 +73,7 @@ async fn a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators(back
         }
     }
     reloader.abort();
+    background.stop().await;
     assert_eq!(told.len(), 1, "one coordinator (cora) is told: {told:?}");
     assert_eq!(told[0].person.as_deref(), Some("cora"));
     let text = told[0].body.plain();
