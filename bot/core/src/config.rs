@@ -27,6 +27,18 @@ pub struct Config {
     pub groups: Vec<Group>,
     /// Escalation policies, by id (`[[policy]]`).
     pub policies: Vec<Policy>,
+    /// Workflows that start on their own (`[[schedule]]`).
+    pub schedules: Vec<Schedule>,
+}
+
+/// A workflow started by the clock: `cron` (UTC) says when, for `group`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub id: String,
+    /// The workflow's command (its `COMMAND`, or file name).
+    pub workflow: String,
+    pub cron: crate::schedule::Cron,
+    pub group: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -151,6 +151,8 @@ pub enum EffectKind {
     SleepUntil,
     Escalate,
     WaitForAck,
+    OpenCases,
+    Members,
 }
 
 impl EffectKind {
@@ -169,6 +171,8 @@ impl EffectKind {
             EffectKind::SleepUntil => "sleep_until",
             EffectKind::Escalate => "escalate",
             EffectKind::WaitForAck => "wait_for_ack",
+            EffectKind::OpenCases => "open_cases",
+            EffectKind::Members => "members",
         }
     }
 }
@@ -266,12 +270,28 @@ pub enum Wait {
         case_id: String,
         until: Millis,
     },
+    /// Something only the store knows; the host answers at once and advances again.
+    Query {
+        step: usize,
+        query: Query,
+    },
+}
+
+/// What a script may ask of the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "query", rename_all = "snake_case")]
+pub enum Query {
+    /// The group's open cases, oldest first, with their escalations' state.
+    OpenCases { group: String },
 }
 
 impl Wait {
     pub fn step(&self) -> usize {
         match self {
-            Wait::Answer { step, .. } | Wait::Timer { step, .. } | Wait::Ack { step, .. } => *step,
+            Wait::Answer { step, .. }
+            | Wait::Timer { step, .. }
+            | Wait::Ack { step, .. }
+            | Wait::Query { step, .. } => *step,
         }
     }
 }
@@ -322,6 +342,9 @@ pub trait Host {
     fn policy_exists(&self, id: &str) -> bool;
     /// A fresh escalation id, e.g. `E-7`.
     fn new_escalation_id(&mut self) -> String;
+    /// The members of a group holding a role (every member for an empty role), in
+    /// directory order.
+    fn members(&self, group: &str, role: &str) -> Vec<String>;
 }
 
 /// What `wait_for_ack` records when the deadline passes first.
@@ -855,6 +878,26 @@ fn register_escalation(engine: &mut Engine) {
             })
         },
     );
+    engine.register_fn("open_cases", |ctx: NativeCallContext, group: &str| -> RhaiResult<Dynamic> {
+        let pos = ctx.call_position();
+        let v = with_replay(pos, |r| {
+            check_group(r, group, "open_cases", pos)?;
+            let args = serde_json::json!({ "group": group });
+            let query = Query::OpenCases { group: group.to_string() };
+            let wait = move |step| Wait::Query { step, query: query.clone() };
+            r.effect(EffectKind::OpenCases, args, pos, Some(&wait), |_, _| Ok(serde_json::Value::Null))
+        })?;
+        Ok(json_to_dynamic(&v))
+    });
+    engine.register_fn("members", |ctx: NativeCallContext, group: &str, role: &str| -> RhaiResult<Dynamic> {
+        let pos = ctx.call_position();
+        let v = with_replay(pos, |r| {
+            check_group(r, group, "members", pos)?;
+            let args = serde_json::json!({ "group": group, "role": role });
+            r.effect(EffectKind::Members, args, pos, None, |r, _| Ok(serde_json::json!(r.host.members(group, role))))
+        })?;
+        Ok(json_to_dynamic(&v))
+    });
     engine.register_fn("sleep_until", |ctx: NativeCallContext, time: &str| -> RhaiResult<()> {
         let pos = ctx.call_position();
         let Some(at) = Millis::parse_rfc3339(time.trim()) else {

@@ -11,6 +11,7 @@ pub mod escalation;
 pub mod ledger;
 pub mod render;
 pub mod router;
+pub mod schedule;
 pub mod text;
 pub mod transcript;
 

@@ -215,6 +215,9 @@ fn replay_only() {
         fn new_escalation_id(&mut self) -> String {
             "E-1".into()
         }
+        fn members(&self, _: &str, _: &str) -> Vec<String> {
+            Vec::new()
+        }
     }
     let engine = WorkflowEngine::new(SandboxLimits::default());
     let path = root().join("workflows/raise_concern.rhai");

@@ -35,5 +35,11 @@ pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> an
     let (workflows, load) = Workflows::load(&engine, &config.workflows.dir);
     let dir = Arc::new(Directory::new(config));
     let runtime = Arc::new(Runtime::new(store, dir, Arc::new(RwLock::new(workflows)), engine, clock));
+    let now = runtime.clock.now();
+    runtime
+        .store
+        .sync_schedules(&runtime.dir.config().schedules, now)
+        .await
+        .context("cannot bring the schedules up to date in the store")?;
     Ok(Parts { runtime, load })
 }

@@ -104,6 +104,14 @@ impl Host for StepHost<'_> {
         *self.next_escalation += 1;
         format!("E-{}", self.next_escalation)
     }
+    fn members(&self, group: &str, role: &str) -> Vec<String> {
+        let Some(g) = self.dir.group(group) else { return Vec::new() };
+        self.dir
+            .members(g)
+            .filter(|p| role.is_empty() || p.roles.iter().any(|r| r == role))
+            .map(|p| p.id.clone())
+            .collect()
+    }
 }
 
 /// How many due timers and escalation stages one transaction fires.
@@ -212,45 +220,42 @@ impl Runtime {
         tx.prefetch(&ids, &people).await
     }
 
-    /// Fires what is due (run timers, escalation stages), earliest first, in batches of
-    /// one transaction each. Returns how many fired. Something that cannot be fired is
-    /// put back a minute later and logged, so it never holds up what is due after it.
+    /// Fires what is due (run timers, escalation stages, scheduled workflows), earliest
+    /// first, in batches of one transaction each. Returns how many fired. Something that
+    /// cannot be fired is put back a minute later and logged, so it never holds up what
+    /// is due after it.
     pub async fn fire_due_timers(&self) -> store::Result<usize> {
         let mut fired = 0;
-        let mut limit = DUE_BATCH;
         loop {
             let now = self.clock.now();
+            // On failure: the error, and the item it came from when it came from one.
             let batch = async {
-                let mut tx = self.store.begin().await?;
-                let due = tx.claim_due(now, limit).await?;
+                let mut tx = self.store.begin().await.map_err(|e| (e, None))?;
+                let due = tx.claim_due(now, DUE_BATCH).await.map_err(|e| (e, None))?;
                 let mut n = 0;
                 for d in &due {
-                    if self.fire(&mut tx, d, now).await? {
-                        n += 1;
+                    match self.fire(&mut tx, d, now).await {
+                        Ok(true) => n += 1,
+                        Ok(false) => {}
+                        Err(e) => return Err((e, Some(d.clone()))),
                     }
                 }
                 if !due.is_empty() {
                     crate::faults::point("due.before_commit");
-                    tx.commit().await?;
+                    tx.commit().await.map_err(|e| (e, None))?;
                     crate::faults::point("due.after_commit");
                 }
-                Ok::<_, store::Error>((due, n))
+                Ok::<_, (store::Error, Option<Due>)>((due.len(), n))
             };
             match batch.await {
-                Ok((due, n)) => {
+                Ok((claimed, n)) => {
                     fired += n;
-                    if (due.len() as i64) < limit {
+                    if claimed == 0 {
                         break;
                     }
-                    limit = DUE_BATCH;
                 }
-                Err(e) if e.is_transient() => return Err(e),
-                // One of the batch cannot be fired: find it by firing one at a time.
-                Err(_) if limit > 1 => limit = 1,
-                Err(e) => {
-                    self.put_back_first_due(now, &e).await?;
-                    limit = DUE_BATCH;
-                }
+                Err((e, Some(d))) if !e.is_transient() => self.put_back(&d, now, &e).await?,
+                Err((e, _)) => return Err(e),
             }
         }
         if fired > 0 {
@@ -259,19 +264,22 @@ impl Runtime {
         Ok(fired)
     }
 
-    async fn put_back_first_due(&self, now: Millis, error: &store::Error) -> store::Result<()> {
-        let mut tx = self.store.begin().await?;
-        for d in tx.claim_due(now, 1).await? {
-            match &d {
-                Due::Timer(t) => {
-                    tracing::error!(run = %t.run_id, step = t.step, error = %error, "timer could not fire; retrying in a minute")
-                }
-                Due::Escalation(e) => {
-                    tracing::error!(escalation = %e.id, error = %error, "escalation could not go on; retrying in a minute")
-                }
+    /// Puts back, due a minute from now, something that cannot be fired (its batch was
+    /// rolled back, so it is still there as it was).
+    async fn put_back(&self, d: &Due, now: Millis, error: &store::Error) -> store::Result<()> {
+        match d {
+            Due::Timer(t) => {
+                tracing::error!(run = %t.run_id, step = t.step, error = %error, "timer could not fire; retrying in a minute")
             }
-            tx.postpone(&d, now.plus(std::time::Duration::from_secs(60))).await?;
+            Due::Escalation(e) => {
+                tracing::error!(escalation = %e.id, error = %error, "escalation could not go on; retrying in a minute")
+            }
+            Due::Schedule(s) => {
+                tracing::error!(schedule = %s.id, error = %error, "scheduled workflow could not start; retrying in a minute")
+            }
         }
+        let mut tx = self.store.begin().await?;
+        tx.postpone(d, now.plus(std::time::Duration::from_secs(60))).await?;
         tx.commit().await
     }
 
@@ -279,7 +287,90 @@ impl Runtime {
         match due {
             Due::Timer(t) => self.fire_timer(tx, t, now).await,
             Due::Escalation(e) => self.next_stage(tx, (**e).clone(), now).await.map(|()| true),
+            Due::Schedule(s) => self.start_scheduled(tx, s, now).await.map(|()| true),
         }
+    }
+
+    /// Starts a scheduled workflow once and sets the schedule's next time (after now: a
+    /// schedule missed while Wavelet was down fires once, late, not once per missed time).
+    async fn start_scheduled(&self, tx: &mut Tx, s: &crate::store::DueSchedule, now: Millis) -> store::Result<()> {
+        let next = wavelet_core::schedule::Cron::parse(&s.cron).ok().and_then(|c| c.next_after(now));
+        tx.schedule_fired(&s.id, now, next).await?;
+        let late_ms = (now.0 - s.due_at.0).max(0);
+        let wf = self.workflows.read().ok().and_then(|w| w.by_command(&s.workflow));
+        let room = self.dir.group(&s.group_id).and_then(|g| g.rooms.first().cloned());
+        let (Some(wf), Some(room)) = (wf, room) else {
+            tracing::error!(schedule = %s.id, "scheduled workflow is not loaded; coordinators told");
+            let text = format!(
+                "Schedule `{}` could not start workflow `{}`: no loaded workflow has that command. `wavelet check` lists them.",
+                s.id, s.workflow
+            );
+            for c in self.dir.people_with_role(roles::COORDINATOR) {
+                if let Some(dm) = self.dm_room(&c.id, self.group_platform(&s.group_id)) {
+                    let m = OutboundMessage {
+                        idempotency_key: format!("schedule:{}:{}:{}", s.id, s.due_at.0, c.id),
+                        room: dm,
+                        person: Some(c.id.clone()),
+                        body: MessageBody::Text { text: text.clone() },
+                    };
+                    tx.enqueue(&m, None, now).await?;
+                }
+            }
+            return Ok(());
+        };
+        let origin = json!({ "schedule": s.id, "due": s.due_at.rfc3339(), "late_ms": late_ms });
+        self.start_run(tx, &wf, WAVELET, &s.group_id, room, &s.workflow, origin, now).await
+    }
+
+    /// Starts a run of `wf` for `starter` (a person, or Wavelet itself for schedules) on
+    /// behalf of `group`, and advances it to its first wait.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_run(
+        &self,
+        tx: &mut Tx,
+        wf: &Workflow,
+        starter: &str,
+        group: &str,
+        room: RoomRef,
+        command: &str,
+        origin: serde_json::Value,
+        now: Millis,
+    ) -> store::Result<()> {
+        tx.save_script(&wf.hash, &wf.name, &wf.source, now).await?;
+        let id = format!("R-{}", tx.next_number("run").await?);
+        tracing::info!(run = %id, workflow = %wf.name, version = %&wf.hash[..12], "run started");
+        let run = RunRow {
+            id: id.clone(),
+            workflow: wf.name.clone(),
+            script_hash: wf.hash.clone(),
+            status: RunStatus::Waiting,
+            starter: starter.to_string(),
+            group_id: group.to_string(),
+            room: room.clone(),
+            history: History::new(),
+            wait: None,
+            wait_person: None,
+            wait_room: None,
+            wait_seq: None,
+            wait_since: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut content = json!({ "workflow": wf.name, "command": command, "group": group, "room": room.to_string() });
+        if let (Some(c), Some(o)) = (content.as_object_mut(), origin.as_object()) {
+            c.extend(o.clone());
+        }
+        tx.append(Draft {
+            at: now,
+            kind: EntryKind::RunStarted,
+            case_id: None,
+            run_id: Some(id),
+            actor: starter.to_string(),
+            script_hash: Some(wf.hash.clone()),
+            content,
+        });
+        self.advance(tx, run, wf, now).await
     }
 
     async fn handle_event(&self, tx: &mut Tx, ev: &InboundEvent) -> store::Result<()> {
@@ -419,37 +510,7 @@ impl Runtime {
                     tx.enqueue(&reply(render::busy(&command)), None, now).await?;
                     return Ok(());
                 }
-                tx.save_script(&wf.hash, &wf.name, &wf.source, now).await?;
-                let id = format!("R-{}", tx.next_number("run").await?);
-                tracing::info!(run = %id, workflow = %wf.name, version = %&wf.hash[..12], "run started");
-                let run = RunRow {
-                    id: id.clone(),
-                    workflow: wf.name.clone(),
-                    script_hash: wf.hash.clone(),
-                    status: RunStatus::Waiting,
-                    starter: person.clone(),
-                    group_id: group.clone(),
-                    room: ev.room.clone(),
-                    history: History::new(),
-                    wait: None,
-                    wait_person: None,
-                    wait_room: None,
-                    wait_seq: None,
-                    wait_since: None,
-                    error: None,
-                    created_at: now,
-                    updated_at: now,
-                };
-                tx.append(Draft {
-                    at: now,
-                    kind: EntryKind::RunStarted,
-                    case_id: None,
-                    run_id: Some(id),
-                    actor: person,
-                    script_hash: Some(wf.hash.clone()),
-                    content: json!({ "workflow": wf.name, "command": command, "group": group, "room": ev.room.to_string() }),
-                });
-                self.advance(tx, run, &wf, now).await?;
+                self.start_run(tx, &wf, &person, &group, ev.room.clone(), &command, json!({}), now).await?;
             }
             Route::Resume { run_id, person } => {
                 let Some(mut run) = waiting.filter(|r| r.id == run_id) else { return Ok(()) };
@@ -879,6 +940,16 @@ impl Runtime {
             self.perform(tx, &run, platform, effect, now).await?;
         }
         match outcome {
+            // The store answers at once; the run goes on in the same step.
+            Outcome::Waiting(Wait::Query { step, query }) => {
+                let result = match &query {
+                    wavelet_core::engine::Query::OpenCases { group } => json!(tx.open_cases(group).await?),
+                };
+                if let Some(entry) = run.history.get_mut(step) {
+                    entry.result = Some(result);
+                }
+                return Box::pin(self.advance(tx, run, wf, now)).await;
+            }
             Outcome::Waiting(w) => {
                 run.status = RunStatus::Waiting;
                 if let Wait::Answer { person, .. } = &w {

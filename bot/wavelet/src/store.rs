@@ -368,11 +368,13 @@ pub struct DueTimer {
     pub due_at: Millis,
 }
 
-/// Something due, claimed by one process: a run's timer, or an escalation's next stage.
+/// Something due, claimed by one process: a run's timer, an escalation's next stage, or
+/// a scheduled workflow.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Due {
     Timer(DueTimer),
     Escalation(Box<EscalationRow>),
+    Schedule(DueSchedule),
 }
 
 impl Due {
@@ -380,8 +382,19 @@ impl Due {
         match self {
             Due::Timer(t) => t.due_at,
             Due::Escalation(e) => e.next_at.unwrap_or(Millis(0)),
+            Due::Schedule(s) => s.due_at,
         }
     }
+}
+
+/// A scheduled workflow that is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueSchedule {
+    pub id: String,
+    pub cron: String,
+    pub workflow: String,
+    pub group_id: String,
+    pub due_at: Millis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -517,6 +530,31 @@ impl Store {
             return Err(Error::BadUrl(redact(url)));
         };
         Ok(store)
+    }
+
+    /// Brings the schedules table in line with the configuration: new schedules (and ones
+    /// whose expression, workflow or group changed) are next due at their first time after
+    /// `now`; unchanged ones keep their due time, so a restart neither skips nor repeats
+    /// one; schedules no longer configured are removed.
+    pub async fn sync_schedules(&self, schedules: &[wavelet_core::config::Schedule], now: Millis) -> Result<()> {
+        let ids: Vec<String> = schedules.iter().map(|s| s.id.clone()).collect();
+        let existing: Vec<String> =
+            on_pool!(self, p => sqlx::query_scalar("SELECT id FROM schedules").fetch_all(p).await)?;
+        for gone in existing.iter().filter(|id| !ids.contains(id)) {
+            on_pool!(self, p => sqlx::query("DELETE FROM schedules WHERE id = $1").bind(gone).execute(p).await.map(|r| r.rows_affected()))?;
+        }
+        for s in schedules {
+            let next = s.cron.next_after(now).map(|m| m.0);
+            on_pool!(self, p => sqlx::query(
+                "INSERT INTO schedules (id, cron, workflow, group_id, next_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO UPDATE SET cron = excluded.cron, workflow = excluded.workflow, \
+                 group_id = excluded.group_id, next_at = excluded.next_at \
+                 WHERE schedules.cron <> excluded.cron OR schedules.workflow <> excluded.workflow \
+                 OR schedules.group_id <> excluded.group_id")
+                .bind(&s.id).bind(s.cron.to_string()).bind(&s.workflow).bind(&s.group).bind(next)
+                .execute(p).await.map(|r| r.rows_affected()))?;
+        }
+        Ok(())
     }
 
     /// Takes the lease `name` if no other process holds it.
@@ -749,7 +787,8 @@ impl Store {
     /// The earliest time a timer or an escalation's next stage is due, if any.
     pub async fn next_due(&self) -> Result<Option<Millis>> {
         const SQL: &str = "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM timers \
-                           UNION ALL SELECT MIN(next_at) AS t FROM escalations WHERE status = 'active' AND next_at IS NOT NULL) AS due";
+                           UNION ALL SELECT MIN(next_at) AS t FROM escalations WHERE status = 'active' AND next_at IS NOT NULL \
+                           UNION ALL SELECT MIN(next_at) AS t FROM schedules WHERE next_at IS NOT NULL) AS due";
         let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar(SQL).fetch_one(p).await)?;
         Ok(v.map(Millis))
     }
@@ -1199,12 +1238,20 @@ impl Tx {
         );
         let escalations: Vec<EscalationTuple> =
             on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(esc_sql)).bind(now.0).bind(limit).fetch_all(c).await)?;
+        let sched_sql = format!(
+            "SELECT id, cron, workflow, group_id, next_at FROM schedules WHERE next_at IS NOT NULL AND next_at <= $1 \
+             ORDER BY next_at, id LIMIT $2{lock}"
+        );
+        let schedules: Vec<(String, String, String, String, i64)> = on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sched_sql)).bind(now.0).bind(limit).fetch_all(c).await)?;
         let mut due: Vec<Due> = timers
             .into_iter()
             .map(|(run_id, step, at)| Due::Timer(DueTimer { run_id, step, due_at: Millis(at) }))
             .collect();
         for e in escalations {
             due.push(Due::Escalation(Box::new(escalation_from_tuple(e)?)));
+        }
+        for (id, cron, workflow, group_id, at) in schedules {
+            due.push(Due::Schedule(DueSchedule { id, cron, workflow, group_id, due_at: Millis(at) }));
         }
         due.sort_by_key(|d| d.due_at());
         Ok(due)
@@ -1220,8 +1267,42 @@ impl Tx {
             }
             Due::Escalation(e) => on_tx!(self, c => sqlx::query("UPDATE escalations SET next_at = $1 WHERE id = $2")
                 .bind(at.0).bind(&e.id).execute(c).await.map(|r| r.rows_affected()))?,
+            Due::Schedule(s) => on_tx!(self, c => sqlx::query("UPDATE schedules SET next_at = $1 WHERE id = $2")
+                .bind(at.0).bind(&s.id).execute(c).await.map(|r| r.rows_affected()))?,
         };
         Ok(())
+    }
+
+    /// Records that a schedule fired and when it is next due.
+    pub async fn schedule_fired(&mut self, id: &str, at: Millis, next: Option<Millis>) -> Result<()> {
+        on_tx!(self, c => sqlx::query("UPDATE schedules SET next_at = $1, last_fired_at = $2 WHERE id = $3")
+            .bind(next.map(|m| m.0)).bind(at.0).bind(id).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// A group's open cases, oldest first, each with its latest escalation's state: what
+    /// `open_cases` gives a script.
+    pub async fn open_cases(&mut self, group: &str) -> Result<Vec<serde_json::Value>> {
+        const SQL: &str = "SELECT id, category, risk, opened_at FROM cases WHERE group_id = $1 AND status = 'open' ORDER BY opened_at, id";
+        let rows: Vec<(String, String, String, i64)> =
+            on_tx!(self, c => sqlx::query_as(SQL).bind(group).fetch_all(c).await)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, category, risk, opened) in rows {
+            let latest = self.escalations_of(&id).await?.pop();
+            let (escalation, acknowledged_by) = match &latest {
+                None => ("none", None),
+                Some(e) => (escalation_status(e.status), e.acked_by.clone()),
+            };
+            out.push(serde_json::json!({
+                "id": id,
+                "category": category,
+                "risk": risk,
+                "opened": Millis(opened).rfc3339(),
+                "escalation": escalation,
+                "acknowledged_by": acknowledged_by,
+            }));
+        }
+        Ok(out)
     }
 
     pub async fn insert_escalation(&mut self, e: &EscalationRow) -> Result<()> {

@@ -11,6 +11,7 @@ use wavelet::store::{EscalationStatus, RunStatus};
 
 on_both!(
     two_processes_fire_each_due_stage_once,
+    a_schedule_fires_once_across_processes_and_once_after_downtime,
     overdue_stages_fire_at_once_in_due_order_and_say_how_late,
     a_run_waits_for_an_acknowledgement_until_its_deadline,
     closing_a_case_stops_its_escalation,
@@ -272,4 +273,41 @@ async fn a_platform_that_asks_to_slow_down_gets_nothing_more_in_that_pass(backen
     let sent: Vec<String> = b.sent.0.lock().unwrap().iter().map(|m| m.body.plain()).collect();
     assert_eq!(sent.len(), 4, "{sent:?}");
     assert!(sent[0].starts_with("New neglect concern C-1"), "{sent:?}");
+}
+
+async fn a_schedule_fires_once_across_processes_and_once_after_downtime(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    // The clock starts on Monday 2025-11-24 16:00 UTC; the digest is due Mondays 09:00.
+    let mut a = bot(&url, None).await;
+    let mut b = bot(&url, None).await;
+    raise(&mut a, "alice").await;
+    let skip = Duration::from_secs(7 * 86_400 - 7 * 3600 + 60);
+    a.clock.advance(skip);
+    b.clock.advance(skip);
+    let (fa, fb) = tokio::join!(a.rt.fire_due_timers(), b.rt.fire_due_timers());
+    fa.unwrap();
+    fb.unwrap();
+    let started = ledger_kinds(&a, "run.started").await;
+    let scheduled: Vec<_> = started.iter().filter(|c| c["schedule"] == "monday-digest").collect();
+    assert_eq!(scheduled.len(), 1, "once between two processes: {started:?}");
+    let digests = |sent: Vec<OutboundMessage>| -> Vec<String> {
+        sent.iter()
+            .filter(|m| m.body.plain().starts_with("Cases still open in your group: 1."))
+            .map(|m| m.person.clone().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(digests(fire(&mut a).await), ["bea", "carl"], "each lead gets the digest");
+    // Down for three weeks: one digest when back, late, not three.
+    for bot in [&a, &b] {
+        bot.clock.advance(Duration::from_secs(21 * 86_400));
+    }
+    a.rt.fire_due_timers().await.unwrap();
+    b.rt.fire_due_timers().await.unwrap();
+    let started = ledger_kinds(&a, "run.started").await;
+    let scheduled: Vec<_> = started.iter().filter(|c| c["schedule"] == "monday-digest").collect();
+    assert_eq!(scheduled.len(), 2, "{scheduled:?}");
+    assert!(scheduled[1]["late_ms"].as_i64().unwrap() > 14 * 86_400_000, "{:?}", scheduled[1]);
+    assert_eq!(digests(fire(&mut b).await), ["bea", "carl"]);
+    a.verify().await;
 }

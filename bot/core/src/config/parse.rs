@@ -8,7 +8,7 @@
 
 use super::{
     Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, EnvLookup, Group, Level, Limits, Notify, Person,
-    Policy, Role, StoreConfig, WorkflowsConfig,
+    Policy, Role, Schedule, StoreConfig, WorkflowsConfig,
 };
 use crate::domain::{Account, Platform, RoomRef};
 use std::collections::HashMap;
@@ -27,7 +27,8 @@ const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ANSWER_CHARS_LIMIT: usize = 1_000_000;
 
-const TOP_KEYS: &[&str] = &["store", "workflows", "limits", "role", "agency", "person", "group", "policy"];
+const TOP_KEYS: &[&str] = &["store", "workflows", "limits", "role", "agency", "person", "group", "policy", "schedule"];
+const SCHEDULE_KEYS: &[&str] = &["id", "workflow", "cron", "group"];
 const POLICY_KEYS: &[&str] = &["id", "description", "repeat", "level", "final"];
 const LEVEL_KEYS: &[&str] = &["notify", "wait"];
 const FINAL_KEYS: &[&str] = &["notify"];
@@ -92,11 +93,19 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
     let groups: Vec<RawGroup> = sections(&mut rep, &root, "group").iter().map(|t| read_group(&mut rep, t)).collect();
     let policies: Vec<RawPolicy> =
         sections(&mut rep, &root, "policy").iter().map(|t| read_policy(&mut rep, t)).collect();
+    let schedules: Vec<RawSchedule> =
+        sections(&mut rep, &root, "schedule").iter().map(|t| read_schedule(&mut rep, t)).collect();
 
     let role_ids = unique_ids(&mut rep, "role", roles.iter().map(|r| (&r.path, &r.id)));
     let agency_ids = unique_ids(&mut rep, "agency", agencies.iter().map(|a| (&a.path, &a.id)));
     let person_ids = unique_ids(&mut rep, "person", people.iter().map(|p| (&p.path, &p.id)));
-    unique_ids(&mut rep, "group", groups.iter().map(|g| (&g.path, &g.id)));
+    let group_ids = unique_ids(&mut rep, "group", groups.iter().map(|g| (&g.path, &g.id)));
+    unique_ids(&mut rep, "schedule", schedules.iter().map(|s| (&s.path, &s.id)));
+    for s in &schedules {
+        if let Some(g) = &s.group {
+            check_ref(&mut rep, g, &format!("{}.group", s.path), "group", &group_ids);
+        }
+    }
     unique_ids(&mut rep, "policy", policies.iter().map(|p| (&p.path, &p.id)));
     for p in &policies {
         let targets = p.levels.iter().flat_map(|l| &l.notify).chain(&p.final_notify);
@@ -180,6 +189,10 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
                     rooms: g.rooms.into_iter().map(|(_, r)| r.v).collect(),
                 })
             })
+            .collect(),
+        schedules: schedules
+            .into_iter()
+            .filter_map(|s| Some(Schedule { id: s.id?.v, workflow: s.workflow?.v, cron: s.cron?, group: s.group?.v }))
             .collect(),
         policies: policies
             .into_iter()
@@ -720,6 +733,32 @@ fn read_group(rep: &mut Report<'_>, t: &Table<'_, '_>) -> RawGroup {
         agencies: agencies.unwrap_or_default(),
         rooms,
     }
+}
+
+struct RawSchedule {
+    path: String,
+    id: Option<Sp<String>>,
+    workflow: Option<Sp<String>>,
+    cron: Option<crate::schedule::Cron>,
+    group: Option<Sp<String>>,
+}
+
+fn read_schedule(rep: &mut Report<'_>, t: &Table<'_, '_>) -> RawSchedule {
+    t.check_keys(rep, SCHEDULE_KEYS, "key");
+    let id = read_id(rep, t, r#"id = "monday-digest""#);
+    let workflow = t.required_string(rep, "workflow", r#"workflow = "digest""#);
+    let group = t.required_string(rep, "group", r#"group = "north""#);
+    let cron =
+        t.required_string(rep, "cron", r#"cron = "0 9 * * MON""#).and_then(|c| {
+            match crate::schedule::Cron::parse(&c.v) {
+                Ok(cron) => Some(cron),
+                Err(e) => {
+                    rep.error(&c.span, t.key("cron"), e);
+                    None
+                }
+            }
+        });
+    RawSchedule { path: t.path.clone(), id, workflow, cron, group }
 }
 
 struct RawPolicy {

@@ -180,6 +180,7 @@ fn a_full_example_parses_to_the_expected_config() {
             repeat: 1,
             final_notify: vec![Notify::Room(RoomRef::Shared { platform: Platform::Console, id: "north".into() })],
         }],
+        schedules: vec![],
     };
     assert_eq!(config, expected);
 }
@@ -772,6 +773,31 @@ fn policy_mistakes_are_all_reported() {
             ("14:8 policy[1].level[2].wait", "from 1s to 7 days"),
             ("16:1 policy[2].level", "at least one level"),
             ("16:1 policy[2].final", "final level"),
+        ],
+    );
+}
+
+#[test]
+fn schedule_mistakes_are_reported() {
+    check(
+        r#"
+        [[schedule]]
+        id = "digest"
+        workflow = "digest"
+        cron = "0 25 * * MON"
+        group = "south"
+
+        [[schedule]]
+        id = "digest"
+        cron = "0 9 * * MON"
+        group = "south"
+        "#,
+        &[
+            ("4:8 schedule[1].cron", "the hour `25` is outside 0-23"),
+            ("5:9 schedule[1].group", "no [[group]] has the id `south`"),
+            ("7:1 schedule[2].workflow", "`workflow` is missing"),
+            ("8:6 schedule[2].id", "already used on line 2"),
+            ("10:9 schedule[2].group", "no [[group]]"),
         ],
     );
 }

@@ -28,6 +28,9 @@ impl Host for TestHost {
     fn new_escalation_id(&mut self) -> String {
         "E-1".into()
     }
+    fn members(&self, _group: &str, role: &str) -> Vec<String> {
+        if role == "lead" { vec!["bea".into()] } else { vec!["alice".into(), "bea".into()] }
+    }
 }
 
 fn host() -> TestHost {
@@ -362,4 +365,28 @@ fn sleep_until_waits_for_an_absolute_time_and_refuses_nonsense() {
     assert_eq!(adv.effects, vec![Effect::Sleep { step: 0, until }]);
     let e = failure(r#"fn run(ctx) { sleep_until("next monday"); }"#);
     assert!(e.message.contains("is not a time"), "{e}");
+}
+
+#[test]
+fn open_cases_waits_for_the_store_and_members_come_from_the_directory() {
+    let wf = compile(
+        r#"
+        fn run(ctx) {
+            let leads = members(ctx.group, "lead");
+            let open = open_cases(ctx.group);
+            for lead in leads {
+                tell(lead, `${open.len()} open: ${open[0].id}`);
+            }
+        }
+        "#,
+    );
+    let engine = WorkflowEngine::new(SandboxLimits::default());
+    let adv = engine.advance(&wf, &ctx(), History::new(), &mut host());
+    let query = Query::OpenCases { group: "north".into() };
+    assert_eq!(adv.outcome, Outcome::Waiting(Wait::Query { step: 1, query }));
+    let mut history = adv.history;
+    history[1].result = Some(serde_json::json!([{ "id": "C-3" }]));
+    let adv = engine.advance(&wf, &ctx(), history, &mut host());
+    assert_eq!(adv.outcome, Outcome::Finished);
+    assert_eq!(adv.effects, vec![Effect::Tell { step: 2, person: "bea".into(), text: "1 open: C-3".into() }]);
 }
