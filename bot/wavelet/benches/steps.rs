@@ -8,7 +8,7 @@
 //! - 10,000 runs waiting for an answer: resident memory, and the cost of resuming one of
 //!   them against resuming one of ten.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wavelet::ingest::Ingest;
@@ -17,34 +17,13 @@ use wavelet_core::{Account, Config, InboundEvent, Millis, Platform, RoomRef};
 
 const ANSWERS: [&str; 4] = ["AB 2015", "1", "2", "Came in hungry again; says there is no food at home."];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+#[path = "common.rs"]
+mod common;
+use common::{GROUP_SIZE, fresh_url, root};
 
-/// Members per group: a realistic multi-agency group, so each share lists its recipients.
-const GROUP_SIZE: usize = 20;
-
-/// A directory of `n` practitioners in groups of [`GROUP_SIZE`], each with its own room.
+/// A directory of `n` practitioners in groups of [`GROUP_SIZE`], with the shipped workflows.
 fn config(dir: &Path, n: usize) -> Config {
-    let mut s = format!(
-        "[workflows]\ndir = \"{}\"\n[[role]]\nid = \"practitioner\"\n[[role]]\nid = \"lead\"\n[[agency]]\nid = \"school\"\nname = \"School\"\n",
-        root().join("workflows").display()
-    );
-    for i in 0..n {
-        s.push_str(&format!(
-            "[[person]]\nid = \"p{i}\"\nname = \"P {i}\"\nagency = \"school\"\nroles = [\"practitioner\"]\n"
-        ));
-    }
-    for g in 0..n.div_ceil(GROUP_SIZE) {
-        let members: Vec<String> =
-            (g * GROUP_SIZE..((g + 1) * GROUP_SIZE).min(n)).map(|i| format!("\"p{i}\"")).collect();
-        s.push_str(&format!(
-            "[[group]]\nid = \"g{g}\"\nname = \"Group {g}\"\nmembers = [{}]\nrooms = [\"console:g{g}\"]\n",
-            members.join(", ")
-        ));
-    }
-    let path = dir.join("bench.toml");
-    Config::parse(&path, &s, &|_| None).expect("bench config")
+    common::config(dir, &root().join("workflows"), n)
 }
 
 async fn runtime(url: &str, dir: &Path, people: usize) -> Arc<Runtime> {
@@ -174,22 +153,6 @@ async fn waiting_runs(name: &str, url: &str, dir: &Path, waiting: usize) {
         took[took.len() / 2].as_secs_f64() * 1000.0,
         took[took.len() - 1].as_secs_f64() * 1000.0
     );
-}
-
-async fn fresh_url(backend: &str, dir: &Path, tag: &str) -> Option<String> {
-    match backend {
-        "sqlite" => Some(format!("sqlite://{}", dir.join(format!("{tag}.db")).display())),
-        _ => {
-            let base = std::env::var("DATABASE_URL").ok()?;
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&base).await.ok()?;
-            let db = format!("wavelet_bench_{tag}_{}", std::process::id());
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}"))).execute(&mut c).await;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut c).await.ok()?;
-            let (head, _) = base.rsplit_once('/')?;
-            Some(format!("{head}/{db}"))
-        }
-    }
 }
 
 /// The engine alone: replays of the concern workflow per second, no store.

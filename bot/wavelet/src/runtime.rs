@@ -228,6 +228,11 @@ impl Runtime {
         let mut fired = 0;
         loop {
             let now = self.clock.now();
+            // A read first: when nothing is due, no write transaction (and no lock on the
+            // ledger's head) is taken.
+            if self.store.next_due().await?.is_none_or(|at| at > now) {
+                break;
+            }
             // On failure: the error, and the item it came from when it came from one.
             let batch = async {
                 let mut tx = self.store.begin().await.map_err(|e| (e, None))?;

@@ -44,10 +44,14 @@ pub fn lease_name(p: Platform) -> String {
     format!("chat:{p}")
 }
 
+/// Passes the background loops of this process have made (for the idle-cost benchmark).
+pub static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn work(rt: Arc<Runtime>, adapters: Adapters, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut leases: HashMap<Platform, Lease> = HashMap::new();
     let mut unavailable = false;
     loop {
+        PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let held = hold_leases(&rt, &adapters, &mut leases).await;
         let pass = async {
             rt.fire_due_timers().await?;
