@@ -183,6 +183,10 @@ pub enum MessageBody {
     Text { text: String },
     /// A question with a closed list of answers.
     Choice { prompt: String, options: Vec<String> },
+    /// An escalation notice: a platform that can (Matrix reactions, Discord buttons)
+    /// offers a one-tap acknowledgement, which its adapter hands in as `ack <case_id>`
+    /// from the person who tapped.
+    Escalation { text: String, case_id: String },
 }
 
 impl MessageBody {
@@ -190,7 +194,7 @@ impl MessageBody {
     /// `body`).
     pub fn plain(&self) -> String {
         match self {
-            MessageBody::Text { text } => text.clone(),
+            MessageBody::Text { text } | MessageBody::Escalation { text, .. } => text.clone(),
             MessageBody::Choice { prompt, options } => {
                 let mut s = prompt.clone();
                 for (i, o) in options.iter().enumerate() {

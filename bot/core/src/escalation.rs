@@ -114,11 +114,7 @@ pub fn notice(escalation: &str, policy: &str, stage: &Stage, case: &CaseSummary,
         )
     };
     if late_ms >= LATE_NOTICE_MS {
-        s.push_str(&format!(
-            " (This was due at {} and is {} late: Wavelet was not running.)",
-            due.short(),
-            crate::render::span(late_ms)
-        ));
+        s.push_str(&crate::render::late_note(due, late_ms));
     }
     s
 }

@@ -131,6 +131,11 @@ pub fn span(ms: i64) -> String {
     }
 }
 
+/// Added to what goes out late because Wavelet was not running when it fell due.
+pub fn late_note(due: crate::Millis, late_ms: i64) -> String {
+    format!(" (This was due at {} and is {} late: Wavelet was not running.)", due.short(), span(late_ms))
+}
+
 /// How a person is named to others in a message: name and agency, never an account.
 pub fn person_label(p: &crate::config::Person, agency: Option<&crate::config::Agency>) -> String {
     match agency {

@@ -12,15 +12,20 @@ pub fn root() -> PathBuf {
 pub const GROUP_SIZE: usize = 20;
 
 /// A directory of `n` practitioners (`p0`, `p1`, …) in groups of [`GROUP_SIZE`], each
-/// group with its own console room, serving the workflows in `workflows`.
+/// group with its own console room and its first member a lead too, serving the
+/// workflows in `workflows`, with the example's escalation policies.
 pub fn config(dir: &Path, workflows: &Path, n: usize) -> Config {
     let mut s = format!(
         "[workflows]\ndir = \"{}\"\n[[role]]\nid = \"practitioner\"\n[[role]]\nid = \"lead\"\n[[agency]]\nid = \"school\"\nname = \"School\"\n",
         workflows.display()
     );
     for i in 0..n {
+        let roles = if i % GROUP_SIZE == 0 { "\"practitioner\", \"lead\"" } else { "\"practitioner\"" };
+        s.push_str(&format!("[[person]]\nid = \"p{i}\"\nname = \"P {i}\"\nagency = \"school\"\nroles = [{roles}]\n"));
+    }
+    for (id, wait) in [("immediate", "15m"), ("prompt", "4h")] {
         s.push_str(&format!(
-            "[[person]]\nid = \"p{i}\"\nname = \"P {i}\"\nagency = \"school\"\nroles = [\"practitioner\"]\n"
+            "[[policy]]\nid = \"{id}\"\n[[policy.level]]\nnotify = [\"role:lead\"]\nwait = \"{wait}\"\n[policy.final]\nnotify = [\"group\"]\n"
         ));
     }
     for g in 0..n.div_ceil(GROUP_SIZE) {

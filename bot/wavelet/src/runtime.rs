@@ -590,8 +590,9 @@ impl Runtime {
             entry.result = Some(result);
         }
         run.clear_wait();
+        let note = (late_ms >= escalation::LATE_NOTICE_MS).then(|| render::late_note(t.due_at, late_ms));
         match self.workflow_for(tx, &run).await? {
-            Some(wf) => self.advance(tx, run, &wf, now).await?,
+            Some(wf) => self.advance_late(tx, run, &wf, now, note.as_deref()).await?,
             None => self.fail_unloadable(tx, run, now).await?,
         }
         Ok(true)
@@ -626,7 +627,7 @@ impl Runtime {
                     idempotency_key: format!("esc:{}:{}:{p}", e.id, e.stage),
                     room,
                     person: Some(p.clone()),
-                    body: MessageBody::Text { text: text.clone() },
+                    body: MessageBody::Escalation { text: text.clone(), case_id: e.case_id.clone() },
                 };
                 tx.enqueue(&m, Some(&e.run_id), now).await?;
             }
@@ -639,7 +640,7 @@ impl Runtime {
                 idempotency_key: format!("esc:{}:{}:room:{i}", e.id, e.stage),
                 room: room.clone(),
                 person: None,
-                body: MessageBody::Text { text: text.clone() },
+                body: MessageBody::Escalation { text: text.clone(), case_id: e.case_id.clone() },
             };
             tx.enqueue(&m, Some(&e.run_id), now).await?;
         }
@@ -888,7 +889,20 @@ impl Runtime {
     }
 
     /// Replays a run with its history, performs what it asked for and stores the result.
-    async fn advance(&self, tx: &mut Tx, mut run: RunRow, wf: &Workflow, now: Millis) -> store::Result<()> {
+    async fn advance(&self, tx: &mut Tx, run: RunRow, wf: &Workflow, now: Millis) -> store::Result<()> {
+        self.advance_late(tx, run, wf, now, None).await
+    }
+
+    /// [`Runtime::advance`] for a run woken by a timer that fired late: `late` is added to
+    /// what the run says to people in this step, so they know it comes late and why.
+    async fn advance_late(
+        &self,
+        tx: &mut Tx,
+        mut run: RunRow,
+        wf: &Workflow,
+        now: Millis,
+        late: Option<&str>,
+    ) -> store::Result<()> {
         let ctx = RunContext {
             run_id: run.id.clone(),
             workflow: run.workflow.clone(),
@@ -942,7 +956,7 @@ impl Runtime {
                 });
                 break;
             }
-            self.perform(tx, &run, platform, effect, now).await?;
+            self.perform(tx, &run, platform, effect, now, late).await?;
         }
         match outcome {
             // The store answers at once; the run goes on in the same step.
@@ -953,7 +967,7 @@ impl Runtime {
                 if let Some(entry) = run.history.get_mut(step) {
                     entry.result = Some(result);
                 }
-                return Box::pin(self.advance(tx, run, wf, now)).await;
+                return Box::pin(self.advance_late(tx, run, wf, now, late)).await;
             }
             Outcome::Waiting(w) => {
                 run.status = RunStatus::Waiting;
@@ -1045,7 +1059,13 @@ impl Runtime {
         platform: Platform,
         effect: &Effect,
         now: Millis,
+        late: Option<&str>,
     ) -> store::Result<()> {
+        // What people read; the ledger keeps what the script said.
+        let said = |text: &str| match late {
+            Some(note) => format!("{text}{note}"),
+            None => text.to_string(),
+        };
         match effect {
             Effect::Ask { step, person, prompt, spec } => {
                 let room = self.dm_room(person, platform);
@@ -1059,8 +1079,12 @@ impl Runtime {
                 let Some(room) = room else { return Ok(()) };
                 // Questions to one person in one room are asked one at a time.
                 if tx.waiting_run_other(person, &room, &run.id).await?.is_none() {
-                    tx.enqueue(&question(run, *step, person, room, prompt, spec.choices.clone()), Some(&run.id), now)
-                        .await?;
+                    tx.enqueue(
+                        &question(run, *step, person, room, &said(prompt), spec.choices.clone()),
+                        Some(&run.id),
+                        now,
+                    )
+                    .await?;
                 } else {
                     let notice = OutboundMessage {
                         idempotency_key: format!("run:{}:{step}:queued", run.id),
@@ -1084,7 +1108,7 @@ impl Runtime {
                         idempotency_key: format!("run:{}:{step}", run.id),
                         room,
                         person: Some(person.clone()),
-                        body: MessageBody::Text { text: text.clone() },
+                        body: MessageBody::Text { text: said(text) },
                     };
                     tx.enqueue(&m, Some(&run.id), now).await?;
                 }
@@ -1098,7 +1122,7 @@ impl Runtime {
                     now,
                     json!({ "step": step, "group": group, "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(), "text": text }),
                 ));
-                self.post_to_rooms(tx, run, *step, &rooms, text, now).await?;
+                self.post_to_rooms(tx, run, *step, &rooms, &said(text), now).await?;
             }
             Effect::Share { step, group, case_id, text, purpose, basis, consent } => {
                 let rooms = self.group_rooms(group);

@@ -76,6 +76,17 @@ async fn overdue_stages_fire_at_once_in_due_order_and_say_how_late(backend: &str
     let to_bea: Vec<String> =
         sent.iter().filter(|m| m.person.as_deref() == Some("bea")).map(|m| m.body.plain()).collect();
     assert_eq!(to_bea.len(), 2, "{to_bea:?}");
+    // Notices say which case, so a platform can offer a one-tap acknowledgement.
+    let cases: Vec<&str> = sent
+        .iter()
+        .filter_map(|m| match &m.body {
+            wavelet_core::MessageBody::Escalation { case_id, .. } if m.person.as_deref() == Some("bea") => {
+                Some(case_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cases, ["C-1", "C-2"]);
     assert!(to_bea[0].starts_with("Escalation E-1 (immediate, level 2)"), "{}", to_bea[0]);
     assert!(to_bea[0].contains("is 1 h 50 min late: Wavelet was not running"), "{}", to_bea[0]);
     assert!(to_bea[1].starts_with("Escalation E-2 (immediate, level 2)"), "{}", to_bea[1]);
