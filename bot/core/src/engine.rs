@@ -340,6 +340,8 @@ pub trait Host {
     fn group_exists(&self, id: &str) -> bool;
     /// Whether the configuration has an escalation policy with this id.
     fn policy_exists(&self, id: &str) -> bool;
+    /// Whether the configuration defines this role.
+    fn role_exists(&self, id: &str) -> bool;
     /// A fresh escalation id, e.g. `E-7`.
     fn new_escalation_id(&mut self) -> String;
     /// The members of a group holding a role (every member for an empty role), in
@@ -819,16 +821,18 @@ fn register_escalation(engine: &mut Engine) {
         let pos = ctx.call_position();
         let case_id = case_id_of(&case, "escalate", pos)?;
         let v = with_replay(pos, |r| {
-            if !r.host.policy_exists(policy) {
-                return Err(script_error(
-                    format!(
-                        "escalate: no policy `{policy}` in the configuration; add a [[policy]] with id = \"{policy}\""
-                    ),
-                    pos,
-                ));
-            }
             let args = serde_json::json!({ "case": case_id, "policy": policy });
             r.effect(EffectKind::Escalate, args, pos, None, |r, step| {
+                // Checked when the escalation starts, not on replay: a policy renamed since
+                // must not break a run that escalated under the old name.
+                if !r.host.policy_exists(policy) {
+                    return Err(script_error(
+                        format!(
+                            "escalate: no policy `{policy}` in the configuration; add a [[policy]] with id = \"{policy}\""
+                        ),
+                        pos,
+                    ));
+                }
                 let escalation_id = r.host.new_escalation_id();
                 r.effects.push(Effect::Escalate {
                     step,
@@ -893,6 +897,12 @@ fn register_escalation(engine: &mut Engine) {
         let pos = ctx.call_position();
         let v = with_replay(pos, |r| {
             check_group(r, group, "members", pos)?;
+            if !role.is_empty() && !r.host.role_exists(role) {
+                return Err(script_error(
+                    format!("members: no role `{role}` in the configuration; use a [[role]] id, or \"\" for everyone"),
+                    pos,
+                ));
+            }
             let args = serde_json::json!({ "group": group, "role": role });
             r.effect(EffectKind::Members, args, pos, None, |r, _| Ok(serde_json::json!(r.host.members(group, role))))
         })?;

@@ -120,6 +120,7 @@ pub fn span(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     let (d, h, m) = (s / 86_400, (s % 86_400) / 3_600, (s % 3_600) / 60);
     match (d, h, m) {
+        (0, 0, 0) if s == 0 => "less than a second".to_string(),
         (0, 0, 0) => format!("{s} s"),
         (0, 0, m) => format!("{m} min"),
         (0, h, 0) => format!("{h} h"),
@@ -131,9 +132,10 @@ pub fn span(ms: i64) -> String {
     }
 }
 
-/// Added to what goes out late because Wavelet was not running when it fell due.
+/// Added to what goes out late (Wavelet was not running, or could not reach its
+/// database, when it fell due).
 pub fn late_note(due: crate::Millis, late_ms: i64) -> String {
-    format!(" (This was due at {} and is {} late: Wavelet was not running.)", due.short(), span(late_ms))
+    format!(" (This was due at {} and comes {} late.)", due.short(), span(late_ms))
 }
 
 /// How a person is named to others in a message: name and agency, never an account.
@@ -195,6 +197,7 @@ mod tests {
     #[test]
     fn spans_read_naturally() {
         assert_eq!(super::span(45_000), "45 s");
+        assert_eq!(super::span(400), "less than a second");
         assert_eq!(super::span(5 * 60_000), "5 min");
         assert_eq!(super::span(2 * 3_600_000), "2 h");
         assert_eq!(super::span(2 * 3_600_000 + 5 * 60_000), "2 h 5 min");

@@ -172,6 +172,9 @@ fn replay_only() {
         fn group_exists(&self, _: &str) -> bool {
             true
         }
+        fn role_exists(&self, _: &str) -> bool {
+            true
+        }
         fn policy_exists(&self, _: &str) -> bool {
             true
         }

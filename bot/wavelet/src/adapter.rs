@@ -59,7 +59,7 @@ impl Adapters {
 
 /// The wait before the n-th retry: 1 s doubling to at most 5 min.
 pub fn backoff(attempts: i32) -> Duration {
-    Duration::from_secs(1u64 << attempts.clamp(0, 8) as u32).min(Duration::from_secs(300))
+    Duration::from_secs(1u64 << attempts.clamp(0, 9) as u32).min(Duration::from_secs(300))
 }
 
 /// Attempts before a message that keeps failing is parked and surfaced to coordinators
@@ -124,8 +124,8 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
                             store.mark_failed(c.id, &e.to_string(), now.plus(backoff(c.attempts))).await?;
                         }
                         _ => {
-                            store.mark_parked(c.id, &e.to_string(), now).await?;
-                            rt.surface_failed_delivery(&c, attempts, &e.to_string()).await?;
+                            // Parked and surfaced in one transaction: never one without the other.
+                            rt.park_and_surface(&c, attempts, &e.to_string()).await?;
                             // The coordinators' note is new work for this pass.
                             progressed = true;
                         }

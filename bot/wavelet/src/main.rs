@@ -160,7 +160,20 @@ fn check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     for e in &report.refused {
         println!("  error  {e}");
     }
-    Ok(if report.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    // A schedule naming no loaded workflow would only be found when it falls due.
+    let mut unscheduled = 0;
+    for sch in &config.schedules {
+        if workflows.by_command(&sch.workflow).is_none() {
+            unscheduled += 1;
+            println!(
+                "  error  {}: schedule `{}` names workflow `{}`, but no workflow has that COMMAND; `wavelet check` lists the loaded ones above",
+                config.path.display(),
+                sch.id,
+                sch.workflow
+            );
+        }
+    }
+    Ok(if report.refused.is_empty() && unscheduled == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn test(config: &std::path::Path, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -100,6 +100,9 @@ impl Host for StepHost<'_> {
     fn policy_exists(&self, id: &str) -> bool {
         self.dir.config().policy(id).is_some()
     }
+    fn role_exists(&self, id: &str) -> bool {
+        self.dir.config().roles.iter().any(|r| r.id == id)
+    }
     fn new_escalation_id(&mut self) -> String {
         *self.next_escalation += 1;
         format!("E-{}", self.next_escalation)
@@ -407,7 +410,7 @@ impl Runtime {
             }
             Route::Ignore => {}
             Route::RefuseUnknown => {
-                tracing::info!(platform = %ev.sender.platform, room = %ev.room, event_id = %ev.event_id, "refused a person not in the directory");
+                tracing::info!(platform = %ev.sender.platform, direct = ev.room.is_direct(), event_id = %ev.event_id, "refused a person not in the directory");
                 tx.append(Draft {
                     at: now,
                     kind: EntryKind::RefusedUnknownPerson,
@@ -690,7 +693,13 @@ impl Runtime {
     }
 
     /// Moves a claimed escalation on to its next stage.
-    async fn next_stage(&self, tx: &mut Tx, mut e: EscalationRow, now: Millis) -> store::Result<()> {
+    async fn next_stage(&self, tx: &mut Tx, claimed: EscalationRow, now: Millis) -> store::Result<()> {
+        // As it is now: something earlier in this batch may have closed its case or
+        // acknowledged it since it was claimed.
+        let Some(mut e) = tx.escalation(&claimed.id).await? else { return Ok(()) };
+        if e.status != EscalationStatus::Active || e.next_at.is_none_or(|at| at > now) {
+            return Ok(());
+        }
         let due = e.next_at.unwrap_or(now);
         if e.stage + 1 >= e.plan.len() {
             e.next_at = None;
@@ -728,7 +737,8 @@ impl Runtime {
             body: MessageBody::Text { text },
         };
         let Some(case) = tx.case(case_id).await? else {
-            tx.enqueue(&reply(render::ack_no_case(&text::one_line(case_id))), None, now).await?;
+            let shown: String = text::one_line(case_id).chars().take(40).collect();
+            tx.enqueue(&reply(render::ack_no_case(&shown)), None, now).await?;
             return Ok(());
         };
         let mut escalations = tx.escalations_of(case_id).await?;
@@ -1248,7 +1258,8 @@ impl Runtime {
                 ));
             }
             Effect::Sleep { step, until } => {
-                tx.set_timer(&run.id, *step as i64, *until).await?;
+                // A time already past (`sleep_until` an hour ago) is due now, not late.
+                tx.set_timer(&run.id, *step as i64, (*until).max(now)).await?;
                 tx.append(self.draft(
                     run,
                     EntryKind::TimerSet,
@@ -1358,10 +1369,11 @@ impl Runtime {
         Ok(())
     }
 
-    /// A message that will not be delivered: recorded in the ledger, and every coordinator
-    /// told, on another platform than the failing one where they have an account there.
+    /// A message that will not be delivered: parked (kept, never retried), recorded in the
+    /// ledger, and every coordinator told, on another platform than the failing one where
+    /// they have an account there, all in one transaction.
     /// A note about a failed note is recorded only (it would fail the same way).
-    pub async fn surface_failed_delivery(
+    pub async fn park_and_surface(
         &self,
         c: &crate::store::ClaimedMessage,
         attempts: i32,
@@ -1370,6 +1382,7 @@ impl Runtime {
         let now = self.clock.now();
         let failing = c.message.room.platform();
         let mut tx = self.store.begin().await?;
+        tx.park(c.id, error, now).await?;
         let mut content = crate::adapter::describe(c);
         content["attempts"] = json!(attempts);
         content["error"] = json!(error);
@@ -1382,7 +1395,7 @@ impl Runtime {
             script_hash: None,
             content,
         });
-        tracing::error!(outbox = c.id, room = %c.message.room, attempts, "message parked: it could not be delivered");
+        tracing::error!(outbox = c.id, platform = %failing, attempts, "message parked: it could not be delivered");
         if !c.message.idempotency_key.starts_with("failed:") {
             let text = render::delivery_failed_for_coordinator(
                 &c.message.idempotency_key,

@@ -322,6 +322,11 @@ fn case_from_tuple(r: CaseTuple) -> CaseRow {
     }
 }
 
+/// `C-12` → 12, for ordering cases opened in the same millisecond.
+fn case_number(id: &str) -> i64 {
+    id.trim_start_matches("C-").parse().unwrap_or(i64::MAX)
+}
+
 fn escalation_status(s: EscalationStatus) -> &'static str {
     match s {
         EscalationStatus::Active => "active",
@@ -871,13 +876,6 @@ impl Store {
         Ok(())
     }
 
-    /// Parks a message that will not be delivered: kept, never retried, and surfaced.
-    pub async fn mark_parked(&self, id: i64, error: &str, at: Millis) -> Result<()> {
-        on_pool!(self, p => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, failed_at = $2, claimed_by = NULL, claimed_until = NULL WHERE id = $3 AND delivered_at IS NULL")
-            .bind(error).bind(at.0).bind(id).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
     /// Messages parked as undeliverable, oldest first: (id, key, room, attempts, error).
     pub async fn parked_outbox(&self) -> Result<Vec<(i64, String, String, i32, Option<String>)>> {
         Ok(
@@ -1273,6 +1271,13 @@ impl Tx {
         Ok(())
     }
 
+    /// Parks an undeliverable message, in the same transaction as what surfaces it.
+    pub async fn park(&mut self, outbox_id: i64, error: &str, at: Millis) -> Result<()> {
+        on_tx!(self, c => sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1, failed_at = $2, claimed_by = NULL, claimed_until = NULL WHERE id = $3 AND delivered_at IS NULL")
+            .bind(error).bind(at.0).bind(outbox_id).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     /// Records that a schedule fired and when it is next due.
     pub async fn schedule_fired(&mut self, id: &str, at: Millis, next: Option<Millis>) -> Result<()> {
         on_tx!(self, c => sqlx::query("UPDATE schedules SET next_at = $1, last_fired_at = $2 WHERE id = $3")
@@ -1284,8 +1289,17 @@ impl Tx {
     /// `open_cases` gives a script.
     pub async fn open_cases(&mut self, group: &str) -> Result<Vec<serde_json::Value>> {
         const SQL: &str = "SELECT id, category, risk, opened_at FROM cases WHERE group_id = $1 AND status = 'open' ORDER BY opened_at, id";
-        let rows: Vec<(String, String, String, i64)> =
+        let mut rows: Vec<(String, String, String, i64)> =
             on_tx!(self, c => sqlx::query_as(SQL).bind(group).fetch_all(c).await)?;
+        // Cases opened (or closed) in this transaction are still in the buffer.
+        rows.retain(|r| !self.cases.iter().any(|c| c.id == r.0));
+        rows.extend(
+            self.cases
+                .iter()
+                .filter(|c| c.group_id == group && c.status == "open")
+                .map(|c| (c.id.clone(), c.category.clone(), c.risk.clone(), c.opened_at.0)),
+        );
+        rows.sort_by_key(|a| (a.3, case_number(&a.0)));
         let mut out = Vec::with_capacity(rows.len());
         for (id, category, risk, opened) in rows {
             let latest = self.escalations_of(&id).await?.pop();
@@ -1324,6 +1338,14 @@ impl Tx {
             .bind(&e.acked_by).bind(e.acked_at.map(|m| m.0)).bind(&e.id)
             .execute(c).await.map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    /// One escalation as it is now in this transaction.
+    pub async fn escalation(&mut self, id: &str) -> Result<Option<EscalationRow>> {
+        let sql = format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE id = $1");
+        let row: Option<EscalationTuple> =
+            on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(c).await)?;
+        row.map(escalation_from_tuple).transpose()
     }
 
     /// Every escalation of a case, oldest first.

@@ -22,6 +22,9 @@ impl Host for TestHost {
     fn group_exists(&self, id: &str) -> bool {
         id == "north"
     }
+    fn role_exists(&self, id: &str) -> bool {
+        matches!(id, "lead" | "practitioner")
+    }
     fn policy_exists(&self, id: &str) -> bool {
         id == "immediate"
     }
@@ -389,4 +392,10 @@ fn open_cases_waits_for_the_store_and_members_come_from_the_directory() {
     let adv = engine.advance(&wf, &ctx(), history, &mut host());
     assert_eq!(adv.outcome, Outcome::Finished);
     assert_eq!(adv.effects, vec![Effect::Tell { step: 2, person: "bea".into(), text: "1 open: C-3".into() }]);
+}
+
+#[test]
+fn members_of_an_unknown_role_is_an_error_not_nobody() {
+    let e = failure(r#"fn run(ctx) { members(ctx.group, "leed"); }"#);
+    assert!(e.message.contains("no role `leed`"), "{e}");
 }

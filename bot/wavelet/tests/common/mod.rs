@@ -93,7 +93,7 @@ pub async fn fresh(backend: &str, dir: &Path) -> String {
             let base = std::env::var("WAVELET_TEST_DATABASE_URL")
                 .or_else(|_| std::env::var("DATABASE_URL"))
                 .expect("PostgreSQL tests need a server: run them with scripts/test, or set DATABASE_URL");
-            let name = format!("wavelet_rt_{}", std::process::id() as u64 * 1000 + rand_suffix());
+            let name = format!("wavelet_rt_{}_{}", std::process::id(), rand_suffix());
             use sqlx::Connection;
             let mut c = sqlx::PgConnection::connect(&base).await.unwrap();
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.unwrap();
@@ -104,10 +104,9 @@ pub async fn fresh(backend: &str, dir: &Path) -> String {
 }
 
 pub fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    // Unique within this test binary; the process id in the name separates binaries.
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 997)
-        + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[macro_export]
