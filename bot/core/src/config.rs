@@ -29,6 +29,22 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Workflows that start on their own (`[[schedule]]`).
     pub schedules: Vec<Schedule>,
+    /// The Matrix connection (`[matrix]`), when Wavelet talks on Matrix.
+    pub matrix: Option<MatrixConfig>,
+}
+
+/// Where and as whom Wavelet connects to Matrix. Secrets come from the environment:
+/// `WAVELET_MATRIX_PASSWORD` (first login) and `WAVELET_MATRIX_STORE_PASSPHRASE` (the
+/// state and crypto stores' encryption).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatrixConfig {
+    /// The homeserver's base URL, e.g. `https://matrix.example.org`.
+    pub homeserver: String,
+    /// The bot's user id, e.g. `@wavelet:example.org`.
+    pub user: String,
+    /// The session, sync position, state and crypto stores; resolved against the config
+    /// file's folder. Default `matrix-state`.
+    pub state_dir: PathBuf,
 }
 
 /// A workflow started by the clock: `cron` (UTC) says when, for `group`.

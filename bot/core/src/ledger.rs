@@ -68,6 +68,8 @@ pub enum EntryKind {
     AcknowledgementRefused,
     #[serde(rename = "delivery.failed")]
     DeliveryFailed,
+    #[serde(rename = "refused.invite")]
+    RefusedInvite,
 }
 
 impl EntryKind {
@@ -100,6 +102,7 @@ impl EntryKind {
             EntryKind::AcknowledgementLate => "acknowledgement.late",
             EntryKind::AcknowledgementRefused => "acknowledgement.refused",
             EntryKind::DeliveryFailed => "delivery.failed",
+            EntryKind::RefusedInvite => "refused.invite",
         }
     }
 }

@@ -43,3 +43,34 @@ pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> an
         .context("cannot bring the schedules up to date in the store")?;
     Ok(Parts { runtime, load })
 }
+
+/// Connects the chat platforms the configuration names (today: Matrix, with the `matrix`
+/// feature), adds their adapters, and starts their inbound loops, which hand events to
+/// `ingest`. The tasks run until dropped.
+pub async fn start_platforms(
+    rt: &Arc<Runtime>,
+    adapters: &mut crate::adapter::Adapters,
+    ingest: &crate::ingest::Ingest,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    #[cfg_attr(not(feature = "matrix"), allow(unused_mut))]
+    let mut tasks = Vec::new();
+    if let Some(cfg) = rt.dir.config().matrix.clone() {
+        #[cfg(feature = "matrix")]
+        {
+            let secrets = crate::matrix::Secrets::from_env();
+            let m = crate::matrix::MatrixAdapter::connect(&cfg, &secrets, rt.clone()).await?;
+            adapters.add(m.clone());
+            tasks.push(tokio::spawn(m.run(ingest.clone())));
+        }
+        #[cfg(not(feature = "matrix"))]
+        {
+            let _ = (adapters, ingest);
+            anyhow::bail!(
+                "{} configures [matrix] (homeserver {}), but this wavelet was built without Matrix: build it with `cargo build --release -p wavelet --features matrix`",
+                rt.dir.config().path.display(),
+                cfg.homeserver
+            );
+        }
+    }
+    Ok(tasks)
+}

@@ -8,6 +8,8 @@ pub mod audit;
 pub mod console;
 pub mod faults;
 pub mod ingest;
+#[cfg(feature = "matrix")]
+pub mod matrix;
 pub mod reload;
 pub mod runtime;
 pub mod service;

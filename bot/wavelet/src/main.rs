@@ -244,6 +244,8 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(show_keys));
     let mut adapters = Adapters::default();
     adapters.add(console);
+    let (ingest, ingest_worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
+    let platforms = app::start_platforms(&rt, &mut adapters, &ingest).await?;
     let reloader = wavelet::reload::spawn(rt.clone());
     tracing::info!(store = rt.store.backend(), instance = %rt.instance, "wavelet running; stop it with SIGTERM or Ctrl-C");
     let background = wavelet::service::spawn(rt.clone(), adapters);
@@ -252,6 +254,11 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    for p in platforms {
+        p.abort();
+    }
+    drop(ingest);
+    let _ = ingest_worker.await;
     background.stop().await;
     reloader.abort();
     tracing::info!("wavelet stopped");

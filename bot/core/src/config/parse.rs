@@ -7,8 +7,8 @@
 //! list comes back in file order.
 
 use super::{
-    Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, EnvLookup, Group, Level, Limits, Notify, Person,
-    Policy, Role, Schedule, StoreConfig, WorkflowsConfig,
+    Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, EnvLookup, Group, Level, Limits, MatrixConfig, Notify,
+    Person, Policy, Role, Schedule, StoreConfig, WorkflowsConfig,
 };
 use crate::domain::{Account, Platform, RoomRef};
 use std::collections::HashMap;
@@ -27,7 +27,9 @@ const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ANSWER_CHARS_LIMIT: usize = 1_000_000;
 
-const TOP_KEYS: &[&str] = &["store", "workflows", "limits", "role", "agency", "person", "group", "policy", "schedule"];
+const TOP_KEYS: &[&str] =
+    &["store", "workflows", "limits", "role", "agency", "person", "group", "policy", "schedule", "matrix"];
+const MATRIX_KEYS: &[&str] = &["homeserver", "user", "state_dir"];
 const SCHEDULE_KEYS: &[&str] = &["id", "workflow", "cron", "group"];
 const POLICY_KEYS: &[&str] = &["id", "description", "repeat", "level", "final"];
 const LEVEL_KEYS: &[&str] = &["notify", "wait"];
@@ -85,6 +87,7 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
     let store = read_store(&mut rep, &root, base_dir, env);
     let workflows = read_workflows(&mut rep, &root, base_dir);
     let limits = read_limits(&mut rep, &root);
+    let matrix = read_matrix(&mut rep, &root, base_dir);
 
     let roles: Vec<RawRole> = sections(&mut rep, &root, "role").iter().map(|t| read_role(&mut rep, t)).collect();
     let agencies: Vec<RawAgency> =
@@ -190,6 +193,7 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
                 })
             })
             .collect(),
+        matrix,
         schedules: schedules
             .into_iter()
             .filter_map(|s| Some(Schedule { id: s.id?.v, workflow: s.workflow?.v, cron: s.cron?, group: s.group?.v }))
@@ -584,6 +588,34 @@ fn read_workflows(rep: &mut Report<'_>, root: &Table<'_, '_>, base_dir: &Path) -
         }
     }
     WorkflowsConfig { dir, reload_interval }
+}
+
+fn read_matrix(rep: &mut Report<'_>, root: &Table<'_, '_>, base_dir: &Path) -> Option<MatrixConfig> {
+    let t = section(rep, root, "matrix")?;
+    t.check_keys(rep, MATRIX_KEYS, "key");
+    let homeserver = t.required_string(rep, "homeserver", r#"homeserver = "https://matrix.example.org""#);
+    if let Some(h) = &homeserver
+        && !(h.v.starts_with("https://") || h.v.starts_with("http://"))
+    {
+        rep.error(
+            &h.span,
+            t.key("homeserver"),
+            format!("`{}` is not a homeserver URL; write it like homeserver = \"https://matrix.example.org\"", h.v),
+        );
+    }
+    let user = t.required_string(rep, "user", r#"user = "@wavelet:example.org""#);
+    if let Some(u) = &user
+        && !(u.v.starts_with('@') && u.v.contains(':'))
+    {
+        rep.error(
+            &u.span,
+            t.key("user"),
+            format!("`{}` is not a Matrix user id; write the bot's full id, like user = \"@wavelet:example.org\"", u.v),
+        );
+    }
+    let state_dir =
+        t.string(rep, "state_dir", r#"state_dir = "matrix-state""#).map_or_else(|| "matrix-state".into(), |d| d.v);
+    Some(MatrixConfig { homeserver: homeserver?.v, user: user?.v, state_dir: base_dir.join(state_dir) })
 }
 
 fn read_limits(rep: &mut Report<'_>, root: &Table<'_, '_>) -> Limits {

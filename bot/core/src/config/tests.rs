@@ -181,6 +181,7 @@ fn a_full_example_parses_to_the_expected_config() {
             final_notify: vec![Notify::Room(RoomRef::Shared { platform: Platform::Console, id: "north".into() })],
         }],
         schedules: vec![],
+        matrix: None,
     };
     assert_eq!(config, expected);
 }

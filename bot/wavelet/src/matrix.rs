@@ -1,0 +1,458 @@
+//! The Matrix adapter (cargo feature `matrix`): Wavelet as a Matrix user, with
+//! matrix-sdk's end-to-end encryption and its SQLite state and crypto stores.
+//!
+//! - **Identity**: the session (user id, device id, access token) is kept in the state
+//!   folder beside the stores, so a restart is the same device. A saved session without
+//!   its stores is refused: restoring it would break encryption for that device.
+//! - **Rooms**: invites to the configured group rooms are accepted, and so are direct
+//!   invites from people in the directory; every other invite is declined and recorded.
+//!   Private questions go to a direct room with the person (encrypted), created once.
+//! - **Sync**: the first sync after the first login skips history; after that the sync
+//!   position is in the state store, so a restart picks up what arrived meanwhile, and the
+//!   inbox drops what was handled already. The homeserver going away is retried with
+//!   backoff and logged (ids only).
+//! - **Messages**: a plain body and an HTML body; practitioners' text is escaped, and
+//!   `m.mentions` is always empty, so nothing Wavelet sends pings a room. Each send
+//!   carries a transaction id derived from the message's idempotency key, so the
+//!   homeserver drops a resend after a crash.
+//!
+//! Only this file knows matrix-sdk's types.
+
+use crate::adapter::{ChatAdapter, SendError, SendFuture};
+use crate::ingest::Ingest;
+use crate::runtime::Runtime;
+use anyhow::{Context, bail};
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::events::Mentions;
+use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
+use matrix_sdk::{Client, Room, RoomState};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wavelet_core::config::MatrixConfig;
+use wavelet_core::ledger::{Draft, EntryKind};
+use wavelet_core::{Account, InboundEvent, MessageBody, OutboundMessage, Platform, RoomRef};
+
+/// The environment variables the adapter reads its secrets from.
+pub const PASSWORD_ENV: &str = "WAVELET_MATRIX_PASSWORD";
+pub const PASSPHRASE_ENV: &str = "WAVELET_MATRIX_STORE_PASSPHRASE";
+
+/// Secrets, from the environment only.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// For the first login (later starts restore the saved session).
+    pub password: Option<String>,
+    /// Encrypts the state and crypto stores.
+    pub passphrase: Option<String>,
+}
+
+impl Secrets {
+    pub fn from_env() -> Secrets {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Secrets { password: get(PASSWORD_ENV), passphrase: get(PASSPHRASE_ENV) }
+    }
+}
+
+pub struct MatrixAdapter {
+    client: Client,
+    rt: Arc<Runtime>,
+    /// Shared rooms of the configured groups.
+    group_rooms: Vec<OwnedRoomId>,
+    /// Direct rooms found or created, by the person's user id. One lock so that two
+    /// messages to a new person make one room.
+    direct: tokio::sync::Mutex<HashMap<OwnedUserId, OwnedRoomId>>,
+    /// Whether this start logged in afresh (the first sync then skips history).
+    fresh_login: bool,
+}
+
+fn session_path(state: &Path) -> PathBuf {
+    state.join("session.json")
+}
+
+fn store_path(state: &Path) -> PathBuf {
+    state.join("store")
+}
+
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the Matrix state folder {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+impl MatrixAdapter {
+    /// Logs in (first start) or restores the saved session, with the stores in the state
+    /// folder. Clear errors for a missing password, a store without its session or the
+    /// reverse, and a session of another user.
+    pub async fn connect(
+        cfg: &MatrixConfig,
+        secrets: &Secrets,
+        rt: Arc<Runtime>,
+    ) -> anyhow::Result<Arc<MatrixAdapter>> {
+        private_dir(&cfg.state_dir)?;
+        let session_file = session_path(&cfg.state_dir);
+        let store = store_path(&cfg.state_dir);
+        let saved = session_file.exists();
+        if saved && !store.exists() {
+            bail!(
+                "the Matrix session in {} has no state and crypto store beside it ({} is missing); restoring it would break encryption for this device. Remove {} to log in again as a new device (people's clients will see a new device), or restore the store from a backup",
+                session_file.display(),
+                store.display(),
+                session_file.display()
+            );
+        }
+        if !saved && store.exists() {
+            bail!(
+                "{} holds a Matrix store but no session; a store cannot be reused for a new login. Move the folder away to start afresh",
+                store.display()
+            );
+        }
+        let client = Client::builder()
+            .homeserver_url(&cfg.homeserver)
+            .sqlite_store(&store, secrets.passphrase.as_deref())
+            .build()
+            .await
+            .with_context(|| format!("cannot open the Matrix client for {}", cfg.homeserver))?;
+        if saved {
+            let text = std::fs::read_to_string(&session_file)
+                .with_context(|| format!("cannot read {}", session_file.display()))?;
+            let session: MatrixSession =
+                serde_json::from_str(&text).with_context(|| format!("{} is damaged", session_file.display()))?;
+            if session.meta.user_id.as_str() != cfg.user {
+                bail!(
+                    "the saved Matrix session in {} belongs to another user than matrix.user; use a state folder of its own for each bot account",
+                    session_file.display()
+                );
+            }
+            client.restore_session(session).await.context("cannot restore the saved Matrix session")?;
+            tracing::info!("matrix session restored");
+        } else {
+            let Some(password) = &secrets.password else {
+                bail!(
+                    "the first Matrix login needs the bot's password in {PASSWORD_ENV}; later starts reuse the saved session"
+                );
+            };
+            client
+                .matrix_auth()
+                .login_username(&cfg.user, password)
+                .initial_device_display_name("Wavelet")
+                .await
+                .context("Matrix login failed; check matrix.user and the password")?;
+            let session = client.matrix_auth().session().context("no session after login")?;
+            write_private(&session_file, &serde_json::to_string(&session)?)?;
+            tracing::info!("matrix login as a new device; session saved");
+        }
+        let group_rooms = rt
+            .dir
+            .groups()
+            .iter()
+            .flat_map(|g| &g.rooms)
+            .filter_map(|r| match r {
+                RoomRef::Shared { platform: Platform::Matrix, id } => RoomId::parse(id).ok(),
+                _ => None,
+            })
+            .collect();
+        Ok(Arc::new(MatrixAdapter {
+            client,
+            rt,
+            group_rooms,
+            direct: tokio::sync::Mutex::default(),
+            fresh_login: !saved,
+        }))
+    }
+
+    /// Syncs until the task is dropped: hands messages to the ingest, answers invites,
+    /// and retries with backoff (saying so) while the homeserver is away.
+    pub async fn run(self: Arc<Self>, ingest: Ingest) {
+        let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
+        if self.fresh_login {
+            // History is not ours to answer: one sync before any handler exists.
+            loop {
+                match self.client.sync_once(SyncSettings::default()).await {
+                    Ok(r) => {
+                        settings = settings.token(r.next_batch);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "first Matrix sync failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        }
+        self.accept_pending_invites().await;
+        let me = self.clone();
+        self.client.add_event_handler(move |ev: StrippedRoomMemberEvent, room: Room| {
+            let me = me.clone();
+            async move { me.on_invite(ev, room).await }
+        });
+        let me = self.clone();
+        let ingest_for_messages = ingest.clone();
+        self.client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+            let (me, ingest) = (me.clone(), ingest_for_messages.clone());
+            async move { me.on_message(ev, room, ingest).await }
+        });
+        let mut delay = Duration::from_secs(1);
+        let mut away = false;
+        loop {
+            match self.client.sync_once(settings.clone()).await {
+                Ok(r) => {
+                    if away {
+                        tracing::info!("matrix homeserver is back; syncing again");
+                        away = false;
+                    }
+                    delay = Duration::from_secs(1);
+                    settings = settings.token(r.next_batch);
+                }
+                Err(e) => {
+                    if !away {
+                        tracing::warn!(error = %e, "matrix sync failed; retrying with backoff");
+                        away = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Invites that arrived before the handlers existed (e.g. while Wavelet was down).
+    async fn accept_pending_invites(&self) {
+        for room in self.client.invited_rooms() {
+            let inviter = room.invite_details().await.ok().and_then(|d| d.inviter).map(|m| m.user_id().to_owned());
+            self.decide_invite(&room, inviter.as_deref(), false).await;
+        }
+    }
+
+    async fn on_invite(&self, ev: StrippedRoomMemberEvent, room: Room) {
+        if Some(ev.state_key.as_ref()) != self.client.user_id() || room.state() != RoomState::Invited {
+            return;
+        }
+        let direct = ev.content.is_direct.unwrap_or(false);
+        self.decide_invite(&room, Some(&ev.sender), direct).await;
+    }
+
+    /// Joins a configured group room or a direct room a known person opened; declines the
+    /// rest and records the refusal.
+    async fn decide_invite(&self, room: &Room, inviter: Option<&UserId>, direct: bool) {
+        let known = inviter.and_then(|u| self.person_of(u));
+        let wanted = self.group_rooms.iter().any(|r| r == room.room_id()) || (known.is_some() && direct);
+        if wanted {
+            for attempt in 0..5u32 {
+                match room.join().await {
+                    Ok(()) => {
+                        tracing::info!(room = %room.room_id(), "joined a Matrix room");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(room = %room.room_id(), attempt, error = %e, "joining failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    }
+                }
+            }
+            return;
+        }
+        tracing::info!(room = %room.room_id(), "declined an invite to a room not in the configuration");
+        if let Err(e) = room.leave().await {
+            tracing::warn!(room = %room.room_id(), error = %e, "declining the invite failed");
+        }
+        let draft = Draft {
+            at: self.rt.clock.now(),
+            kind: EntryKind::RefusedInvite,
+            case_id: None,
+            run_id: None,
+            actor: inviter.map_or_else(|| "unknown".into(), |u| format!("matrix:{u}")),
+            script_hash: None,
+            content: serde_json::json!({ "room": format!("matrix:{}", room.room_id()), "direct": direct }),
+        };
+        if let Err(e) = self.rt.record(draft).await {
+            tracing::warn!(error = %e, "declined invite not recorded");
+        }
+    }
+
+    fn person_of(&self, user: &UserId) -> Option<String> {
+        self.rt.dir.person_for(&Account { platform: Platform::Matrix, id: user.to_string() }).map(|p| p.id.clone())
+    }
+
+    async fn on_message(&self, ev: OriginalSyncRoomMessageEvent, room: Room, ingest: Ingest) {
+        if Some(ev.sender.as_ref()) == self.client.user_id() || room.state() != RoomState::Joined {
+            return;
+        }
+        let text = match &ev.content.msgtype {
+            MessageType::Text(t) => t.body.clone(),
+            MessageType::Notice(_) => return,
+            other => other.body().to_string(),
+        };
+        let room_ref = if self.group_rooms.iter().any(|r| r == room.room_id()) {
+            RoomRef::Shared { platform: Platform::Matrix, id: room.room_id().to_string() }
+        } else if room.joined_members_count() <= 2 {
+            // A room of two, the bot and the sender: their direct room.
+            self.direct.lock().await.insert(ev.sender.clone(), room.room_id().to_owned());
+            RoomRef::Direct { platform: Platform::Matrix, account: ev.sender.to_string() }
+        } else {
+            // A room Wavelet is in but not configured for: not its business.
+            return;
+        };
+        let event = InboundEvent {
+            event_id: ev.event_id.to_string(),
+            room: room_ref,
+            sender: Account { platform: Platform::Matrix, id: ev.sender.to_string() },
+            text,
+            received_at: self.rt.clock.now(),
+        };
+        if let Err(e) = ingest.submit(event).await {
+            // Not acknowledged: the inbox has no record of it, and the next start's sync
+            // (from the stored position) does not bring it again, so say so loudly.
+            tracing::error!(event_id = %ev.event_id, error = %e, "matrix event not taken");
+        }
+    }
+
+    /// The direct room with a person: remembered, found in the store, or created
+    /// (encrypted) and remembered.
+    async fn direct_room(&self, user: &UserId) -> Result<Room, SendError> {
+        let mut direct = self.direct.lock().await;
+        if let Some(id) = direct.get(user)
+            && let Some(room) = self.client.get_room(id)
+            && room.state() == RoomState::Joined
+        {
+            return Ok(room);
+        }
+        if let Some(room) = self.client.get_dm_room(user) {
+            direct.insert(user.to_owned(), room.room_id().to_owned());
+            return Ok(room);
+        }
+        let room = self.client.create_dm(user).await.map_err(send_error)?;
+        tracing::info!(room = %room.room_id(), "created a direct room");
+        direct.insert(user.to_owned(), room.room_id().to_owned());
+        Ok(room)
+    }
+
+    async fn send_one(&self, m: &OutboundMessage) -> Result<(), SendError> {
+        let room = match &m.room {
+            RoomRef::Shared { platform: Platform::Matrix, id } => {
+                let id = RoomId::parse(id).map_err(|_| SendError::Permanent("not a Matrix room id".into()))?;
+                match self.client.get_room(&id) {
+                    Some(r) if r.state() == RoomState::Joined => r,
+                    _ => {
+                        return Err(SendError::Temporary(
+                            "Wavelet is not (yet) in this room; invite it, or check the room id".into(),
+                        ));
+                    }
+                }
+            }
+            RoomRef::Direct { platform: Platform::Matrix, account } => {
+                let user = UserId::parse(account).map_err(|_| SendError::Permanent("not a Matrix user id".into()))?;
+                self.direct_room(&user).await?
+            }
+            _ => return Err(SendError::Permanent("not a Matrix room".into())),
+        };
+        room.send(content(&m.body))
+            .with_transaction_id(transaction_id(&m.idempotency_key))
+            .await
+            .map_err(send_error)?;
+        Ok(())
+    }
+}
+
+impl ChatAdapter for MatrixAdapter {
+    fn platform(&self) -> Platform {
+        Platform::Matrix
+    }
+
+    fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(self.send_one(message))
+    }
+}
+
+/// The homeserver's transaction id for a message: the same for every resend of it.
+pub fn transaction_id(key: &str) -> OwnedTransactionId {
+    OwnedTransactionId::from(format!("wavelet-{}", &wavelet_core::engine::source_hash(key)[..32]))
+}
+
+/// A plain body and an HTML body. Text is escaped for HTML, `@room` cannot ping, and the
+/// empty `m.mentions` tells clients nobody is mentioned.
+pub fn content(body: &MessageBody) -> RoomMessageEventContent {
+    let (plain, html) = match body {
+        MessageBody::Text { text } | MessageBody::Escalation { text, .. } => {
+            (no_room_ping(text), escape(text).replace('\n', "<br>"))
+        }
+        MessageBody::Choice { prompt, options } => {
+            let items: String = options.iter().map(|o| format!("<li>{}</li>", escape(o))).collect();
+            (no_room_ping(&body.plain()), format!("<p>{}</p><ol>{items}</ol>", escape(prompt).replace('\n', "<br>")))
+        }
+    };
+    RoomMessageEventContent::text_html(plain, html).add_mentions(Mentions::new())
+}
+
+/// `@room` with a word joiner inside: read the same, pings nobody on older clients.
+fn no_room_ping(text: &str) -> String {
+    text.replace("@room", "@\u{2060}room")
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in no_room_ping(text).chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn send_error(e: matrix_sdk::Error) -> SendError {
+    match e.as_client_api_error().map(|c| c.status_code.as_u16()) {
+        Some(429) => SendError::RateLimited(Duration::from_secs(5)),
+        Some(403 | 404) => SendError::Permanent(e.to_string()),
+        _ => SendError::Temporary(e.to_string()),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options.open(path)?.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn practitioners_text_is_escaped_and_pings_nobody() {
+        let c = content(&MessageBody::Text { text: "<b>hi</b> @room & \"x\"".into() });
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["body"], "<b>hi</b> @\u{2060}room & \"x\"");
+        assert_eq!(json["formatted_body"], "&lt;b&gt;hi&lt;/b&gt; @\u{2060}room &amp; &quot;x&quot;");
+        assert_eq!(json["m.mentions"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn choices_are_a_numbered_list() {
+        let c = content(&MessageBody::Choice { prompt: "Risk?".into(), options: vec!["no".into(), "<yes>".into()] });
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["body"], "Risk?\n1. no\n2. <yes>");
+        assert_eq!(json["formatted_body"], "<p>Risk?</p><ol><li>no</li><li>&lt;yes&gt;</li></ol>");
+    }
+
+    #[test]
+    fn a_message_keeps_its_transaction_id() {
+        assert_eq!(transaction_id("run:R-1:0"), transaction_id("run:R-1:0"));
+        assert_ne!(transaction_id("run:R-1:0"), transaction_id("run:R-1:1"));
+    }
+}

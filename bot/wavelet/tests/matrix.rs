@@ -1,0 +1,281 @@
+//! The Matrix adapter against a real Synapse (started per test by `support/synapse.rs`),
+//! with real Matrix clients (matrix-sdk, each with its own crypto store) as the
+//! practitioner and the lead. Needs `--features matrix` and the venv from
+//! `scripts/synapse-venv` (`scripts/test` provides both).
+#![cfg(feature = "matrix")]
+#![recursion_limit = "256"]
+
+#[path = "support/synapse.rs"]
+mod synapse;
+
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
+use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
+use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use synapse::Synapse;
+use wavelet::adapter::Adapters;
+use wavelet::matrix::{MatrixAdapter, Secrets};
+use wavelet::runtime::SystemClock;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A person at a real Matrix client: joins what they are invited to, and keeps what
+/// they receive as (room, text).
+struct Person {
+    client: Client,
+    seen: Arc<Mutex<Vec<(OwnedRoomId, String)>>>,
+    _sync: tokio::task::JoinHandle<()>,
+}
+
+impl Person {
+    async fn new(server: &Synapse, dir: &Path, name: &str) -> Person {
+        let password = format!("{name}-password");
+        server.register(name, &password, false).await;
+        let client = Client::builder()
+            .homeserver_url(server.base_url())
+            .sqlite_store(dir.join(format!("client-{name}")), None)
+            .build()
+            .await
+            .unwrap();
+        client.matrix_auth().login_username(name, &password).await.unwrap();
+        client.sync_once(SyncSettings::default()).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        client.add_event_handler(|ev: StrippedRoomMemberEvent, room: Room, client: Client| async move {
+            if Some(ev.state_key.as_ref()) == client.user_id() && room.state() == RoomState::Invited {
+                for _ in 0..10 {
+                    if room.join().await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        let s = seen.clone();
+        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+            let s = s.clone();
+            async move {
+                if let MessageType::Text(t) = &ev.content.msgtype {
+                    s.lock().unwrap().push((room.room_id().to_owned(), t.body.clone()));
+                }
+            }
+        });
+        let c = client.clone();
+        let sync = tokio::spawn(async move {
+            let _ = c.sync(SyncSettings::default().timeout(Duration::from_secs(5))).await;
+        });
+        Person { client, seen, _sync: sync }
+    }
+
+    fn user_id(&self) -> OwnedUserId {
+        self.client.user_id().unwrap().to_owned()
+    }
+
+    async fn say(&self, room: &OwnedRoomId, text: &str) {
+        let r = self.client.get_room(room).expect("in the room");
+        r.send(RoomMessageEventContent::text_plain(text)).await.unwrap();
+    }
+
+    /// Waits for a message starting with `start`, in `room` (or any room but `not_in`);
+    /// returns the room it came in.
+    async fn expect(&self, start: &str, room: Option<&OwnedRoomId>, not_in: Option<&OwnedRoomId>) -> OwnedRoomId {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            {
+                let mut seen = self.seen.lock().unwrap();
+                if let Some(i) = seen.iter().position(|(r, t)| {
+                    t.starts_with(start) && room.is_none_or(|x| x == r) && not_in.is_none_or(|x| x != r)
+                }) {
+                    return seen.remove(i).0;
+                }
+                assert!(Instant::now() < deadline, "{} never got {start:?}; got {:?}", self.user_id(), *seen);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The example configuration, on Matrix: alice and bea have Matrix accounts, the group's
+/// room is `room`, and the bot is `@wavelet:localhost`.
+fn config(dir: &Path, server: &Synapse, room: &OwnedRoomId) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("examples/wavelet.toml")).unwrap();
+    let text = text.split("[[schedule]]").next().unwrap();
+    let text = text
+        .replace("url = \"sqlite://wavelet.db\"", &format!("url = \"sqlite://{}\"", dir.join("w.db").display()))
+        .replace("dir = \"../workflows\"", &format!("dir = \"{}\"", root().join("workflows").display()))
+        .replace(
+            "accounts = { console = \"alice\" }",
+            "accounts = { console = \"alice\", matrix = \"@alice:localhost\" }",
+        )
+        .replace(
+            "roles = [\"practitioner\", \"lead\"]\n",
+            "roles = [\"practitioner\", \"lead\"]\naccounts = { matrix = \"@bea:localhost\" }\n",
+        )
+        .replace("rooms = [\"console:north\"]", &format!("rooms = [\"matrix:{room}\"]"));
+    let text = format!(
+        "{text}\n[matrix]\nhomeserver = \"{}\"\nuser = \"@wavelet:localhost\"\nstate_dir = \"{}\"\n",
+        server.base_url(),
+        dir.join("matrix-state").display()
+    );
+    let path = dir.join("wavelet.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Bot {
+    rt: Arc<wavelet::runtime::Runtime>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    background: Option<wavelet::service::Background>,
+}
+
+impl Bot {
+    async fn start(config: &Path) -> Bot {
+        let cfg = wavelet::app::load_config(config, &|_| None).unwrap();
+        let url = cfg.store.url.clone();
+        let rt = wavelet::app::build(cfg.clone(), &url, Arc::new(SystemClock)).await.unwrap().runtime;
+        let secrets =
+            Secrets { password: Some("wavelet-password".into()), passphrase: Some("store passphrase".into()) };
+        let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.unwrap();
+        let mut adapters = Adapters::default();
+        adapters.add(m.clone());
+        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
+        let sync = tokio::spawn(m.run(ingest));
+        let background = wavelet::service::spawn(rt.clone(), adapters);
+        Bot { rt, tasks: vec![sync, worker], background: Some(background) }
+    }
+
+    async fn stop(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(b) = self.background.take() {
+            b.stop().await;
+        }
+        self.rt.store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| "wavelet=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Synapse::start().await;
+    server.register("wavelet", "wavelet-password", false).await;
+    let alice = Person::new(&server, dir.path(), "alice").await;
+    let bea = Person::new(&server, dir.path(), "bea").await;
+    // The group's room: unencrypted, made by alice, with the bot and bea invited.
+    let mut request = CreateRoom::new();
+    request.invite = vec![server.user_id("wavelet").try_into().unwrap(), bea.user_id()];
+    request.name = Some("North".into());
+    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    let bot = Bot::start(&config(dir.path(), &server, &north)).await;
+
+    // Once the bot has joined, alice raises a concern in the room.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let room = alice.client.get_room(&north).unwrap();
+        let joined = room.members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0);
+        if joined >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bot and bea never joined ({joined} members)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    alice.say(&north, "!concern").await;
+    let dm = alice.expect("Child's initials", None, Some(&north)).await;
+    let room = alice.client.get_room(&dm).unwrap();
+    assert!(room.latest_encryption_state().await.unwrap().is_encrypted(), "the direct room is encrypted");
+    alice.say(&dm, "AB 2015").await;
+    alice.expect("What kind of concern", Some(&dm), None).await;
+    alice.say(&dm, "1").await;
+    alice.expect("Is the child at immediate risk", Some(&dm), None).await;
+    alice.say(&dm, "possibly").await;
+    alice.expect("What did you see or hear", Some(&dm), None).await;
+    alice.say(&dm, "Came in hungry again <b>today</b> @room").await;
+    // The group sees the minimal summary; the lead is asked to acknowledge, privately.
+    bea.expect("New neglect concern C-1, risk: possibly", Some(&north), None).await;
+    let bea_dm = bea.expect("Escalation E-1 (prompt, level 1)", None, Some(&north)).await;
+    alice.expect("Thank you. C-1 is with the group", Some(&dm), None).await;
+    bea.say(&bea_dm, "ack C-1").await;
+    bea.expect("Thank you: you have acknowledged C-1", Some(&bea_dm), None).await;
+    alice.expect("Bea Lindqvist (St Mary's Primary School) acknowledged C-1", Some(&dm), None).await;
+
+    // The ledger holds the share and the acknowledgement; it verifies.
+    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    assert!(entries.iter().any(|e| e.link.kind == "share"));
+    assert!(entries.iter().any(|e| e.link.kind == "case.acknowledged"));
+    let head = bot.rt.store.ledger_head().await.unwrap();
+    wavelet_core::ledger::verify(entries, &head).unwrap();
+    bot.stop().await;
+}
+
+/// Waits until the ledger holds an entry of `kind`.
+async fn ledger_has(bot: &Bot, kind: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+        if entries.iter().any(|e| e.link.kind == kind) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {kind} in the ledger");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Synapse::start().await;
+    server.register("wavelet", "wavelet-password", false).await;
+    let alice = Person::new(&server, dir.path(), "alice").await;
+    // mallory has a Matrix account but is not in the directory.
+    let mallory = Person::new(&server, dir.path(), "mallory").await;
+    let mut request = CreateRoom::new();
+    request.invite = vec![server.user_id("wavelet").try_into().unwrap(), mallory.user_id()];
+    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    let bot = Bot::start(&config(dir.path(), &server, &north)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alice.client.get_room(&north).unwrap().members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0) < 3
+    {
+        assert!(Instant::now() < deadline, "the bot and mallory never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A command from someone the directory does not know: refused politely, recorded.
+    mallory.say(&north, "!concern").await;
+    mallory.expect("Sorry, I don't know you", Some(&north), None).await;
+    ledger_has(&bot, "refused.unknown_person").await;
+    // Chatter from them is left alone: nothing comes back.
+    mallory.say(&north, "just saying hello").await;
+
+    // An invite to a room that is not in the configuration: declined, recorded.
+    let mut request = CreateRoom::new();
+    request.invite = vec![server.user_id("wavelet").try_into().unwrap()];
+    let side = mallory.client.create_room(request).await.unwrap().room_id().to_owned();
+    ledger_has(&bot, "refused.invite").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let room = mallory.client.get_room(&side).unwrap();
+        let invited = room.members(RoomMemberships::INVITE | RoomMemberships::JOIN).await.unwrap();
+        if !invited.iter().any(|m| m.user_id().as_str() == "@wavelet:localhost") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bot never declined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // By now a reply to the chatter would have come; there is none.
+    let refusals =
+        mallory.seen.lock().unwrap().iter().filter(|(_, t)| t.starts_with("Sorry, I don't know you")).count();
+    assert_eq!(refusals, 0, "chatter from a stranger gets no reply");
+    bot.stop().await;
+}
