@@ -279,3 +279,65 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
     assert_eq!(refusals, 0, "chatter from a stranger gets no reply");
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Synapse::start().await;
+    server.register("wavelet", "wavelet-password", false).await;
+    let alice = Person::new(&server, dir.path(), "alice").await;
+    let mut request = CreateRoom::new();
+    request.invite = vec![server.user_id("wavelet").try_into().unwrap()];
+    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    let config = config(dir.path(), &server, &north);
+    let bot = Bot::start(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alice.client.get_room(&north).unwrap().members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0) < 2
+    {
+        assert!(Instant::now() < deadline, "the bot never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    alice.say(&north, "!concern").await;
+    let dm = alice.expect("Child's initials", None, Some(&north)).await;
+    alice.say(&dm, "AB 2015").await;
+    alice.expect("What kind of concern", Some(&dm), None).await;
+    let device = std::fs::read_to_string(dir.path().join("matrix-state/session.json")).unwrap();
+    bot.stop().await;
+
+    // While the bot is down alice answers; it must be taken when the bot is back, once.
+    alice.say(&dm, "1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bot = Bot::start(&config).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("matrix-state/session.json")).unwrap(),
+        device,
+        "the same session and device"
+    );
+    alice.expect("Is the child at immediate risk", Some(&dm), None).await;
+    alice.say(&dm, "no").await;
+    alice.expect("What did you see or hear", Some(&dm), None).await;
+    alice.say(&dm, "Seen today.").await;
+    alice.expect("Thank you. C-1 is with the group", Some(&dm), None).await;
+    // Nothing asked twice, nothing lost.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again: Vec<String> = alice
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, t)| t.clone())
+        .filter(|t| t.starts_with("What kind") || t.starts_with("Is the child"))
+        .collect();
+    assert!(again.is_empty(), "asked again: {again:?}");
+    let runs = bot.rt.store.run_counts().await.unwrap();
+    assert_eq!(runs, vec![("finished".to_string(), 1)]);
+    bot.stop().await;
+
+    // A session whose stores are gone is refused, not limped through.
+    std::fs::remove_dir_all(dir.path().join("matrix-state/store")).unwrap();
+    let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
+    let rt = wavelet::app::build(cfg.clone(), &cfg.store.url, Arc::new(SystemClock)).await.unwrap().runtime;
+    let secrets = Secrets { password: Some("wavelet-password".into()), passphrase: Some("store passphrase".into()) };
+    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt).await.err().expect("refused");
+    assert!(err.to_string().contains("would break encryption for this device"), "{err:#}");
+}
