@@ -25,6 +25,7 @@ use anyhow::{Context, bail};
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::events::Mentions;
+use matrix_sdk::ruma::events::reaction::OriginalSyncReactionEvent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
@@ -199,6 +200,12 @@ impl MatrixAdapter {
             let (me, ingest) = (me.clone(), ingest_for_messages.clone());
             async move { me.on_message(ev, room, ingest).await }
         });
+        let me = self.clone();
+        let ingest_for_reactions = ingest.clone();
+        self.client.add_event_handler(move |ev: OriginalSyncReactionEvent, room: Room| {
+            let (me, ingest) = (me.clone(), ingest_for_reactions.clone());
+            async move { me.on_reaction(ev, room, ingest).await }
+        });
         let mut delay = Duration::from_secs(1);
         let mut away = false;
         loop {
@@ -290,16 +297,7 @@ impl MatrixAdapter {
             MessageType::Notice(_) => return,
             other => other.body().to_string(),
         };
-        let room_ref = if self.group_rooms.iter().any(|r| r == room.room_id()) {
-            RoomRef::Shared { platform: Platform::Matrix, id: room.room_id().to_string() }
-        } else if room.joined_members_count() <= 2 {
-            // A room of two, the bot and the sender: their direct room.
-            self.direct.lock().await.insert(ev.sender.clone(), room.room_id().to_owned());
-            RoomRef::Direct { platform: Platform::Matrix, account: ev.sender.to_string() }
-        } else {
-            // A room Wavelet is in but not configured for: not its business.
-            return;
-        };
+        let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
         let event = InboundEvent {
             event_id: ev.event_id.to_string(),
             room: room_ref,
@@ -311,6 +309,49 @@ impl MatrixAdapter {
             // Not acknowledged: the inbox has no record of it, and the next start's sync
             // (from the stored position) does not bring it again, so say so loudly.
             tracing::error!(event_id = %ev.event_id, error = %e, "matrix event not taken");
+        }
+    }
+
+    /// Where a message in `room` from `sender` was said: a configured group room, the
+    /// sender's direct room (a room of two, the bot and them), or nowhere Wavelet serves.
+    async fn room_ref(&self, room: &Room, sender: &UserId) -> Option<RoomRef> {
+        if self.group_rooms.iter().any(|r| r == room.room_id()) {
+            Some(RoomRef::Shared { platform: Platform::Matrix, id: room.room_id().to_string() })
+        } else if room.joined_members_count() <= 2 {
+            self.direct.lock().await.insert(sender.to_owned(), room.room_id().to_owned());
+            Some(RoomRef::Direct { platform: Platform::Matrix, account: sender.to_string() })
+        } else {
+            None
+        }
+    }
+
+    /// A reaction on one of Wavelet's escalation notices is a one-tap acknowledgement:
+    /// handed in as `ack C-…` from the person who reacted (who may or may not be allowed
+    /// to acknowledge: the runtime decides, and records either way).
+    async fn on_reaction(&self, ev: OriginalSyncReactionEvent, room: Room, ingest: Ingest) {
+        if Some(ev.sender.as_ref()) == self.client.user_id() || room.state() != RoomState::Joined {
+            return;
+        }
+        let Ok(target) = room.event(&ev.content.relates_to.event_id, None).await else { return };
+        let raw = target.raw();
+        let by_us =
+            raw.get_field::<String>("sender").ok().flatten().as_deref() == self.client.user_id().map(|u| u.as_str());
+        let body = raw
+            .get_field::<serde_json::Value>("content")
+            .ok()
+            .flatten()
+            .and_then(|c| c["body"].as_str().map(str::to_string));
+        let Some(case) = body.filter(|_| by_us).and_then(|b| case_of_notice(&b)) else { return };
+        let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
+        let event = InboundEvent {
+            event_id: ev.event_id.to_string(),
+            room: room_ref,
+            sender: Account { platform: Platform::Matrix, id: ev.sender.to_string() },
+            text: format!("ack {case}"),
+            received_at: self.rt.clock.now(),
+        };
+        if let Err(e) = ingest.submit(event).await {
+            tracing::error!(event_id = %ev.event_id, error = %e, "matrix reaction not taken");
         }
     }
 
@@ -369,6 +410,14 @@ impl ChatAdapter for MatrixAdapter {
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a> {
         Box::pin(self.send_one(message))
     }
+}
+
+/// The case an escalation notice asks to acknowledge: the `C-…` in "Reply `ack C-…`".
+fn case_of_notice(body: &str) -> Option<String> {
+    let rest = &body[body.find("Reply `ack ")? + "Reply `ack ".len()..];
+    let id = &rest[..rest.find('`')?];
+    let digits = id.strip_prefix("C-")?;
+    (!digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())).then(|| id.to_string())
 }
 
 /// The homeserver's transaction id for a message: the same for every resend of it.
@@ -448,6 +497,14 @@ mod tests {
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["body"], "Risk?\n1. no\n2. <yes>");
         assert_eq!(json["formatted_body"], "<p>Risk?</p><ol><li>no</li><li>&lt;yes&gt;</li></ol>");
+    }
+
+    #[test]
+    fn a_reaction_acknowledges_the_case_its_notice_names() {
+        let notice = "Escalation E-1 (prompt, level 1): case C-12 (neglect, risk: yes) needs acknowledging. Reply `ack C-12` to take it.";
+        assert_eq!(case_of_notice(notice).as_deref(), Some("C-12"));
+        assert_eq!(case_of_notice("Reply `ack C-…` with its id to take one."), None);
+        assert_eq!(case_of_notice("hello"), None);
     }
 
     #[test]

@@ -10,9 +10,11 @@ mod synapse;
 
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
+use matrix_sdk::ruma::events::reaction::ReactionEventContent;
+use matrix_sdk::ruma::events::relation::Annotation;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
-use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,7 +32,7 @@ fn root() -> PathBuf {
 /// they receive as (room, text).
 struct Person {
     client: Client,
-    seen: Arc<Mutex<Vec<(OwnedRoomId, String)>>>,
+    seen: Arc<Mutex<Vec<(OwnedRoomId, String, OwnedEventId)>>>,
     _sync: tokio::task::JoinHandle<()>,
 }
 
@@ -62,7 +64,7 @@ impl Person {
             let s = s.clone();
             async move {
                 if let MessageType::Text(t) = &ev.content.msgtype {
-                    s.lock().unwrap().push((room.room_id().to_owned(), t.body.clone()));
+                    s.lock().unwrap().push((room.room_id().to_owned(), t.body.clone(), ev.event_id.clone()));
                 }
             }
         });
@@ -85,14 +87,25 @@ impl Person {
     /// Waits for a message starting with `start`, in `room` (or any room but `not_in`);
     /// returns the room it came in.
     async fn expect(&self, start: &str, room: Option<&OwnedRoomId>, not_in: Option<&OwnedRoomId>) -> OwnedRoomId {
+        self.expect_event(start, room, not_in).await.0
+    }
+
+    /// As [`Person::expect`], with the message's event id.
+    async fn expect_event(
+        &self,
+        start: &str,
+        room: Option<&OwnedRoomId>,
+        not_in: Option<&OwnedRoomId>,
+    ) -> (OwnedRoomId, OwnedEventId) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             {
                 let mut seen = self.seen.lock().unwrap();
-                if let Some(i) = seen.iter().position(|(r, t)| {
+                if let Some(i) = seen.iter().position(|(r, t, _)| {
                     t.starts_with(start) && room.is_none_or(|x| x == r) && not_in.is_none_or(|x| x != r)
                 }) {
-                    return seen.remove(i).0;
+                    let (r, _, e) = seen.remove(i);
+                    return (r, e);
                 }
                 assert!(Instant::now() < deadline, "{} never got {start:?}; got {:?}", self.user_id(), *seen);
             }
@@ -205,9 +218,11 @@ async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room()
     alice.say(&dm, "Came in hungry again <b>today</b> @room").await;
     // The group sees the minimal summary; the lead is asked to acknowledge, privately.
     bea.expect("New neglect concern C-1, risk: possibly", Some(&north), None).await;
-    let bea_dm = bea.expect("Escalation E-1 (prompt, level 1)", None, Some(&north)).await;
+    let (bea_dm, notice) = bea.expect_event("Escalation E-1 (prompt, level 1)", None, Some(&north)).await;
     alice.expect("Thank you. C-1 is with the group", Some(&dm), None).await;
-    bea.say(&bea_dm, "ack C-1").await;
+    // One tap: a reaction on the notice acknowledges it.
+    let reaction = ReactionEventContent::new(Annotation::new(notice, "👍".into()));
+    bea.client.get_room(&bea_dm).unwrap().send(reaction).await.unwrap();
     bea.expect("Thank you: you have acknowledged C-1", Some(&bea_dm), None).await;
     alice.expect("Bea Lindqvist (St Mary's Primary School) acknowledged C-1", Some(&dm), None).await;
 
@@ -275,7 +290,7 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
     }
     // By now a reply to the chatter would have come; there is none.
     let refusals =
-        mallory.seen.lock().unwrap().iter().filter(|(_, t)| t.starts_with("Sorry, I don't know you")).count();
+        mallory.seen.lock().unwrap().iter().filter(|(_, t, _)| t.starts_with("Sorry, I don't know you")).count();
     assert_eq!(refusals, 0, "chatter from a stranger gets no reply");
     bot.stop().await;
 }
@@ -325,7 +340,7 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
         .lock()
         .unwrap()
         .iter()
-        .map(|(_, t)| t.clone())
+        .map(|(_, t, _)| t.clone())
         .filter(|t| t.starts_with("What kind") || t.starts_with("Is the child"))
         .collect();
     assert!(again.is_empty(), "asked again: {again:?}");
