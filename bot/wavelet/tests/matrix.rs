@@ -10,8 +10,10 @@ mod synapse;
 
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
+use matrix_sdk::ruma::events::InitialStateEvent;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::Annotation;
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
@@ -176,6 +178,18 @@ impl Bot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room() {
+    concern_end_to_end(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concern_raised_in_an_encrypted_group_room_goes_the_same_way() {
+    concern_end_to_end(true).await
+}
+
+/// The concern workflow end to end: raised in the group's room (encrypted or not), asked
+/// in an encrypted direct room, shared with the group, escalated to the lead, who
+/// acknowledges with a reaction; the practitioner is told.
+async fn concern_end_to_end(encrypted_group: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| "wavelet=info".into()),
@@ -191,6 +205,12 @@ async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room()
     let mut request = CreateRoom::new();
     request.invite = vec![server.user_id("wavelet").try_into().unwrap(), bea.user_id()];
     request.name = Some("North".into());
+    if encrypted_group {
+        request.initial_state = vec![
+            InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults())
+                .to_raw_any(),
+        ];
+    }
     let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
     let bot = Bot::start(&config(dir.path(), &server, &north)).await;
 
@@ -205,6 +225,8 @@ async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room()
         assert!(Instant::now() < deadline, "the bot and bea never joined ({joined} members)");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let group_room = alice.client.get_room(&north).unwrap();
+    assert_eq!(group_room.latest_encryption_state().await.unwrap().is_encrypted(), encrypted_group);
     alice.say(&north, "!concern").await;
     let dm = alice.expect("Child's initials", None, Some(&north)).await;
     let room = alice.client.get_room(&dm).unwrap();
