@@ -71,8 +71,12 @@ impl Person {
             }
         });
         let c = client.clone();
+        // Keeps syncing across a homeserver restart, as a real client does.
         let sync = tokio::spawn(async move {
-            let _ = c.sync(SyncSettings::default().timeout(Duration::from_secs(5))).await;
+            loop {
+                let _ = c.sync(SyncSettings::default().timeout(Duration::from_secs(5))).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
         });
         Person { client, seen, _sync: sync }
     }
@@ -377,4 +381,46 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     let secrets = Secrets { password: Some("wavelet-password".into()), passphrase: Some("store passphrase".into()) };
     let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt).await.err().expect("refused");
     assert!(err.to_string().contains("would break encryption for this device"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dialog_goes_on_after_the_homeserver_restarts() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| "wavelet=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Synapse::start().await;
+    server.register("wavelet", "wavelet-password", false).await;
+    let alice = Person::new(&server, dir.path(), "alice").await;
+    let mut request = CreateRoom::new();
+    request.invite = vec![server.user_id("wavelet").try_into().unwrap()];
+    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    let bot = Bot::start(&config(dir.path(), &server, &north)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alice.client.get_room(&north).unwrap().members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0) < 2
+    {
+        assert!(Instant::now() < deadline, "the bot never joined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    alice.say(&north, "!concern").await;
+    let dm = alice.expect("Child's initials", None, Some(&north)).await;
+    // The homeserver goes away mid-dialog and comes back on the same port and database.
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = alice.client.get_room(&dm).unwrap().send(RoomMessageEventContent::text_plain("AB 2015")).await;
+        if sent.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice could not send after the restart: {sent:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    alice.expect("What kind of concern", Some(&dm), None).await;
+    alice.say(&dm, "1").await;
+    alice.expect("Is the child at immediate risk", Some(&dm), None).await;
+    assert_eq!(bot.rt.store.run_counts().await.unwrap(), vec![("waiting".to_string(), 1)]);
+    bot.stop().await;
 }
