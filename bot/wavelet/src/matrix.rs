@@ -24,6 +24,7 @@ use crate::runtime::Runtime;
 use anyhow::{Context, bail};
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
+use matrix_sdk::encryption::{BackupDownloadStrategy, EncryptionSettings};
 use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::events::reaction::OriginalSyncReactionEvent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
@@ -41,6 +42,7 @@ use wavelet_core::{Account, InboundEvent, MessageBody, OutboundMessage, Platform
 /// The environment variables the adapter reads its secrets from.
 pub const PASSWORD_ENV: &str = "WAVELET_MATRIX_PASSWORD";
 pub const PASSPHRASE_ENV: &str = "WAVELET_MATRIX_STORE_PASSPHRASE";
+pub const RECOVERY_KEY_ENV: &str = "WAVELET_MATRIX_RECOVERY_KEY";
 
 /// Secrets, from the environment only.
 #[derive(Clone, Default)]
@@ -49,12 +51,15 @@ pub struct Secrets {
     pub password: Option<String>,
     /// Encrypts the state and crypto stores.
     pub passphrase: Option<String>,
+    /// The account's recovery key, to fetch its cross-signing keys (a bot whose account
+    /// already has cross-signing set up elsewhere).
+    pub recovery_key: Option<String>,
 }
 
 impl Secrets {
     pub fn from_env() -> Secrets {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Secrets { password: get(PASSWORD_ENV), passphrase: get(PASSPHRASE_ENV) }
+        Secrets { password: get(PASSWORD_ENV), passphrase: get(PASSPHRASE_ENV), recovery_key: get(RECOVERY_KEY_ENV) }
     }
 }
 
@@ -115,8 +120,16 @@ impl MatrixAdapter {
                 store.display()
             );
         }
+        // Cross-signing is bootstrapped on a password login, so clients that hide
+        // unverified devices still show what the bot says.
+        let encryption = EncryptionSettings {
+            auto_enable_cross_signing: true,
+            backup_download_strategy: BackupDownloadStrategy::default(),
+            auto_enable_backups: false,
+        };
         let client = Client::builder()
             .homeserver_url(&cfg.homeserver)
+            .with_encryption_settings(encryption)
             .sqlite_store(&store, secrets.passphrase.as_deref())
             .build()
             .await
@@ -150,6 +163,15 @@ impl MatrixAdapter {
             write_private(&session_file, &serde_json::to_string(&session)?)?;
             tracing::info!("matrix login as a new device; session saved");
         }
+        if let Some(key) = &secrets.recovery_key {
+            client
+                .encryption()
+                .recovery()
+                .recover(key)
+                .await
+                .with_context(|| format!("the recovery key in {RECOVERY_KEY_ENV} was not accepted"))?;
+            tracing::info!("matrix cross-signing keys recovered");
+        }
         let group_rooms = rt
             .dir
             .groups()
@@ -167,6 +189,16 @@ impl MatrixAdapter {
             direct: tokio::sync::Mutex::default(),
             fresh_login: !saved,
         }))
+    }
+
+    /// Whether this device holds the account's cross-signing keys (master, self-signing and
+    /// user-signing).
+    pub async fn cross_signed(&self) -> bool {
+        self.client
+            .encryption()
+            .cross_signing_status()
+            .await
+            .is_some_and(|s| s.has_master && s.has_self_signing && s.has_user_signing)
     }
 
     /// Syncs until the task is dropped: hands messages to the ingest, answers invites,

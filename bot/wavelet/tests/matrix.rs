@@ -149,6 +149,7 @@ fn config(dir: &Path, server: &Synapse, room: &OwnedRoomId) -> PathBuf {
 
 struct Bot {
     rt: Arc<wavelet::runtime::Runtime>,
+    adapter: Arc<MatrixAdapter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Option<wavelet::service::Background>,
 }
@@ -158,15 +159,19 @@ impl Bot {
         let cfg = wavelet::app::load_config(config, &|_| None).unwrap();
         let url = cfg.store.url.clone();
         let rt = wavelet::app::build(cfg.clone(), &url, Arc::new(SystemClock)).await.unwrap().runtime;
-        let secrets =
-            Secrets { password: Some("wavelet-password".into()), passphrase: Some("store passphrase".into()) };
+        let secrets = Secrets {
+            password: Some("wavelet-password".into()),
+            passphrase: Some("store passphrase".into()),
+            recovery_key: None,
+        };
         let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(m.clone());
         let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
+        let m_ref = m.clone();
         let sync = tokio::spawn(m.run(ingest));
         let background = wavelet::service::spawn(rt.clone(), adapters);
-        Bot { rt, tasks: vec![sync, worker], background: Some(background) }
+        Bot { rt, adapter: m_ref, tasks: vec![sync, worker], background: Some(background) }
     }
 
     async fn stop(mut self) {
@@ -292,6 +297,12 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
         assert!(Instant::now() < deadline, "the bot and mallory never joined");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A password login bootstraps cross-signing for the bot's account.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bot.adapter.cross_signed().await {
+        assert!(Instant::now() < deadline, "cross-signing was never bootstrapped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // A command from someone the directory does not know: refused politely, recorded.
     mallory.say(&north, "!concern").await;
     mallory.expect("Sorry, I don't know you", Some(&north), None).await;
@@ -378,7 +389,11 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     std::fs::remove_dir_all(dir.path().join("matrix-state/store")).unwrap();
     let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
     let rt = wavelet::app::build(cfg.clone(), &cfg.store.url, Arc::new(SystemClock)).await.unwrap().runtime;
-    let secrets = Secrets { password: Some("wavelet-password".into()), passphrase: Some("store passphrase".into()) };
+    let secrets = Secrets {
+        password: Some("wavelet-password".into()),
+        passphrase: Some("store passphrase".into()),
+        recovery_key: None,
+    };
     let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt).await.err().expect("refused");
     assert!(err.to_string().contains("would break encryption for this device"), "{err:#}");
 }
