@@ -241,11 +241,21 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
     let rt = parts.runtime;
     wavelet::reload::record(&rt, &parts.load, false).await;
-    let console = Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(show_keys));
     let mut adapters = Adapters::default();
-    adapters.add(console);
+    // The console room prints to stdout: only where no chat platform is configured (a
+    // demo, a test). With a platform, what is said to someone must not end up in a
+    // service's output.
+    if rt.dir.config().matrix.is_none() {
+        let console = ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(show_keys);
+        adapters.add(Arc::new(console));
+    }
     let (ingest, ingest_worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
     let platforms = app::start_platforms(&rt, &mut adapters, &ingest).await?;
+    for (platform, waiting) in rt.store.undelivered_by_platform().await? {
+        if !adapters.platforms().iter().any(|p| p.as_str() == platform) {
+            tracing::warn!(platform = %platform, messages = waiting, "messages wait for a platform this process does not run; give those people an account on a configured platform");
+        }
+    }
     let reloader = wavelet::reload::spawn(rt.clone());
     tracing::info!(store = rt.store.backend(), instance = %rt.instance, "wavelet running; stop it with SIGTERM or Ctrl-C");
     let background = wavelet::service::spawn(rt.clone(), adapters);

@@ -876,6 +876,18 @@ impl Store {
         Ok(())
     }
 
+    /// Undelivered, unparked messages by platform (`console`, `matrix`, …).
+    pub async fn undelivered_by_platform(&self) -> Result<Vec<(String, i64)>> {
+        let rooms: Vec<String> = on_pool!(self, p => sqlx::query_scalar("SELECT room FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL").fetch_all(p).await)?;
+        let mut counts: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for room in rooms {
+            if let Ok(r) = parse_room(&room) {
+                *counts.entry(r.platform().as_str().to_string()).or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     /// Messages parked as undeliverable, oldest first: (id, key, room, attempts, error).
     pub async fn parked_outbox(&self) -> Result<Vec<(i64, String, String, i32, Option<String>)>> {
         Ok(
