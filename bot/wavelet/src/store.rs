@@ -335,6 +335,16 @@ fn escalation_status(s: EscalationStatus) -> &'static str {
     }
 }
 
+/// An outbox row's message, from its stored columns.
+fn outbox_message(key: String, room: &str, person: Option<String>, body: &str) -> Result<OutboundMessage> {
+    Ok(OutboundMessage {
+        idempotency_key: key,
+        room: parse_room(room)?,
+        person,
+        body: serde_json::from_str(body).map_err(|e| Error::Corrupt(format!("outbox body: {e}")))?,
+    })
+}
+
 fn parse_room(s: &str) -> Result<RoomRef> {
     RoomRef::parse(s).ok_or_else(|| Error::Corrupt(format!("bad room {s}")))
 }
@@ -751,16 +761,7 @@ impl Store {
             on_pool!(self, p => sqlx::query_as(SQL).bind(now.0).bind(limit).fetch_all(p).await)?;
         rows.into_iter()
             .map(|(id, key, room, person, body, attempts)| {
-                Ok(PendingMessage {
-                    id,
-                    attempts,
-                    message: OutboundMessage {
-                        idempotency_key: key,
-                        room: parse_room(&room)?,
-                        person,
-                        body: serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("outbox body: {e}")))?,
-                    },
-                })
+                Ok(PendingMessage { id, attempts, message: outbox_message(key, &room, person, &body)? })
             })
             .collect()
     }
@@ -832,17 +833,7 @@ impl Store {
         rows.sort_by_key(|r| r.0);
         rows.into_iter()
             .map(|(id, key, room, person, body, attempts, run_id)| {
-                Ok(ClaimedMessage {
-                    id,
-                    attempts,
-                    run_id,
-                    message: OutboundMessage {
-                        idempotency_key: key,
-                        room: parse_room(&room)?,
-                        person,
-                        body: serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("outbox body: {e}")))?,
-                    },
-                })
+                Ok(ClaimedMessage { id, attempts, run_id, message: outbox_message(key, &room, person, &body)? })
             })
             .collect()
     }

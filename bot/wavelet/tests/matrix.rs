@@ -81,6 +81,20 @@ impl Person {
         Person { client, seen, _sync: sync }
     }
 
+    /// Waits until `room` has at least `n` joined members, as this person's client sees it.
+    async fn wait_for_members(&self, room: &OwnedRoomId, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.client.get_room(room).unwrap();
+            let joined = r.members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0);
+            if joined >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {joined} of {n} members ever joined");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn user_id(&self) -> OwnedUserId {
         self.client.user_id().unwrap().to_owned()
     }
@@ -118,6 +132,12 @@ impl Person {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Wavelet's log (ids only) in the test's output; `WAVELET_LOG` sets the filter.
+fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| "wavelet=info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 /// The example configuration, on Matrix: alice and bea have Matrix accounts, the group's
@@ -199,12 +219,7 @@ async fn a_concern_raised_in_an_encrypted_group_room_goes_the_same_way() {
 /// in an encrypted direct room, shared with the group, escalated to the lead, who
 /// acknowledges with a reaction; the practitioner is told.
 async fn concern_end_to_end(encrypted_group: bool) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| "wavelet=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let dir = tempfile::tempdir().unwrap();
     let server = Synapse::start().await;
     server.register("wavelet", "wavelet-password", false).await;
@@ -224,16 +239,7 @@ async fn concern_end_to_end(encrypted_group: bool) {
     let bot = Bot::start(&config(dir.path(), &server, &north)).await;
 
     // Once the bot has joined, alice raises a concern in the room.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let room = alice.client.get_room(&north).unwrap();
-        let joined = room.members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0);
-        if joined >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the bot and bea never joined ({joined} members)");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    alice.wait_for_members(&north, 3).await;
     let group_room = alice.client.get_room(&north).unwrap();
     assert_eq!(group_room.latest_encryption_state().await.unwrap().is_encrypted(), encrypted_group);
     alice.say(&north, "!concern").await;
@@ -291,12 +297,7 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
     request.invite = vec![server.user_id("wavelet").try_into().unwrap(), mallory.user_id()];
     let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
     let bot = Bot::start(&config(dir.path(), &server, &north)).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while alice.client.get_room(&north).unwrap().members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0) < 3
-    {
-        assert!(Instant::now() < deadline, "the bot and mallory never joined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    alice.wait_for_members(&north, 3).await;
     // A password login bootstraps cross-signing for the bot's account.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !bot.adapter.cross_signed().await {
@@ -343,12 +344,7 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
     let config = config(dir.path(), &server, &north);
     let bot = Bot::start(&config).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while alice.client.get_room(&north).unwrap().members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0) < 2
-    {
-        assert!(Instant::now() < deadline, "the bot never joined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    alice.wait_for_members(&north, 2).await;
     alice.say(&north, "!concern").await;
     let dm = alice.expect("Child's initials", None, Some(&north)).await;
     alice.say(&dm, "AB 2015").await;
@@ -400,12 +396,7 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dialog_goes_on_after_the_homeserver_restarts() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| "wavelet=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let dir = tempfile::tempdir().unwrap();
     let mut server = Synapse::start().await;
     server.register("wavelet", "wavelet-password", false).await;
@@ -414,12 +405,7 @@ async fn the_dialog_goes_on_after_the_homeserver_restarts() {
     request.invite = vec![server.user_id("wavelet").try_into().unwrap()];
     let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
     let bot = Bot::start(&config(dir.path(), &server, &north)).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while alice.client.get_room(&north).unwrap().members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0) < 2
-    {
-        assert!(Instant::now() < deadline, "the bot never joined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    alice.wait_for_members(&north, 2).await;
     alice.say(&north, "!concern").await;
     let dm = alice.expect("Child's initials", None, Some(&north)).await;
     // The homeserver goes away mid-dialog and comes back on the same port and database.
