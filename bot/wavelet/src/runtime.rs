@@ -313,17 +313,9 @@ impl Runtime {
                 "Schedule `{}` could not start workflow `{}`: no loaded workflow has that command. `wavelet check` lists them.",
                 s.id, s.workflow
             );
-            for c in self.dir.people_with_role(roles::COORDINATOR) {
-                if let Some(dm) = self.dm_room(&c.id, self.group_platform(&s.group_id)) {
-                    let m = OutboundMessage {
-                        idempotency_key: format!("schedule:{}:{}:{}", s.id, s.due_at.0, c.id),
-                        room: dm,
-                        person: Some(c.id.clone()),
-                        body: MessageBody::Text { text: text.clone() },
-                    };
-                    tx.enqueue(&m, None, now).await?;
-                }
-            }
+            let platform = self.group_platform(&s.group_id);
+            let key = format!("schedule:{}:{}", s.id, s.due_at.0);
+            self.queue_for_coordinators(tx, &key, &text, |c| self.dm_room(&c.id, platform), None, now).await?;
             return Ok(());
         };
         let origin = json!({ "schedule": s.id, "due": s.due_at.rfc3339(), "late_ms": late_ms });
@@ -676,17 +668,9 @@ impl Runtime {
                 "Escalation {} of {} (policy `{}`) reached nobody at level {}: nobody in group `{}` matches its notify list. Please acknowledge or act on {} directly, and check the policy.",
                 e.id, e.case_id, e.policy, stage.level, e.group_id, e.case_id
             );
-            for c in self.dir.people_with_role(roles::COORDINATOR) {
-                if let Some(room) = self.dm_room(&c.id, platform) {
-                    let m = OutboundMessage {
-                        idempotency_key: format!("esc:{}:{}:nobody:{}", e.id, e.stage, c.id),
-                        room,
-                        person: Some(c.id.clone()),
-                        body: MessageBody::Text { text: note.clone() },
-                    };
-                    tx.enqueue(&m, Some(&e.run_id), now).await?;
-                }
-            }
+            let key = format!("esc:{}:{}:nobody", e.id, e.stage);
+            self.queue_for_coordinators(tx, &key, &note, |c| self.dm_room(&c.id, platform), Some(&e.run_id), now)
+                .await?;
         }
         e.next_at = stage.wait_ms.map(|w| now.plus(std::time::Duration::from_millis(w)));
         Ok(())
@@ -776,7 +760,7 @@ impl Runtime {
             escalations.iter_mut().filter(|e| e.status == EscalationStatus::Active).collect();
         let label = self.label(person);
         if active.is_empty() && resumed.is_empty() {
-            let last = tx_last_ack(&escalations);
+            let last = last_ack(&escalations);
             tx.append(draft(
                 EntryKind::AcknowledgementLate,
                 json!({ "room": ev.room.to_string(), "already_by": last.map(|l| l.0.clone()), "already_at": last.map(|l| l.1.rfc3339()) }),
@@ -1403,20 +1387,40 @@ impl Runtime {
                 attempts,
                 c.run_id.as_deref(),
             );
-            for p in self.dir.people_with_role(roles::COORDINATOR) {
-                let other = p.accounts.iter().find(|a| a.platform != failing).map(|a| a.platform).unwrap_or(failing);
-                let Some(room) = self.dir.direct_room(p, other) else { continue };
-                let m = OutboundMessage {
-                    idempotency_key: format!("failed:{}:{}", c.id, p.id),
-                    room,
-                    person: Some(p.id.clone()),
-                    body: MessageBody::Text { text: text.clone() },
-                };
-                tx.enqueue(&m, c.run_id.as_deref(), now).await?;
-            }
+            // Where they can, on another platform than the failing one.
+            let elsewhere = |p: &wavelet_core::config::Person| {
+                let other = p.accounts.iter().find(|a| a.platform != failing).map_or(failing, |a| a.platform);
+                self.dir.direct_room(p, other)
+            };
+            let key = format!("failed:{}", c.id);
+            self.queue_for_coordinators(&mut tx, &key, &text, elsewhere, c.run_id.as_deref(), now).await?;
         }
         tx.commit().await?;
         self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues `text` privately to every coordinator, in the room `room_of` picks for each,
+    /// keyed `KEY:PERSON`.
+    async fn queue_for_coordinators(
+        &self,
+        tx: &mut Tx,
+        key: &str,
+        text: &str,
+        room_of: impl Fn(&wavelet_core::config::Person) -> Option<RoomRef>,
+        run_id: Option<&str>,
+        now: Millis,
+    ) -> store::Result<()> {
+        for c in self.dir.people_with_role(roles::COORDINATOR) {
+            let Some(room) = room_of(c) else { continue };
+            let m = OutboundMessage {
+                idempotency_key: format!("{key}:{}", c.id),
+                room,
+                person: Some(c.id.clone()),
+                body: MessageBody::Text { text: text.to_string() },
+            };
+            tx.enqueue(&m, run_id, now).await?;
+        }
         Ok(())
     }
 
@@ -1441,7 +1445,7 @@ fn rand_u32() -> u32 {
 }
 
 /// The last acknowledgement of any of these escalations: who and when.
-fn tx_last_ack(escalations: &[EscalationRow]) -> Option<(&String, Millis)> {
+fn last_ack(escalations: &[EscalationRow]) -> Option<(&String, Millis)> {
     escalations.iter().filter_map(|e| Some((e.acked_by.as_ref()?, e.acked_at?))).max_by_key(|(_, at)| *at)
 }
 
