@@ -4,10 +4,11 @@
 
 use crate::runtime::Runtime;
 use crate::store::{self, ClaimedMessage};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wavelet_core::{Millis, OutboundMessage, Platform};
 
@@ -34,6 +35,11 @@ pub trait ChatAdapter: Send + Sync {
     /// Sends one message. `message.idempotency_key` must become the platform's own
     /// dedup key (Matrix transaction id, Discord nonce) so a resend is not a second post.
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a>;
+    /// How many rooms may be sent to side by side (each room still gets its messages one
+    /// at a time, in order). 1, the default, sends everything in claim order.
+    fn parallel_rooms(&self) -> usize {
+        1
+    }
 }
 
 /// Adapters by platform.
@@ -47,6 +53,12 @@ impl Adapters {
 
     pub fn get(&self, p: Platform) -> Option<&Arc<dyn ChatAdapter>> {
         self.0.get(&p)
+    }
+
+    /// How many rooms a delivery pass serves side by side: what the most careful adapter
+    /// allows.
+    pub fn parallel_rooms(&self) -> usize {
+        self.0.values().map(|a| a.parallel_rooms()).min().unwrap_or(1).max(1)
     }
 
     /// The platforms there are adapters for.
@@ -74,69 +86,132 @@ pub const CLAIM: Duration = Duration::from_secs(60);
 /// oldest first, and records each delivery or failure. Returns how many were delivered.
 ///
 /// Messages are claimed before they are sent, so two processes never send one at once;
-/// within a process one pass runs at a time. A platform that asks us to slow down gets
-/// nothing more in this pass. A message that keeps failing, or fails for good, is parked
-/// (kept, not dropped) and surfaced: a ledger entry and a note to every coordinator.
+/// within a process one pass runs at a time. Within a room messages go one after another
+/// in order; different rooms are served side by side, as many as the adapters allow
+/// ([`ChatAdapter::parallel_rooms`]), so a slow send to one room does not hold up the
+/// answer in another. A platform that asks us to slow down gets nothing more in this
+/// pass. A message that keeps failing, or fails for good, is parked (kept, not dropped)
+/// and surfaced: a ledger entry and a note to every coordinator.
 pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> store::Result<usize> {
     let store = &rt.store;
     let _one_pass = store.delivery.lock().await;
     let platforms = adapters.platforms();
+    let parallel = adapters.parallel_rooms();
     let mut delivered = 0;
     // Platforms still inside a wait they asked for (in this pass or an earlier one).
-    let mut slowed: Vec<Platform> = {
+    let slowed: Mutex<Vec<Platform>> = Mutex::new({
         let mut slow = rt.slow_until.lock().unwrap_or_else(|e| e.into_inner());
         slow.retain(|_, until| *until > now);
         slow.keys().copied().collect()
-    };
+    });
     loop {
-        let open: Vec<Platform> = platforms.iter().copied().filter(|p| !slowed.contains(p)).collect();
+        let open: Vec<Platform> = platforms.iter().copied().filter(|p| !is_slowed(&slowed, *p)).collect();
         let batch = store.claim_outbox(&rt.instance, &open, now, CLAIM, 200).await?;
         if batch.is_empty() {
             return Ok(delivered);
         }
-        let mut progressed = false;
-        for c in batch {
-            let platform = c.message.room.platform();
-            let Some(adapter) = adapters.get(platform).filter(|_| !slowed.contains(&platform)) else {
-                // Slowed down in this pass: hand it back for the next.
-                store.release_claim(c.id).await?;
-                continue;
-            };
-            match adapter.send(&c.message).await {
-                Ok(()) => {
-                    crate::faults::point("deliver.after_send");
-                    store.mark_delivered(c.id, now).await?;
-                    crate::faults::point("deliver.after_mark");
-                    delivered += 1;
-                    progressed = true;
+        let queues = by_room(batch, parallel);
+        let mut passes =
+            futures_util::stream::iter(queues.into_iter().map(|q| deliver_queue(rt, adapters, q, now, &slowed)))
+                .buffer_unordered(parallel);
+        let (mut progressed, mut failed) = (false, None);
+        while let Some(r) = passes.next().await {
+            match r {
+                Ok(QueueOutcome { delivered: d, progressed: p }) => {
+                    delivered += d;
+                    progressed |= p;
                 }
-                Err(SendError::RateLimited(wait)) => {
-                    tracing::info!(platform = %platform, wait_ms = wait.as_millis() as u64, "platform asked us to slow down");
-                    store.retry_later(c.id, now.plus(wait)).await?;
-                    rt.slow_until.lock().unwrap_or_else(|e| e.into_inner()).insert(platform, now.plus(wait));
-                    slowed.push(platform);
-                }
-                Err(e) => {
-                    let attempts = c.attempts + 1;
-                    tracing::warn!(outbox = c.id, key = %c.message.idempotency_key, attempts, error = %e, "delivery failed");
-                    match e {
-                        SendError::Temporary(_) if attempts < MAX_ATTEMPTS => {
-                            store.mark_failed(c.id, &e.to_string(), now.plus(backoff(c.attempts))).await?;
-                        }
-                        _ => {
-                            // Parked and surfaced in one transaction: never one without the other.
-                            rt.park_and_surface(&c, attempts, &e.to_string()).await?;
-                            // The coordinators' note is new work for this pass.
-                            progressed = true;
-                        }
-                    }
-                }
+                // The other rooms' sends are finished and recorded first.
+                Err(e) => failed = Some(e),
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if !progressed {
             return Ok(delivered);
         }
     }
+}
+
+fn is_slowed(slowed: &Mutex<Vec<Platform>>, p: Platform) -> bool {
+    slowed.lock().unwrap_or_else(|e| e.into_inner()).contains(&p)
+}
+
+/// A batch as queues of messages to send one after another: one queue per room (in the
+/// order each room first appears) when rooms may be served side by side, else one queue
+/// in claim order.
+fn by_room(batch: Vec<ClaimedMessage>, parallel: usize) -> Vec<Vec<ClaimedMessage>> {
+    if parallel <= 1 {
+        return vec![batch];
+    }
+    let mut queues: Vec<Vec<ClaimedMessage>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for c in batch {
+        let i = *index.entry(c.message.room.to_string()).or_insert_with(|| {
+            queues.push(Vec::new());
+            queues.len() - 1
+        });
+        queues[i].push(c);
+    }
+    queues
+}
+
+struct QueueOutcome {
+    delivered: usize,
+    /// Something changed that may make new work due (a delivery, a parked message's note).
+    progressed: bool,
+}
+
+/// Sends one queue's messages in order, recording each outcome.
+async fn deliver_queue(
+    rt: &Runtime,
+    adapters: &Adapters,
+    queue: Vec<ClaimedMessage>,
+    now: Millis,
+    slowed: &Mutex<Vec<Platform>>,
+) -> store::Result<QueueOutcome> {
+    let store = &rt.store;
+    let mut out = QueueOutcome { delivered: 0, progressed: false };
+    for c in queue {
+        let platform = c.message.room.platform();
+        let Some(adapter) = adapters.get(platform).filter(|_| !is_slowed(slowed, platform)) else {
+            // Slowed down in this pass: hand it back for the next.
+            store.release_claim(c.id).await?;
+            continue;
+        };
+        match adapter.send(&c.message).await {
+            Ok(()) => {
+                crate::faults::point("deliver.after_send");
+                store.mark_delivered(c.id, now).await?;
+                crate::faults::point("deliver.after_mark");
+                out.delivered += 1;
+                out.progressed = true;
+            }
+            Err(SendError::RateLimited(wait)) => {
+                tracing::info!(platform = %platform, wait_ms = wait.as_millis() as u64, "platform asked us to slow down");
+                store.retry_later(c.id, now.plus(wait)).await?;
+                rt.slow_until.lock().unwrap_or_else(|e| e.into_inner()).insert(platform, now.plus(wait));
+                slowed.lock().unwrap_or_else(|e| e.into_inner()).push(platform);
+            }
+            Err(e) => {
+                let attempts = c.attempts + 1;
+                tracing::warn!(outbox = c.id, key = %c.message.idempotency_key, attempts, error = %e, "delivery failed");
+                match e {
+                    SendError::Temporary(_) if attempts < MAX_ATTEMPTS => {
+                        store.mark_failed(c.id, &e.to_string(), now.plus(backoff(c.attempts))).await?;
+                    }
+                    _ => {
+                        // Parked and surfaced in one transaction: never one without the other.
+                        rt.park_and_surface(&c, attempts, &e.to_string()).await?;
+                        // The coordinators' note is new work for this pass.
+                        out.progressed = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What a parked message was, for the ledger.
@@ -147,4 +222,31 @@ pub fn describe(c: &ClaimedMessage) -> serde_json::Value {
         "room": c.message.room.to_string(),
         "run": c.run_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wavelet_core::{MessageBody, RoomRef};
+
+    fn claimed(id: i64, room: &str) -> ClaimedMessage {
+        let message = OutboundMessage {
+            idempotency_key: format!("k{id}"),
+            room: RoomRef::Shared { platform: Platform::Matrix, id: room.into() },
+            person: None,
+            body: MessageBody::Text { text: String::new() },
+        };
+        ClaimedMessage { id, message, attempts: 0, run_id: None }
+    }
+
+    fn ids(queues: &[Vec<ClaimedMessage>]) -> Vec<Vec<i64>> {
+        queues.iter().map(|q| q.iter().map(|c| c.id).collect()).collect()
+    }
+
+    #[test]
+    fn rooms_keep_their_order_and_serial_adapters_keep_the_claim_order() {
+        let batch = || vec![claimed(1, "!a"), claimed(2, "!b"), claimed(3, "!a"), claimed(4, "!c"), claimed(5, "!b")];
+        assert_eq!(ids(&by_room(batch(), 8)), vec![vec![1, 3], vec![2, 5], vec![4]]);
+        assert_eq!(ids(&by_room(batch(), 1)), vec![vec![1, 2, 3, 4, 5]]);
+    }
 }

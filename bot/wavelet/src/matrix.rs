@@ -442,6 +442,11 @@ impl ChatAdapter for MatrixAdapter {
     fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a> {
         Box::pin(self.send_one(message))
     }
+
+    /// A send takes a homeserver round trip (tens of ms); rooms need not wait for each other.
+    fn parallel_rooms(&self) -> usize {
+        8
+    }
 }
 
 /// The case an escalation notice asks to acknowledge: the `C-…` in "Reply `ack C-…`".

@@ -8,202 +8,19 @@
 #[path = "support/synapse.rs"]
 mod synapse;
 
-use matrix_sdk::config::SyncSettings;
-use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
-use matrix_sdk::ruma::events::InitialStateEvent;
+#[path = "support/matrix_world.rs"]
+mod world;
+
+use matrix_sdk::RoomMemberships;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::Annotation;
-use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
-use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
-use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use synapse::Synapse;
-use wavelet::adapter::Adapters;
 use wavelet::matrix::{MatrixAdapter, Secrets};
 use wavelet::runtime::SystemClock;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A person at a real Matrix client: joins what they are invited to, and keeps what
-/// they receive as (room, text).
-struct Person {
-    client: Client,
-    seen: Arc<Mutex<Vec<(OwnedRoomId, String, OwnedEventId)>>>,
-    _sync: tokio::task::JoinHandle<()>,
-}
-
-impl Person {
-    async fn new(server: &Synapse, dir: &Path, name: &str) -> Person {
-        let password = format!("{name}-password");
-        server.register(name, &password, false).await;
-        let client = Client::builder()
-            .homeserver_url(server.base_url())
-            .sqlite_store(dir.join(format!("client-{name}")), None)
-            .build()
-            .await
-            .unwrap();
-        client.matrix_auth().login_username(name, &password).await.unwrap();
-        client.sync_once(SyncSettings::default()).await.unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        client.add_event_handler(|ev: StrippedRoomMemberEvent, room: Room, client: Client| async move {
-            if Some(ev.state_key.as_ref()) == client.user_id() && room.state() == RoomState::Invited {
-                for _ in 0..10 {
-                    if room.join().await.is_ok() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        });
-        let s = seen.clone();
-        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
-            let s = s.clone();
-            async move {
-                if let MessageType::Text(t) = &ev.content.msgtype {
-                    s.lock().unwrap().push((room.room_id().to_owned(), t.body.clone(), ev.event_id.clone()));
-                }
-            }
-        });
-        let c = client.clone();
-        // Keeps syncing across a homeserver restart, as a real client does.
-        let sync = tokio::spawn(async move {
-            loop {
-                let _ = c.sync(SyncSettings::default().timeout(Duration::from_secs(5))).await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        });
-        Person { client, seen, _sync: sync }
-    }
-
-    /// Waits until `room` has at least `n` joined members, as this person's client sees it.
-    async fn wait_for_members(&self, room: &OwnedRoomId, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.client.get_room(room).unwrap();
-            let joined = r.members(RoomMemberships::JOIN).await.map(|m| m.len()).unwrap_or(0);
-            if joined >= n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "only {joined} of {n} members ever joined");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn user_id(&self) -> OwnedUserId {
-        self.client.user_id().unwrap().to_owned()
-    }
-
-    async fn say(&self, room: &OwnedRoomId, text: &str) {
-        let r = self.client.get_room(room).expect("in the room");
-        r.send(RoomMessageEventContent::text_plain(text)).await.unwrap();
-    }
-
-    /// Waits for a message starting with `start`, in `room` (or any room but `not_in`);
-    /// returns the room it came in.
-    async fn expect(&self, start: &str, room: Option<&OwnedRoomId>, not_in: Option<&OwnedRoomId>) -> OwnedRoomId {
-        self.expect_event(start, room, not_in).await.0
-    }
-
-    /// As [`Person::expect`], with the message's event id.
-    async fn expect_event(
-        &self,
-        start: &str,
-        room: Option<&OwnedRoomId>,
-        not_in: Option<&OwnedRoomId>,
-    ) -> (OwnedRoomId, OwnedEventId) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            {
-                let mut seen = self.seen.lock().unwrap();
-                if let Some(i) = seen.iter().position(|(r, t, _)| {
-                    t.starts_with(start) && room.is_none_or(|x| x == r) && not_in.is_none_or(|x| x != r)
-                }) {
-                    let (r, _, e) = seen.remove(i);
-                    return (r, e);
-                }
-                assert!(Instant::now() < deadline, "{} never got {start:?}; got {:?}", self.user_id(), *seen);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Wavelet's log (ids only) in the test's output; `WAVELET_LOG` sets the filter.
-fn log_to_test_output() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| "wavelet=info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-}
-
-/// The example configuration, on Matrix: alice and bea have Matrix accounts, the group's
-/// room is `room`, and the bot is `@wavelet:localhost`.
-fn config(dir: &Path, server: &Synapse, room: &OwnedRoomId) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("examples/wavelet.toml")).unwrap();
-    let text = text.split("[[schedule]]").next().unwrap();
-    let text = text
-        .replace("url = \"sqlite://wavelet.db\"", &format!("url = \"sqlite://{}\"", dir.join("w.db").display()))
-        .replace("dir = \"../workflows\"", &format!("dir = \"{}\"", root().join("workflows").display()))
-        .replace(
-            "accounts = { console = \"alice\" }",
-            "accounts = { console = \"alice\", matrix = \"@alice:localhost\" }",
-        )
-        .replace(
-            "roles = [\"practitioner\", \"lead\"]\n",
-            "roles = [\"practitioner\", \"lead\"]\naccounts = { matrix = \"@bea:localhost\" }\n",
-        )
-        .replace("rooms = [\"console:north\"]", &format!("rooms = [\"matrix:{room}\"]"));
-    let text = format!(
-        "{text}\n[matrix]\nhomeserver = \"{}\"\nuser = \"@wavelet:localhost\"\nstate_dir = \"{}\"\n",
-        server.base_url(),
-        dir.join("matrix-state").display()
-    );
-    let path = dir.join("wavelet.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-struct Bot {
-    rt: Arc<wavelet::runtime::Runtime>,
-    adapter: Arc<MatrixAdapter>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    background: Option<wavelet::service::Background>,
-}
-
-impl Bot {
-    async fn start(config: &Path) -> Bot {
-        let cfg = wavelet::app::load_config(config, &|_| None).unwrap();
-        let url = cfg.store.url.clone();
-        let rt = wavelet::app::build(cfg.clone(), &url, Arc::new(SystemClock)).await.unwrap().runtime;
-        let secrets = Secrets {
-            password: Some("wavelet-password".into()),
-            passphrase: Some("store passphrase".into()),
-            recovery_key: None,
-        };
-        let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.unwrap();
-        let mut adapters = Adapters::default();
-        adapters.add(m.clone());
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
-        let m_ref = m.clone();
-        let sync = tokio::spawn(m.run(ingest));
-        let background = wavelet::service::spawn(rt.clone(), adapters);
-        Bot { rt, adapter: m_ref, tasks: vec![sync, worker], background: Some(background) }
-    }
-
-    async fn stop(mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        if let Some(b) = self.background.take() {
-            b.stop().await;
-        }
-        self.rt.store.close().await;
-    }
-}
+use world::{Bot, Person, config, log_to_test_output};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room() {
@@ -225,17 +42,9 @@ async fn concern_end_to_end(encrypted_group: bool) {
     server.register("wavelet", "wavelet-password", false).await;
     let alice = Person::new(&server, dir.path(), "alice").await;
     let bea = Person::new(&server, dir.path(), "bea").await;
-    // The group's room: unencrypted, made by alice, with the bot and bea invited.
-    let mut request = CreateRoom::new();
-    request.invite = vec![server.user_id("wavelet").try_into().unwrap(), bea.user_id()];
-    request.name = Some("North".into());
-    if encrypted_group {
-        request.initial_state = vec![
-            InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults())
-                .to_raw_any(),
-        ];
-    }
-    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    // The group's room, made by alice, with the bot and bea invited.
+    let wavelet = server.user_id("wavelet").try_into().unwrap();
+    let north = alice.create_room(vec![wavelet, bea.user_id()], encrypted_group, false).await;
     let bot = Bot::start(&config(dir.path(), &server, &north)).await;
 
     // Once the bot has joined, alice raises a concern in the room.
@@ -293,9 +102,8 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
     let alice = Person::new(&server, dir.path(), "alice").await;
     // mallory has a Matrix account but is not in the directory.
     let mallory = Person::new(&server, dir.path(), "mallory").await;
-    let mut request = CreateRoom::new();
-    request.invite = vec![server.user_id("wavelet").try_into().unwrap(), mallory.user_id()];
-    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    let north =
+        alice.create_room(vec![server.user_id("wavelet").try_into().unwrap(), mallory.user_id()], false, false).await;
     let bot = Bot::start(&config(dir.path(), &server, &north)).await;
     alice.wait_for_members(&north, 3).await;
     // A password login bootstraps cross-signing for the bot's account.
@@ -312,9 +120,7 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
     mallory.say(&north, "just saying hello").await;
 
     // An invite to a room that is not in the configuration: declined, recorded.
-    let mut request = CreateRoom::new();
-    request.invite = vec![server.user_id("wavelet").try_into().unwrap()];
-    let side = mallory.client.create_room(request).await.unwrap().room_id().to_owned();
+    let side = mallory.create_room(vec![server.user_id("wavelet").try_into().unwrap()], false, false).await;
     ledger_has(&bot, "refused.invite").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -327,9 +133,7 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // By now a reply to the chatter would have come; there is none.
-    let refusals =
-        mallory.seen.lock().unwrap().iter().filter(|(_, t, _)| t.starts_with("Sorry, I don't know you")).count();
-    assert_eq!(refusals, 0, "chatter from a stranger gets no reply");
+    assert_eq!(mallory.count_seen("Sorry, I don't know you"), 0, "chatter from a stranger gets no reply");
     bot.stop().await;
 }
 
@@ -339,9 +143,7 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     let server = Synapse::start().await;
     server.register("wavelet", "wavelet-password", false).await;
     let alice = Person::new(&server, dir.path(), "alice").await;
-    let mut request = CreateRoom::new();
-    request.invite = vec![server.user_id("wavelet").try_into().unwrap()];
-    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    let north = alice.create_room(vec![server.user_id("wavelet").try_into().unwrap()], false, false).await;
     let config = config(dir.path(), &server, &north);
     let bot = Bot::start(&config).await;
     alice.wait_for_members(&north, 2).await;
@@ -368,15 +170,8 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     alice.expect("Thank you. C-1 is with the group", Some(&dm), None).await;
     // Nothing asked twice, nothing lost.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let again: Vec<String> = alice
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, t, _)| t.clone())
-        .filter(|t| t.starts_with("What kind") || t.starts_with("Is the child"))
-        .collect();
-    assert!(again.is_empty(), "asked again: {again:?}");
+    let again = alice.count_seen("What kind") + alice.count_seen("Is the child");
+    assert_eq!(again, 0, "asked again: {:?}", alice.seen.lock().unwrap());
     let runs = bot.rt.store.run_counts().await.unwrap();
     assert_eq!(runs, vec![("finished".to_string(), 1)]);
     bot.stop().await;
@@ -401,9 +196,7 @@ async fn the_dialog_goes_on_after_the_homeserver_restarts() {
     let mut server = Synapse::start().await;
     server.register("wavelet", "wavelet-password", false).await;
     let alice = Person::new(&server, dir.path(), "alice").await;
-    let mut request = CreateRoom::new();
-    request.invite = vec![server.user_id("wavelet").try_into().unwrap()];
-    let north = alice.client.create_room(request).await.unwrap().room_id().to_owned();
+    let north = alice.create_room(vec![server.user_id("wavelet").try_into().unwrap()], false, false).await;
     let bot = Bot::start(&config(dir.path(), &server, &north)).await;
     alice.wait_for_members(&north, 2).await;
     alice.say(&north, "!concern").await;
