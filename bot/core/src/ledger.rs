@@ -70,6 +70,9 @@ pub enum EntryKind {
     DeliveryFailed,
     #[serde(rename = "refused.invite")]
     RefusedInvite,
+    /// One room's copy of a share reached the chat platform.
+    #[serde(rename = "share.delivered")]
+    ShareDelivered,
 }
 
 impl EntryKind {
@@ -103,6 +106,7 @@ impl EntryKind {
             EntryKind::AcknowledgementRefused => "acknowledgement.refused",
             EntryKind::DeliveryFailed => "delivery.failed",
             EntryKind::RefusedInvite => "refused.invite",
+            EntryKind::ShareDelivered => "share.delivered",
         }
     }
 }

@@ -183,7 +183,7 @@ async fn deliver_queue(
         match adapter.send(&c.message).await {
             Ok(()) => {
                 crate::faults::point("deliver.after_send");
-                store.mark_delivered(c.id, now).await?;
+                rt.record_delivery(&c, now).await?;
                 crate::faults::point("deliver.after_mark");
                 out.delivered += 1;
                 out.progressed = true;
@@ -236,7 +236,7 @@ mod tests {
             person: None,
             body: MessageBody::Text { text: String::new() },
         };
-        ClaimedMessage { id, message, attempts: 0, run_id: None }
+        ClaimedMessage { id, message, attempts: 0, run_id: None, share_case: None }
     }
 
     fn ids(queues: &[Vec<ClaimedMessage>]) -> Vec<Vec<i64>> {

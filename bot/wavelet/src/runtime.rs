@@ -1116,7 +1116,7 @@ impl Runtime {
                     now,
                     json!({ "step": step, "group": group, "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(), "text": text }),
                 ));
-                self.post_to_rooms(tx, run, *step, &rooms, &said(text), now).await?;
+                self.post_to_rooms(tx, run, *step, &rooms, &said(text), None, now).await?;
             }
             Effect::Share { step, group, case_id, text, purpose, basis, consent } => {
                 let rooms = self.group_rooms(group);
@@ -1143,7 +1143,7 @@ impl Runtime {
                         "workflow": run.workflow,
                     }),
                 ));
-                self.post_to_rooms(tx, run, *step, &rooms, text, now).await?;
+                self.post_to_rooms(tx, run, *step, &rooms, text, Some(case_id), now).await?;
             }
             Effect::OpenCase { step, case } => {
                 tx.insert_case(&CaseRow {
@@ -1260,6 +1260,9 @@ impl Runtime {
         self.dir.group(group).map(|g| g.rooms.clone()).unwrap_or_default()
     }
 
+    /// Queues `text` to each room; for a share, `share_case` makes each room's delivery a
+    /// ledger entry of its own.
+    #[allow(clippy::too_many_arguments)]
     async fn post_to_rooms(
         &self,
         tx: &mut Tx,
@@ -1267,6 +1270,7 @@ impl Runtime {
         step: usize,
         rooms: &[RoomRef],
         text: &str,
+        share_case: Option<&str>,
         now: Millis,
     ) -> store::Result<()> {
         for (i, room) in rooms.iter().enumerate() {
@@ -1276,7 +1280,7 @@ impl Runtime {
                 person: None,
                 body: MessageBody::Text { text: text.to_string() },
             };
-            tx.enqueue(&m, Some(&run.id), now).await?;
+            tx.enqueue_share(&m, Some(&run.id), share_case, now).await?;
         }
         Ok(())
     }
@@ -1357,6 +1361,28 @@ impl Runtime {
     /// ledger, and every coordinator told, on another platform than the failing one where
     /// they have an account there, all in one transaction.
     /// A note about a failed note is recorded only (it would fail the same way).
+    /// Records that a claimed message was delivered. One room's copy of a share is also
+    /// recorded in the ledger (`share.delivered`), in the same transaction: never one
+    /// without the other, and once however often the message was sent.
+    pub async fn record_delivery(&self, c: &crate::store::ClaimedMessage, at: Millis) -> store::Result<()> {
+        let Some(case) = &c.share_case else {
+            return self.store.mark_delivered(c.id, at).await;
+        };
+        let mut tx = self.store.begin().await?;
+        if tx.mark_delivered(c.id, at).await? {
+            tx.append(Draft {
+                at,
+                kind: EntryKind::ShareDelivered,
+                case_id: Some(case.clone()),
+                run_id: c.run_id.clone(),
+                actor: WAVELET.into(),
+                script_hash: None,
+                content: crate::adapter::describe(c),
+            });
+        }
+        tx.commit().await
+    }
+
     pub async fn park_and_surface(
         &self,
         c: &crate::store::ClaimedMessage,

@@ -150,12 +150,21 @@ pub struct Tx {
     inbox_prefetched: HashSet<(String, String)>,
     inbox: Vec<(String, String, Millis)>,
     inbox_seen: HashSet<(String, String)>,
-    outbox: Vec<(OutboundMessage, Option<String>, Millis)>,
+    outbox: Vec<Queued>,
     outbox_keys: HashSet<String>,
     cases: Vec<CaseRow>,
     timers: Vec<(String, i64, Millis)>,
     scripts: Vec<(String, String, String, Millis)>,
     store: Store,
+}
+
+/// A message queued in a transaction, written to the outbox at commit.
+struct Queued {
+    message: OutboundMessage,
+    run_id: Option<String>,
+    /// The case a share discloses about: its delivery is recorded in the ledger.
+    share_case: Option<String>,
+    at: Millis,
 }
 
 enum TxConn {
@@ -490,6 +499,8 @@ pub struct ClaimedMessage {
     pub message: OutboundMessage,
     pub attempts: i32,
     pub run_id: Option<String>,
+    /// The case, when this is one room's copy of a share.
+    pub share_case: Option<String>,
 }
 
 impl Store {
@@ -823,17 +834,23 @@ impl Store {
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (\
              SELECT id FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3 \
              AND (claimed_until IS NULL OR claimed_until < $3) AND ({}) ORDER BY id LIMIT $4{lock}) \
-             RETURNING id, idempotency_key, room, person, body, attempts, run_id",
+             RETURNING id, idempotency_key, room, person, body, attempts, run_id, share_case",
             rooms.join(" OR ")
         );
         let until = now.plus(lease);
-        type ClaimTuple = (i64, String, String, Option<String>, String, i32, Option<String>);
+        type ClaimTuple = (i64, String, String, Option<String>, String, i32, Option<String>, Option<String>);
         let mut rows: Vec<ClaimTuple> = on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(owner).bind(until.0).bind(now.0).bind(limit).fetch_all(p).await)?;
         rows.sort_by_key(|r| r.0);
         rows.into_iter()
-            .map(|(id, key, room, person, body, attempts, run_id)| {
-                Ok(ClaimedMessage { id, attempts, run_id, message: outbox_message(key, &room, person, &body)? })
+            .map(|(id, key, room, person, body, attempts, run_id, share_case)| {
+                Ok(ClaimedMessage {
+                    id,
+                    attempts,
+                    run_id,
+                    share_case,
+                    message: outbox_message(key, &room, person, &body)?,
+                })
             })
             .collect()
     }
@@ -1200,10 +1217,34 @@ impl Tx {
     /// Queues a message for delivery at commit. A key queued before (in this transaction
     /// or any earlier one) is not queued again: the first message with a key is kept.
     pub async fn enqueue(&mut self, m: &OutboundMessage, run_id: Option<&str>, at: Millis) -> Result<()> {
+        self.enqueue_share(m, run_id, None, at).await
+    }
+
+    /// As [`Tx::enqueue`], for one room's copy of a share about `share_case` (when some):
+    /// its delivery will be recorded in the ledger.
+    pub async fn enqueue_share(
+        &mut self,
+        m: &OutboundMessage,
+        run_id: Option<&str>,
+        share_case: Option<&str>,
+        at: Millis,
+    ) -> Result<()> {
         if self.outbox_keys.insert(m.idempotency_key.clone()) {
-            self.outbox.push((m.clone(), run_id.map(str::to_string), at));
+            self.outbox.push(Queued {
+                message: m.clone(),
+                run_id: run_id.map(str::to_string),
+                share_case: share_case.map(str::to_string),
+                at,
+            });
         }
         Ok(())
+    }
+
+    /// Marks a message delivered; false when it already was (by another process).
+    pub async fn mark_delivered(&mut self, id: i64, at: Millis) -> Result<bool> {
+        let n = on_tx!(self, c => sqlx::query("UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = $2 AND delivered_at IS NULL")
+            .bind(at.0).bind(id).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(n == 1)
     }
 
     pub async fn set_timer(&mut self, run_id: &str, step: i64, due: Millis) -> Result<()> {
@@ -1483,11 +1524,12 @@ impl Tx {
         for chunk in outbox.chunks(CHUNK) {
             on_tx!(self, c => {
                 let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO outbox (idempotency_key, run_id, room, person, body, created_at, next_attempt_at) ",
+                    "INSERT INTO outbox (idempotency_key, run_id, room, person, body, created_at, next_attempt_at, share_case) ",
                 );
-                q.push_values(chunk, |mut b, (m, run, at)| {
-                    b.push_bind(m.idempotency_key.clone()).push_bind(run.clone()).push_bind(m.room.to_string())
-                        .push_bind(m.person.clone()).push_bind(json(&m.body)).push_bind(at.0).push_bind(at.0);
+                q.push_values(chunk, |mut b, Queued { message: m, run_id, share_case, at }| {
+                    b.push_bind(m.idempotency_key.clone()).push_bind(run_id.clone()).push_bind(m.room.to_string())
+                        .push_bind(m.person.clone()).push_bind(json(&m.body)).push_bind(at.0).push_bind(at.0)
+                        .push_bind(share_case.clone());
                 });
                 // A key queued in an earlier transaction keeps its first message.
                 q.push(" ON CONFLICT (idempotency_key) DO NOTHING");

@@ -117,6 +117,13 @@ async fn check_store(url: &str, what: &str) {
     }
     assert_eq!(stages, BTreeMap::from([(1, 1), (2, 1)]), "{what}: each escalation stage fires once");
     assert_eq!(entries.iter().filter(|e| e.link.kind == "case.acknowledged").count(), 1, "{what}");
+    // The share reached the group's room once in the ledger, however often it was sent.
+    let delivered: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.link.kind == "share.delivered")
+        .map(|e| e.content.as_ref().unwrap()["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(delivered, ["console:north"], "{what}: the share's delivery is recorded once");
     let head = store.ledger_head().await.unwrap();
     wavelet_core::ledger::verify(entries, &head).unwrap_or_else(|e| panic!("{what}: the ledger verifies: {e}"));
     assert_eq!(store.next_due().await.unwrap(), None, "{what}: nothing left due (acknowledged)");

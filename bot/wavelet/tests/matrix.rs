@@ -75,6 +75,12 @@ async fn concern_end_to_end(encrypted_group: bool) {
     // The ledger holds the share and the acknowledgement; it verifies.
     let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
     assert!(entries.iter().any(|e| e.link.kind == "share"));
+    let reached: Vec<_> = entries
+        .iter()
+        .filter(|e| e.link.kind == "share.delivered")
+        .map(|e| e.content.as_ref().unwrap()["room"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reached, [format!("matrix:{north}")], "the share's arrival in the room is recorded");
     assert!(entries.iter().any(|e| e.link.kind == "case.acknowledged"));
     let head = bot.rt.store.ledger_head().await.unwrap();
     wavelet_core::ledger::verify(entries, &head).unwrap();

@@ -22,7 +22,39 @@ on_both!(
     a_run_whose_stored_version_replays_differently_is_stopped_and_sends_nothing,
     a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators,
     a_starter_can_cancel_a_run_that_waits_on_someone_else,
+    each_room_a_share_reaches_is_recorded_in_the_ledger,
 );
+
+/// A share to a group with two rooms: one `share.delivered` entry per room, on the case,
+/// after the share itself; the case's timeline holds them.
+async fn each_room_a_share_reaches_is_recorded_in_the_ledger(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    let mut b = bot_with(&url, None, |c| {
+        let north = c.groups.iter_mut().find(|g| g.id == "north").unwrap();
+        north.rooms.push(RoomRef::Shared { platform: Platform::Console, id: "north-annex".into() });
+    })
+    .await;
+    b.say("alice", "north", "!concern").await;
+    for answer in ["AB 2015", "neglect", "no"] {
+        b.say("alice", "dm", answer).await;
+    }
+    let r = b.say("alice", "dm", "Seen today.").await;
+    assert_eq!(r.iter().filter(|t| t.starts_with("New neglect concern C-1")).count(), 2, "{r:?}");
+    let entries = b.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let share = entries.iter().find(|e| e.link.kind == "share").expect("the share is recorded");
+    let delivered: Vec<_> = entries.iter().filter(|e| e.link.kind == "share.delivered").collect();
+    let rooms: Vec<&str> = delivered.iter().map(|e| e.content.as_ref().unwrap()["room"].as_str().unwrap()).collect();
+    assert_eq!(rooms, ["console:north", "console:north-annex"]);
+    for d in &delivered {
+        assert_eq!(d.link.case_id.as_deref(), Some("C-1"));
+        assert_eq!(d.link.run_id, share.link.run_id);
+        assert!(d.link.seq > share.link.seq);
+    }
+    let timeline = b.rt.store.ledger_for_case("C-1").await.unwrap();
+    assert_eq!(timeline.iter().filter(|e| e.link.kind == "share.delivered").count(), 2);
+    b.verify().await;
+}
 
 async fn a_starter_can_cancel_a_run_that_waits_on_someone_else(backend: &str) {
     let dir = tempfile::tempdir().unwrap();

@@ -37,7 +37,13 @@ pub struct Bot {
 }
 
 pub async fn bot(url: &str, workflows: Option<&Path>) -> Bot {
+    bot_with(url, workflows, |_| {}).await
+}
+
+/// As [`bot`], with the example configuration changed by `edit` first.
+pub async fn bot_with(url: &str, workflows: Option<&Path>, edit: impl FnOnce(&mut wavelet_core::Config)) -> Bot {
     let mut config = wavelet::app::load_config(&root().join("examples/wavelet.toml"), &|_| None).unwrap();
+    edit(&mut config);
     if let Some(w) = workflows {
         config.workflows.dir = w.to_path_buf();
     }
