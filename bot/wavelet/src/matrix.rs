@@ -73,6 +73,8 @@ pub struct MatrixAdapter {
     direct: tokio::sync::Mutex<HashMap<OwnedUserId, OwnedRoomId>>,
     /// Whether this start logged in afresh (the first sync then skips history).
     fresh_login: bool,
+    /// Held (an advisory file lock) while this adapter lives: one process per state folder.
+    _lock: std::fs::File,
 }
 
 fn session_path(state: &Path) -> PathBuf {
@@ -81,6 +83,25 @@ fn session_path(state: &Path) -> PathBuf {
 
 fn store_path(state: &Path) -> PathBuf {
     state.join("store")
+}
+
+/// Locks the state folder for this process, or says who must not share it.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "the Matrix state folder {} is in use by another Wavelet process; each process needs a state_dir of its own (and is then a device of its own)",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
 }
 
 fn private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -103,6 +124,7 @@ impl MatrixAdapter {
         rt: Arc<Runtime>,
     ) -> anyhow::Result<Arc<MatrixAdapter>> {
         private_dir(&cfg.state_dir)?;
+        let lock = lock_state_dir(&cfg.state_dir)?;
         let session_file = session_path(&cfg.state_dir);
         let store = store_path(&cfg.state_dir);
         let saved = session_file.exists();
@@ -188,6 +210,7 @@ impl MatrixAdapter {
             group_rooms,
             direct: tokio::sync::Mutex::default(),
             fresh_login: !saved,
+            _lock: lock,
         }))
     }
 
@@ -221,22 +244,36 @@ impl MatrixAdapter {
             }
         }
         self.accept_pending_invites().await;
-        let me = self.clone();
+        // The handlers live in the client, which this adapter owns: they hold it weakly, so
+        // a stopped adapter is dropped (and its state folder unlocked).
+        let me = Arc::downgrade(&self);
         self.client.add_event_handler(move |ev: StrippedRoomMemberEvent, room: Room| {
             let me = me.clone();
-            async move { me.on_invite(ev, room).await }
+            async move {
+                if let Some(me) = me.upgrade() {
+                    me.on_invite(ev, room).await
+                }
+            }
         });
-        let me = self.clone();
+        let me = Arc::downgrade(&self);
         let ingest_for_messages = ingest.clone();
         self.client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
             let (me, ingest) = (me.clone(), ingest_for_messages.clone());
-            async move { me.on_message(ev, room, ingest).await }
+            async move {
+                if let Some(me) = me.upgrade() {
+                    me.on_message(ev, room, ingest).await
+                }
+            }
         });
-        let me = self.clone();
+        let me = Arc::downgrade(&self);
         let ingest_for_reactions = ingest.clone();
         self.client.add_event_handler(move |ev: OriginalSyncReactionEvent, room: Room| {
             let (me, ingest) = (me.clone(), ingest_for_reactions.clone());
-            async move { me.on_reaction(ev, room, ingest).await }
+            async move {
+                if let Some(me) = me.upgrade() {
+                    me.on_reaction(ev, room, ingest).await
+                }
+            }
         });
         let mut delay = Duration::from_secs(1);
         let mut away = false;

@@ -152,6 +152,12 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     let north = alice.create_room(vec![server.user_id("wavelet").try_into().unwrap()], false, false).await;
     let config = config(dir.path(), &server, &north);
     let bot = Bot::start(&config).await;
+    // A second process on the same state folder (the same device) is refused.
+    let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
+    let secrets = Secrets { password: Some("wavelet-password".into()), ..Secrets::default() };
+    let err =
+        MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, bot.rt.clone()).await.err().expect("refused");
+    assert!(err.to_string().contains("is in use by another Wavelet process"), "{err:#}");
     alice.wait_for_members(&north, 2).await;
     alice.say(&north, "!concern").await;
     let dm = alice.expect("Child's initials", None, Some(&north)).await;
@@ -223,4 +229,40 @@ async fn the_dialog_goes_on_after_the_homeserver_restarts() {
     alice.expect("Is the child at immediate risk", Some(&dm), None).await;
     assert_eq!(bot.rt.store.run_counts().await.unwrap(), vec![("waiting".to_string(), 1)]);
     bot.stop().await;
+}
+
+/// The bot's account already has cross-signing, set up with recovery by another of its
+/// devices (an operator's client): Wavelet, logging in as a new device, takes the keys
+/// with the recovery key from the environment. A wrong key is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recovery_key_brings_the_accounts_cross_signing_keys() {
+    log_to_test_output();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Synapse::start().await;
+    server.register("wavelet", "wavelet-password", false).await;
+    let operator = matrix_sdk::Client::builder()
+        .homeserver_url(server.base_url())
+        .sqlite_store(dir.path().join("operator"), None)
+        .build()
+        .await
+        .unwrap();
+    operator.matrix_auth().login_username("wavelet", "wavelet-password").await.unwrap();
+    operator.sync_once(matrix_sdk::config::SyncSettings::default()).await.unwrap();
+    operator.encryption().bootstrap_cross_signing_if_needed(None).await.unwrap();
+    let key = operator.encryption().recovery().enable().await.unwrap();
+
+    let config = config(dir.path(), &server, &"!unused:localhost".try_into().unwrap());
+    let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
+    let rt = wavelet::app::build(cfg.clone(), &cfg.store.url, Arc::new(SystemClock)).await.unwrap().runtime;
+    let mut secrets = Secrets {
+        password: Some("wavelet-password".into()),
+        passphrase: Some("store passphrase".into()),
+        recovery_key: Some("EsTc not the key".into()),
+    };
+    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.err().expect("refused");
+    assert!(err.to_string().contains("WAVELET_MATRIX_RECOVERY_KEY was not accepted"), "{err:#}");
+    // With the right key (on the session the first attempt saved), the keys come.
+    secrets.recovery_key = Some(key);
+    let adapter = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt).await.unwrap();
+    assert!(adapter.cross_signed().await, "the cross-signing keys came with the recovery key");
 }

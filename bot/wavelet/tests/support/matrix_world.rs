@@ -268,6 +268,9 @@ impl Bot {
         for t in &self.tasks {
             t.abort();
         }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
         if let Some(b) = self.background.take() {
             b.stop().await;
         }
