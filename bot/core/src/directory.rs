@@ -103,13 +103,68 @@ impl Directory {
         self.config.people.iter().filter(move |p| p.roles.iter().any(|r| r == role))
     }
 
-    /// The account to reach a person on, preferring `platform` when they have one there.
+    /// The chat platforms this configuration connects to (`[matrix]`, `[discord]`), or the console room
+    /// when it connects to none.
+    pub fn live_platforms(&self) -> Vec<Platform> {
+        let mut live = Vec::new();
+        if self.config.matrix.is_some() {
+            live.push(Platform::Matrix);
+        }
+        if self.config.discord.is_some() {
+            live.push(Platform::Discord);
+        }
+        if live.is_empty() {
+            live.push(Platform::Console);
+        }
+        live
+    }
+
+    /// The account to reach a person on: on `preferred` when they have one there, else on
+    /// a platform this configuration connects to, else their first (a message there waits
+    /// in the outbox, and `wavelet run` counts those at start).
     pub fn account_on(&self, person: &Person, preferred: Platform) -> Option<Account> {
-        person.accounts.iter().find(|a| a.platform == preferred).or_else(|| person.accounts.first()).cloned()
+        let live = self.live_platforms();
+        person
+            .accounts
+            .iter()
+            .find(|a| a.platform == preferred)
+            .or_else(|| person.accounts.iter().find(|a| live.contains(&a.platform)))
+            .or_else(|| person.accounts.first())
+            .cloned()
     }
 
     /// The direct room for reaching `person`, preferring `platform`.
     pub fn direct_room(&self, person: &Person, preferred: Platform) -> Option<RoomRef> {
         self.account_on(person, preferred).map(|a| RoomRef::Direct { platform: a.platform, account: a.id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory(matrix: bool) -> Directory {
+        let mut text = String::from(
+            "[workflows]\ndir = \"w\"\n[[role]]\nid = \"practitioner\"\n[[agency]]\nid = \"school\"\nname = \"School\"\n\
+             [[person]]\nid = \"alice\"\nname = \"Alice\"\nagency = \"school\"\nroles = [\"practitioner\"]\n\
+             accounts = { console = \"alice\", matrix = \"@alice:example.org\" }\n",
+        );
+        if matrix {
+            text.push_str("[matrix]\nhomeserver = \"https://example.org\"\nuser = \"@wavelet:example.org\"\n");
+        }
+        Directory::new(Config::parse(std::path::Path::new("w.toml"), &text, &|_| None).unwrap())
+    }
+
+    #[test]
+    fn a_person_is_reached_where_wavelet_runs_when_the_preferred_platform_has_no_account_of_theirs() {
+        let d = directory(true);
+        let alice = d.person("alice").unwrap();
+        assert_eq!(d.live_platforms(), [Platform::Matrix]);
+        assert_eq!(d.account_on(alice, Platform::Discord).unwrap().platform, Platform::Matrix);
+        assert_eq!(d.account_on(alice, Platform::Console).unwrap().platform, Platform::Console);
+        let d = directory(false);
+        let alice = d.person("alice").unwrap();
+        assert_eq!(d.live_platforms(), [Platform::Console]);
+        assert_eq!(d.account_on(alice, Platform::Discord).unwrap().platform, Platform::Console);
     }
 }

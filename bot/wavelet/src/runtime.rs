@@ -1328,7 +1328,7 @@ impl Runtime {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         for p in self.dir.people_with_role(roles::COORDINATOR) {
-            let Some(room) = self.dir.direct_room(p, Platform::Console) else { continue };
+            let Some(room) = self.dir.direct_room(p, self.dir.live_platforms()[0]) else { continue };
             let m = OutboundMessage {
                 idempotency_key: format!("{key}:{}", p.id),
                 room,
