@@ -31,6 +31,31 @@ pub struct Config {
     pub schedules: Vec<Schedule>,
     /// The Matrix connection (`[matrix]`), when Wavelet talks on Matrix.
     pub matrix: Option<MatrixConfig>,
+    /// The Discord connection (`[discord]`), when Wavelet talks on Discord.
+    pub discord: Option<DiscordConfig>,
+}
+
+/// How Wavelet connects to Discord. The bot token comes from the environment only
+/// (`WAVELET_DISCORD_TOKEN`), never from the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscordConfig {
+    /// FOR TESTS ONLY: the base address of a local server speaking the Discord protocol
+    /// (`http://127.0.0.1:PORT`). When set, REST calls and the gateway go there and
+    /// serenity's rate limiter is switched off (it would otherwise send everything to
+    /// discord.com); against real Discord, leave it out.
+    pub api_base: Option<String>,
+    /// Whether to ask for the privileged MESSAGE_CONTENT intent, which prefix commands
+    /// (`!concern`) and typed answers in guild channels need. Default true; with false,
+    /// guild channels take slash commands and buttons only (direct messages always work).
+    pub message_content: bool,
+}
+
+impl Config {
+    /// Whether any chat platform (Matrix, Discord) is configured; without one, `wavelet
+    /// run` serves the console room.
+    pub fn has_chat_platform(&self) -> bool {
+        self.matrix.is_some() || self.discord.is_some()
+    }
 }
 
 /// Where and as whom Wavelet connects to Matrix. Secrets come from the environment:

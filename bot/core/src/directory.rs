@@ -103,12 +103,15 @@ impl Directory {
         self.config.people.iter().filter(move |p| p.roles.iter().any(|r| r == role))
     }
 
-    /// The chat platforms this configuration connects to (`[matrix]`), or the console room
+    /// The chat platforms this configuration connects to (`[matrix]`, `[discord]`), or the console room
     /// when it connects to none.
     pub fn live_platforms(&self) -> Vec<Platform> {
         let mut live = Vec::new();
         if self.config.matrix.is_some() {
             live.push(Platform::Matrix);
+        }
+        if self.config.discord.is_some() {
+            live.push(Platform::Discord);
         }
         if live.is_empty() {
             live.push(Platform::Console);

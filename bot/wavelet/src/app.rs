@@ -44,31 +44,54 @@ pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> an
     Ok(Parts { runtime, load })
 }
 
-/// Connects the chat platforms the configuration names (today: Matrix, with the `matrix`
-/// feature), adds their adapters, and starts their inbound loops, which hand events to
-/// `ingest`. The tasks run until dropped.
+/// Connects the chat platforms the configuration names (Matrix with the `matrix` feature,
+/// Discord with the `discord` feature), adds their adapters, and starts their inbound
+/// loops, which hand events to `ingest`. The tasks run until dropped; one that ends has
+/// lost its platform for good (a revoked Discord token) and says why.
 pub async fn start_platforms(
     rt: &Arc<Runtime>,
     adapters: &mut crate::adapter::Adapters,
     ingest: &crate::ingest::Ingest,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    #[cfg_attr(not(feature = "matrix"), allow(unused_mut))]
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    #[cfg_attr(not(any(feature = "matrix", feature = "discord")), allow(unused_mut))]
     let mut tasks = Vec::new();
-    if let Some(cfg) = rt.dir.config().matrix.clone() {
+    let config = rt.dir.config();
+    if let Some(cfg) = config.matrix.clone() {
         #[cfg(feature = "matrix")]
         {
             let secrets = crate::matrix::Secrets::from_env();
             let m = crate::matrix::MatrixAdapter::connect(&cfg, &secrets, rt.clone()).await?;
             adapters.add(m.clone());
-            tasks.push(tokio::spawn(m.run(ingest.clone())));
+            let ingest = ingest.clone();
+            tasks.push(tokio::spawn(async move {
+                m.run(ingest).await;
+                Ok(())
+            }));
         }
         #[cfg(not(feature = "matrix"))]
         {
-            let _ = (adapters, ingest);
+            let _ = (&adapters, ingest);
             anyhow::bail!(
                 "{} configures [matrix] (homeserver {}), but this wavelet was built without Matrix: build it with `cargo build --release -p wavelet --features matrix`",
-                rt.dir.config().path.display(),
+                config.path.display(),
                 cfg.homeserver
+            );
+        }
+    }
+    if let Some(cfg) = config.discord.clone() {
+        #[cfg(feature = "discord")]
+        {
+            let token = std::env::var(crate::discord::TOKEN_ENV).ok();
+            let d = crate::discord::DiscordAdapter::connect(&cfg, token.as_deref(), rt.clone()).await?;
+            adapters.add(d.clone());
+            tasks.push(tokio::spawn(d.run(ingest.clone())));
+        }
+        #[cfg(not(feature = "discord"))]
+        {
+            let _ = (cfg, &adapters, ingest);
+            anyhow::bail!(
+                "{} configures [discord], but this wavelet was built without Discord: build it with `cargo build --release -p wavelet --features discord`",
+                config.path.display()
             );
         }
     }

@@ -6,6 +6,8 @@ pub mod adapter;
 pub mod app;
 pub mod audit;
 pub mod console;
+#[cfg(feature = "discord")]
+pub mod discord;
 pub mod faults;
 pub mod ingest;
 #[cfg(feature = "matrix")]

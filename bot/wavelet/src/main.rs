@@ -38,7 +38,7 @@ enum Command {
         #[command(flatten)]
         input: InputArgs,
     },
-    /// Run Wavelet on the chat platforms in the configuration (today: the console room).
+    /// Run Wavelet on the chat platforms in the configuration (Matrix, Discord; with none, the console room).
     Run {
         #[arg(long = "as")]
         as_person: Option<String>,
@@ -245,7 +245,7 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     // The console room prints to stdout: only where no chat platform is configured (a
     // demo, a test). With a platform, what is said to someone must not end up in a
     // service's output.
-    if rt.dir.config().matrix.is_none() {
+    if !rt.dir.config().has_chat_platform() {
         let console = ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(show_keys);
         adapters.add(Arc::new(console));
     }
@@ -260,10 +260,25 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     tracing::info!(store = rt.store.backend(), instance = %rt.instance, "wavelet running; stop it with SIGTERM or Ctrl-C");
     let background = wavelet::service::spawn(rt.clone(), adapters);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    // A platform's task ends only when the platform will not have us any more (a revoked
+    // Discord token): stop, and say why.
+    let mut platforms = platforms;
+    let lost = async {
+        if platforms.is_empty() {
+            return std::future::pending().await;
+        }
+        let (ended, _, _) = futures_util::future::select_all(platforms.iter_mut()).await;
+        match ended {
+            Ok(Ok(())) => anyhow::anyhow!("a chat platform's connection ended"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("a chat platform's task failed: {e}"),
+        }
+    };
+    let fatal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        e = lost => Some(e),
+    };
     for p in platforms {
         p.abort();
     }
@@ -273,7 +288,10 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     reloader.abort();
     tracing::info!("wavelet stopped");
     rt.store.close().await;
-    Ok(ExitCode::SUCCESS)
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 async fn audit_command(config_path: &std::path::Path, a: AuditCommand) -> anyhow::Result<ExitCode> {

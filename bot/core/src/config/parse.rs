@@ -7,8 +7,8 @@
 //! list comes back in file order.
 
 use super::{
-    Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, EnvLookup, Group, Level, Limits, MatrixConfig, Notify,
-    Person, Policy, Role, Schedule, StoreConfig, WorkflowsConfig,
+    Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, DiscordConfig, EnvLookup, Group, Level, Limits,
+    MatrixConfig, Notify, Person, Policy, Role, Schedule, StoreConfig, WorkflowsConfig,
 };
 use crate::domain::{Account, Platform, RoomRef};
 use std::collections::HashMap;
@@ -28,8 +28,11 @@ const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ANSWER_CHARS_LIMIT: usize = 1_000_000;
 
 const TOP_KEYS: &[&str] =
-    &["store", "workflows", "limits", "role", "agency", "person", "group", "policy", "schedule", "matrix"];
+    &["store", "workflows", "limits", "role", "agency", "person", "group", "policy", "schedule", "matrix", "discord"];
 const MATRIX_KEYS: &[&str] = &["homeserver", "user", "state_dir"];
+const DISCORD_KEYS: &[&str] = &["api_base", "message_content"];
+/// The environment variable the Discord bot token is read from.
+const DISCORD_TOKEN_ENV: &str = "WAVELET_DISCORD_TOKEN";
 const SCHEDULE_KEYS: &[&str] = &["id", "workflow", "cron", "group"];
 const POLICY_KEYS: &[&str] = &["id", "description", "repeat", "level", "final"];
 const LEVEL_KEYS: &[&str] = &["notify", "wait"];
@@ -88,6 +91,7 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
     let workflows = read_workflows(&mut rep, &root, base_dir);
     let limits = read_limits(&mut rep, &root);
     let matrix = read_matrix(&mut rep, &root, base_dir);
+    let discord = read_discord(&mut rep, &root);
 
     let roles: Vec<RawRole> = sections(&mut rep, &root, "role").iter().map(|t| read_role(&mut rep, t)).collect();
     let agencies: Vec<RawAgency> =
@@ -194,6 +198,7 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
             })
             .collect(),
         matrix,
+        discord,
         schedules: schedules
             .into_iter()
             .filter_map(|s| Some(Schedule { id: s.id?.v, workflow: s.workflow?.v, cron: s.cron?, group: s.group?.v }))
@@ -311,9 +316,15 @@ impl<'t, 'i> Table<'t, 'i> {
     /// Reports every key not in `allowed`; `noun` is what the keys are ("key",
     /// "platform").
     fn check_keys(&self, rep: &mut Report<'_>, allowed: &[&str], noun: &str) {
+        self.check_keys_besides(rep, allowed, &[], noun);
+    }
+
+    /// As [`Table::check_keys`], leaving alone the keys in `handled` (which get their own
+    /// message elsewhere and are not offered as allowed).
+    fn check_keys_besides(&self, rep: &mut Report<'_>, allowed: &[&str], handled: &[&str], noun: &str) {
         for (key, _) in self.map.iter() {
             let name: &str = key.get_ref();
-            if allowed.contains(&name) {
+            if allowed.contains(&name) || handled.contains(&name) {
                 continue;
             }
             let hint = match closest(name, allowed.iter().copied()) {
@@ -618,6 +629,56 @@ fn read_matrix(rep: &mut Report<'_>, root: &Table<'_, '_>, base_dir: &Path) -> O
     Some(MatrixConfig { homeserver: homeserver?.v, user: user?.v, state_dir: base_dir.join(state_dir) })
 }
 
+fn read_discord(rep: &mut Report<'_>, root: &Table<'_, '_>) -> Option<DiscordConfig> {
+    let t = section(rep, root, "discord")?;
+    // `token` gets its own message: secrets belong in the environment.
+    t.check_keys_besides(rep, DISCORD_KEYS, &["token"], "key");
+    if let Some(token) = t.get("token") {
+        rep.error(
+            &token.span(),
+            t.key("token"),
+            format!(
+                "secrets belong in the environment, not in this file; remove this line and set \
+                {DISCORD_TOKEN_ENV} to the bot's token (and reset the token in the Developer Portal if \
+                this file was shared)"
+            ),
+        );
+    }
+    let api_base = t.string(rep, "api_base", r#"api_base = "http://127.0.0.1:8080""#);
+    if let Some(a) = &api_base {
+        let v = a.v.trim_end_matches('/');
+        let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+            rep.error(
+                &a.span,
+                t.key("api_base"),
+                format!(
+                    "`{}` is not the base address of a server; write scheme, host and port only, like \
+                    api_base = \"http://127.0.0.1:8080\" (api_base is for tests against a local \
+                    Discord-protocol server: leave it out to use Discord)",
+                    a.v
+                ),
+            );
+        }
+    }
+    let message_content = match t.get("message_content") {
+        None => true,
+        Some(value) => match value.get_ref() {
+            DeValue::Boolean(b) => *b,
+            _ => {
+                rep.wrong_type(value, &t.key("message_content"), "true or false", "message_content = true");
+                true
+            }
+        },
+    };
+    Some(DiscordConfig { api_base: api_base.map(|a| a.v.trim_end_matches('/').to_string()), message_content })
+}
+
+/// Whether `id` is a Discord id (a snowflake): a non-zero 64-bit number in decimal.
+fn is_snowflake(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && id.parse::<u64>().is_ok_and(|n| n > 0)
+}
+
 fn read_limits(rep: &mut Report<'_>, root: &Table<'_, '_>) -> Limits {
     let mut limits = Limits::default();
     let Some(t) = section(rep, root, "limits") else {
@@ -717,6 +778,18 @@ fn read_accounts(rep: &mut Report<'_>, t: &Table<'_, '_>) -> Vec<(Platform, Sp<S
                     format!(
                         "the {name} account is empty; write the person's account id, like \
                         {example}, or remove the line"
+                    ),
+                );
+                return None;
+            }
+            if platform == Platform::Discord && !is_snowflake(id.v.trim()) {
+                rep.error(
+                    &id.span,
+                    accounts.key(name),
+                    format!(
+                        "`{}` is not a Discord user id; write the number Discord shows with Copy User ID \
+                        (Developer Mode), like discord = \"123456789012345678\", not a user name",
+                        id.v
                     ),
                 );
                 return None;
@@ -933,6 +1006,18 @@ fn read_rooms(rep: &mut Report<'_>, t: &Table<'_, '_>) -> Vec<(String, Sp<RoomRe
     texts
         .into_iter()
         .filter_map(|(item_key, text)| match RoomRef::parse(text.v.trim()) {
+            Some(RoomRef::Shared { platform: Platform::Discord, id }) if !is_snowflake(&id) => {
+                rep.error(
+                    &text.span,
+                    item_key,
+                    format!(
+                        "`{}` does not name a Discord channel; write discord: and the channel's id (Copy \
+                        Channel ID with Developer Mode on), like \"discord:123456789012345678\"",
+                        text.v
+                    ),
+                );
+                None
+            }
             Some(room @ RoomRef::Shared { .. }) => Some((item_key, Sp { v: room, span: text.span })),
             Some(RoomRef::Direct { .. }) => {
                 rep.error(

@@ -182,6 +182,7 @@ fn a_full_example_parses_to_the_expected_config() {
         }],
         schedules: vec![],
         matrix: None,
+        discord: None,
     };
     assert_eq!(config, expected);
 }
@@ -799,6 +800,102 @@ fn schedule_mistakes_are_reported() {
             ("7:1 schedule[2].workflow", "`workflow` is missing"),
             ("8:6 schedule[2].id", "already used on line 2"),
             ("10:9 schedule[2].group", "no [[group]]"),
+        ],
+    );
+}
+
+#[test]
+fn a_discord_section_parses_with_its_defaults() {
+    let config = parse_ok(
+        r#"
+        [discord]
+        "#,
+    );
+    assert_eq!(config.discord, Some(DiscordConfig { api_base: None, message_content: true }));
+    assert!(config.has_chat_platform());
+    let config = parse_ok(
+        r#"
+        [discord]
+        api_base = "http://127.0.0.1:8080/"
+        message_content = false
+        "#,
+    );
+    let expected = DiscordConfig { api_base: Some("http://127.0.0.1:8080".into()), message_content: false };
+    assert_eq!(config.discord, Some(expected));
+    assert!(!parse_ok("").has_chat_platform());
+}
+
+#[test]
+fn discord_mistakes_are_all_reported() {
+    check(
+        r#"
+        [discord]
+        token = "MTA5.secret.token"
+        api_base = "discord.com/api"
+        message_content = "yes"
+        intents = 3
+        "#,
+        &[
+            (
+                "2:9 discord.token",
+                "secrets belong in the environment, not in this file; remove this line and set WAVELET_DISCORD_TOKEN",
+            ),
+            ("3:12 discord.api_base", "`discord.com/api` is not the base address of a server"),
+            ("4:19 discord.message_content", "expected true or false, found a string"),
+            (
+                "5:1 discord.intents",
+                "unknown key `intents`; remove it, or use one of the keys allowed here: `api_base` or `message_content`",
+            ),
+        ],
+    );
+    check(
+        r#"
+        [discord]
+        api_base = "http://127.0.0.1:8080/api/v10"
+        "#,
+        &[("2:12 discord.api_base", "write scheme, host and port only")],
+    );
+    check(
+        r#"
+        discord = "yes"
+        "#,
+        &[("1:11 discord", "expected a table, found a string; write one [discord] section")],
+    );
+}
+
+#[test]
+fn discord_accounts_and_channels_must_be_ids_not_names() {
+    check(
+        r#"
+        [[agency]]
+        id = "police"
+        name = "Police"
+
+        [[person]]
+        id = "alice"
+        name = "Alice"
+        agency = "police"
+        roles = []
+        accounts = { discord = "alice#1234" }
+
+        [[person]]
+        id = "bob"
+        name = "Bob"
+        agency = "police"
+        roles = []
+        accounts = { discord = "0" }
+
+        [[group]]
+        id = "north"
+        name = "North"
+        members = ["alice", "bob"]
+        rooms = ["discord:general", "discord:123456789012345678", "discord:99999999999999999999"]
+        "#,
+        &[
+            ("10:24 person[1].accounts.discord", "`alice#1234` is not a Discord user id"),
+            ("17:24 person[2].accounts.discord", "`0` is not a Discord user id"),
+            ("23:10 group[1].rooms[1]", "`discord:general` does not name a Discord channel"),
+            ("23:59 group[1].rooms[3]", "`discord:99999999999999999999` does not name a Discord channel"),
         ],
     );
 }
