@@ -15,6 +15,8 @@ pub struct Directory {
     /// Each group's members (people named, and everyone in a named agency), as indices
     /// into the people, in directory order.
     members: Vec<Vec<usize>>,
+    /// See [`Directory::live_platforms`].
+    live: Vec<Platform>,
 }
 
 impl Directory {
@@ -45,7 +47,17 @@ impl Directory {
                     .collect()
             })
             .collect();
-        Directory { config, by_account, by_id, group_by_room, members }
+        let mut live = Vec::new();
+        if config.matrix.is_some() {
+            live.push(Platform::Matrix);
+        }
+        if config.discord.is_some() {
+            live.push(Platform::Discord);
+        }
+        if live.is_empty() {
+            live.push(Platform::Console);
+        }
+        Directory { config, by_account, by_id, group_by_room, members, live }
     }
 
     pub fn config(&self) -> &Config {
@@ -103,20 +115,10 @@ impl Directory {
         self.config.people.iter().filter(move |p| p.roles.iter().any(|r| r == role))
     }
 
-    /// The chat platforms this configuration connects to (`[matrix]`, `[discord]`), or the console room
-    /// when it connects to none.
-    pub fn live_platforms(&self) -> Vec<Platform> {
-        let mut live = Vec::new();
-        if self.config.matrix.is_some() {
-            live.push(Platform::Matrix);
-        }
-        if self.config.discord.is_some() {
-            live.push(Platform::Discord);
-        }
-        if live.is_empty() {
-            live.push(Platform::Console);
-        }
-        live
+    /// The chat platforms this configuration connects to (`[matrix]`, `[discord]`), or the
+    /// console room when it connects to none.
+    pub fn live_platforms(&self) -> &[Platform] {
+        &self.live
     }
 
     /// The account to reach a person on: on `preferred` when they have one there, else on

@@ -18,7 +18,6 @@ mod synapse;
 #[path = "../tests/support/matrix_world.rs"]
 mod world;
 
-use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::OwnedRoomId;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
@@ -169,14 +168,7 @@ struct EchoBot {
 impl EchoBot {
     async fn start(server: &Synapse, dir: &Path, name: &str) -> EchoBot {
         server.register(name, "echo-password", false).await;
-        let client = Client::builder()
-            .homeserver_url(server.base_url())
-            .sqlite_store(dir.join(format!("client-{name}")), None)
-            .build()
-            .await
-            .unwrap();
-        client.matrix_auth().login_username(name, "echo-password").await.unwrap();
-        client.sync_once(SyncSettings::default()).await.unwrap();
+        let client = world::logged_in(server, &dir.join(format!("client-{name}")), name, "echo-password").await;
         client.add_event_handler(|ev: StrippedRoomMemberEvent, room: Room, client: Client| async move {
             if Some(ev.state_key.as_ref()) == client.user_id() && room.state() == RoomState::Invited {
                 let _ = room.join().await;

@@ -20,8 +20,7 @@ use std::sync::Arc;
 use synapse::Synapse;
 use wavelet::adapter::Adapters;
 use wavelet::discord::DiscordAdapter;
-use wavelet::matrix::{MatrixAdapter, Secrets};
-use wavelet::runtime::SystemClock;
+use wavelet::matrix::MatrixAdapter;
 use wavelet_discord_server::{IncomingInteraction, IncomingMessage, Place, Server, ServerOptions};
 use world::{Person, log_to_test_output};
 
@@ -35,15 +34,8 @@ struct Bot {
 
 impl Bot {
     async fn start(config: &Path, discord_server: &Server) -> Bot {
-        let cfg = wavelet::app::load_config(config, &|_| None).unwrap();
-        let url = cfg.store.url.clone();
-        let rt = wavelet::app::build(cfg.clone(), &url, Arc::new(SystemClock)).await.unwrap().runtime;
-        let secrets = Secrets {
-            password: Some("wavelet-password".into()),
-            passphrase: Some("store passphrase".into()),
-            recovery_key: None,
-        };
-        let matrix = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.unwrap();
+        let (cfg, rt) = world::runtime(config).await;
+        let matrix = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &world::secrets(), rt.clone()).await.unwrap();
         let discord = DiscordAdapter::connect(cfg.discord.as_ref().unwrap(), Some(discord_server.token()), rt.clone())
             .await
             .unwrap();

@@ -15,12 +15,10 @@ use matrix_sdk::RoomMemberships;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::Annotation;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use synapse::Synapse;
 use wavelet::matrix::{MatrixAdapter, Secrets};
-use wavelet::runtime::SystemClock;
-use world::{Bot, Person, config, log_to_test_output};
+use world::{Bot, Person, config, log_to_test_output, logged_in, runtime, secrets};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room() {
@@ -154,9 +152,8 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     let bot = Bot::start(&config).await;
     // A second process on the same state folder (the same device) is refused.
     let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
-    let secrets = Secrets { password: Some("wavelet-password".into()), ..Secrets::default() };
     let err =
-        MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, bot.rt.clone()).await.err().expect("refused");
+        MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), bot.rt.clone()).await.err().expect("refused");
     assert!(err.to_string().contains("is in use by another Wavelet process"), "{err:#}");
     alice.wait_for_members(&north, 2).await;
     alice.say(&north, "!concern").await;
@@ -190,14 +187,8 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
 
     // A session whose stores are gone is refused, not limped through.
     std::fs::remove_dir_all(dir.path().join("matrix-state/store")).unwrap();
-    let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
-    let rt = wavelet::app::build(cfg.clone(), &cfg.store.url, Arc::new(SystemClock)).await.unwrap().runtime;
-    let secrets = Secrets {
-        password: Some("wavelet-password".into()),
-        passphrase: Some("store passphrase".into()),
-        recovery_key: None,
-    };
-    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt).await.err().expect("refused");
+    let (cfg, rt) = runtime(&config).await;
+    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), rt).await.err().expect("refused");
     assert!(err.to_string().contains("would break encryption for this device"), "{err:#}");
 }
 
@@ -240,25 +231,13 @@ async fn a_recovery_key_brings_the_accounts_cross_signing_keys() {
     let dir = tempfile::tempdir().unwrap();
     let server = Synapse::start().await;
     server.register("wavelet", "wavelet-password", false).await;
-    let operator = matrix_sdk::Client::builder()
-        .homeserver_url(server.base_url())
-        .sqlite_store(dir.path().join("operator"), None)
-        .build()
-        .await
-        .unwrap();
-    operator.matrix_auth().login_username("wavelet", "wavelet-password").await.unwrap();
-    operator.sync_once(matrix_sdk::config::SyncSettings::default()).await.unwrap();
+    let operator = logged_in(&server, &dir.path().join("operator"), "wavelet", "wavelet-password").await;
     operator.encryption().bootstrap_cross_signing_if_needed(None).await.unwrap();
     let key = operator.encryption().recovery().enable().await.unwrap();
 
     let config = config(dir.path(), &server, &"!unused:localhost".try_into().unwrap());
-    let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
-    let rt = wavelet::app::build(cfg.clone(), &cfg.store.url, Arc::new(SystemClock)).await.unwrap().runtime;
-    let mut secrets = Secrets {
-        password: Some("wavelet-password".into()),
-        passphrase: Some("store passphrase".into()),
-        recovery_key: Some("EsTc not the key".into()),
-    };
+    let (cfg, rt) = runtime(&config).await;
+    let mut secrets = Secrets { recovery_key: Some("EsTc not the key".into()), ..secrets() };
     let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.err().expect("refused");
     assert!(err.to_string().contains("WAVELET_MATRIX_RECOVERY_KEY was not accepted"), "{err:#}");
     // With the right key (on the session the first attempt saved), the keys come.

@@ -55,14 +55,7 @@ impl Person {
     pub async fn new(server: &Synapse, dir: &Path, name: &str) -> Person {
         let password = format!("{name}-password");
         server.register(name, &password, false).await;
-        let client = Client::builder()
-            .homeserver_url(server.base_url())
-            .sqlite_store(dir.join(format!("client-{name}")), None)
-            .build()
-            .await
-            .unwrap();
-        client.matrix_auth().login_username(name, &password).await.unwrap();
-        client.sync_once(SyncSettings::default()).await.unwrap();
+        let client = logged_in(server, &dir.join(format!("client-{name}")), name, &password).await;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(tokio::sync::Notify::new());
         client.add_event_handler(|ev: StrippedRoomMemberEvent, room: Room, client: Client| async move {
@@ -187,6 +180,15 @@ impl Person {
     }
 }
 
+/// A matrix-sdk client logged in as `name` (a new device, its crypto store in `store`),
+/// past its first sync.
+pub async fn logged_in(server: &Synapse, store: &Path, name: &str, password: &str) -> Client {
+    let client = Client::builder().homeserver_url(server.base_url()).sqlite_store(store, None).build().await.unwrap();
+    client.matrix_auth().login_username(name, password).await.unwrap();
+    client.sync_once(SyncSettings::default()).await.unwrap();
+    client
+}
+
 /// Syncs until the task is aborted, across a homeserver restart, as a real client does.
 /// A loop of `sync_once` rather than `Client::sync`, which waits a second before a sync
 /// that follows one less than a second old: that would put a second into every reply a
@@ -235,6 +237,22 @@ pub fn config(dir: &Path, server: &Synapse, room: &OwnedRoomId) -> PathBuf {
     path
 }
 
+/// The bot account's secrets in the tests (`wavelet-password`, a store passphrase).
+pub fn secrets() -> Secrets {
+    Secrets {
+        password: Some("wavelet-password".into()),
+        passphrase: Some("store passphrase".into()),
+        recovery_key: None,
+    }
+}
+
+/// The configuration at `config` and a runtime on its store.
+pub async fn runtime(config: &Path) -> (wavelet_core::Config, Arc<wavelet::runtime::Runtime>) {
+    let cfg = wavelet::app::load_config(config, &|_| None).unwrap();
+    let rt = wavelet::app::build(cfg.clone(), &cfg.store.url, Arc::new(SystemClock)).await.unwrap().runtime;
+    (cfg, rt)
+}
+
 /// Wavelet, in this process: the runtime, the Matrix adapter syncing into the ingest, and
 /// the background loop delivering the outbox.
 pub struct Bot {
@@ -246,15 +264,8 @@ pub struct Bot {
 
 impl Bot {
     pub async fn start(config: &Path) -> Bot {
-        let cfg = wavelet::app::load_config(config, &|_| None).unwrap();
-        let url = cfg.store.url.clone();
-        let rt = wavelet::app::build(cfg.clone(), &url, Arc::new(SystemClock)).await.unwrap().runtime;
-        let secrets = Secrets {
-            password: Some("wavelet-password".into()),
-            passphrase: Some("store passphrase".into()),
-            recovery_key: None,
-        };
-        let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.unwrap();
+        let (cfg, rt) = runtime(config).await;
+        let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), rt.clone()).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(m.clone());
         let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
