@@ -14,7 +14,7 @@ mod world;
 use matrix_sdk::RoomMemberships;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::Annotation;
-use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::events::room::message::{MessageType, RoomMessageEventContent};
 use std::time::{Duration, Instant};
 use synapse::Synapse;
 use wavelet::matrix::{MatrixAdapter, Secrets};
@@ -138,6 +138,79 @@ async fn strangers_are_refused_and_invites_to_other_rooms_declined() {
     }
     // By now a reply to the chatter would have come; there is none.
     assert_eq!(mallory.count_seen("Sorry, I don't know you"), 0, "chatter from a stranger gets no reply");
+    bot.stop().await;
+}
+
+/// A practitioner's words, echoed by a workflow into the group's room and back to them,
+/// arrive as text: their HTML escaped, and `@room` pinging nobody. The control: the same
+/// `@room` typed by a person into the room does ping (a highlight for bea), so the
+/// check on the bot's message could fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_practitioners_html_and_room_mention_are_echoed_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Synapse::start().await;
+    server.register("wavelet", "wavelet-password", false).await;
+    let alice = Person::new(&server, dir.path(), "alice").await;
+    let bea = Person::new(&server, dir.path(), "bea").await;
+    let north =
+        alice.create_room(vec![server.user_id("wavelet").try_into().unwrap(), bea.user_id()], false, false).await;
+    // A scratch workflow that says back what it is told, in the group and to the starter.
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(
+        flows.join("echo.rhai"),
+        r#"
+const COMMAND = "echo";
+const DESCRIPTION = "Say back what you are told";
+const ALLOWED_ROLES = ["practitioner"];
+fn run(ctx) {
+    let said = ask(ctx.starter, "Say something");
+    send(ctx.group, `Heard: ${said}`);
+    tell(ctx.starter, `Heard: ${said}`);
+}
+"#,
+    )
+    .unwrap();
+    let config = config(dir.path(), &server, &north);
+    let shipped = format!("dir = \"{}\"", world::root().join("workflows").display());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&shipped));
+    std::fs::write(&config, text.replace(&shipped, &format!("dir = \"{}\"", flows.display()))).unwrap();
+    let bot = Bot::start(&config).await;
+    alice.wait_for_members(&north, 3).await;
+
+    // The control: alice's own `@room`, with no `m.mentions`, highlights the room for bea.
+    alice.say(&north, "@room heads up").await;
+    bea.expect("@room heads up", Some(&north), None).await;
+    let highlights = || bea.client.get_room(&north).unwrap().unread_notification_counts().highlight_count;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while highlights() != 1 {
+        assert!(Instant::now() < deadline, "a person's @room never highlighted the room");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let words = "Came in <b>hungry</b> & <a href=\"https://x.example\">said</a> @room";
+    alice.say(&north, "!echo").await;
+    let dm = alice.expect("Say something", None, Some(&north)).await;
+    alice.say(&dm, words).await;
+    for (person, room) in [(&bea, &north), (&alice, &dm)] {
+        let seen = person.expect_seen("Heard: ", Some(room), None).await;
+        let MessageType::Text(text) = &seen.content.msgtype else { panic!("not text: {:?}", seen.content) };
+        // The plain body keeps the words, with `@room` broken by a word joiner.
+        assert_eq!(text.body, "Heard: Came in <b>hungry</b> & <a href=\"https://x.example\">said</a> @\u{2060}room");
+        let html = &text.formatted.as_ref().expect("an HTML body").body;
+        assert_eq!(
+            html,
+            "Heard: Came in &lt;b&gt;hungry&lt;/b&gt; &amp; &lt;a href=&quot;https://x.example&quot;&gt;said&lt;/a&gt; \
+             @\u{2060}room"
+        );
+        let mentions = seen.content.mentions.as_ref().expect("m.mentions is sent");
+        assert!(mentions.user_ids.is_empty() && !mentions.room, "{mentions:?}");
+    }
+    // bea's client has had a sync after the bot's message; no new highlight came with it.
+    alice.say(&north, "that is all").await;
+    bea.expect("that is all", Some(&north), None).await;
+    assert_eq!(highlights(), 1, "the bot's message highlighted the room");
     bot.stop().await;
 }
 

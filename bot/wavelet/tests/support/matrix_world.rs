@@ -38,6 +38,8 @@ pub struct Seen {
     pub room: OwnedRoomId,
     pub text: String,
     pub event: OwnedEventId,
+    /// The content as received (decrypted): the HTML body and `m.mentions` are in it.
+    pub content: RoomMessageEventContent,
     /// When this client's sync handed it over.
     pub at: Instant,
 }
@@ -78,7 +80,8 @@ impl Person {
                 }
                 if let MessageType::Text(t) = &ev.content.msgtype {
                     let room = room.room_id().to_owned();
-                    s.lock().unwrap().push(Seen { room, text: t.body.clone(), event: ev.event_id.clone(), at });
+                    let (text, event, content) = (t.body.clone(), ev.event_id.clone(), ev.content.clone());
+                    s.lock().unwrap().push(Seen { room, text, event, content, at });
                     a.notify_waiters();
                 }
             }
