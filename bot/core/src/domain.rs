@@ -160,7 +160,19 @@ pub struct InboundEvent {
     pub room: RoomRef,
     pub sender: Account,
     pub text: String,
+    /// When it was said: the platform's own timestamp when it has one (a message that waited
+    /// while Wavelet was down keeps the time it was typed), never later than Wavelet's clock.
     pub received_at: Millis,
+    /// For a click on a button of one of the bot's messages: that message's
+    /// [`message_tag`], so the click answers only the question it was on.
+    pub on_message: Option<String>,
+}
+
+/// A short tag for the bot's message with this idempotency key, which a platform can carry
+/// on the message's buttons and hand back with a click.
+pub fn message_tag(idempotency_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(idempotency_key.as_bytes())[..6])
 }
 
 /// A message the bot must deliver, as it sits in the outbox.

@@ -75,6 +75,14 @@ pub fn not_your_dialog(starter: &str) -> String {
     )
 }
 
+/// A click on a button of an earlier question while `prompt` waits.
+pub fn on_another_question(prompt: &str) -> String {
+    let p: String = crate::text::one_line(prompt).chars().take(200).collect();
+    format!(
+        "That button belongs to an earlier question, so I have not taken it as the answer to: \"{p}\" Please answer this one."
+    )
+}
+
 pub fn before_the_question(prompt: &str) -> String {
     let p: String = crate::text::one_line(prompt).chars().take(200).collect();
     format!(

@@ -210,6 +210,7 @@ rooms = ["console:north"]
             sender: Account { platform: Platform::Console, id: sender.into() },
             text: text.into(),
             received_at: Millis(0),
+            on_message: None,
         }
     }
 

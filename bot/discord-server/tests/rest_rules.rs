@@ -193,6 +193,26 @@ async fn enforce_nonce_returns_the_first_message_and_only_when_asked() -> Result
 }
 
 #[tokio::test]
+async fn history_pages_backward_by_default_and_forward_after_an_id() -> Result<()> {
+    let api = Api::start(ServerOptions::default()).await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let sent = api.post_message(CHANNEL, json!({ "content": format!("m{i}") })).await?;
+        ids.push(sent.body["id"].as_str().unwrap().to_string());
+    }
+    let contents = |a: &Answer| a.body.as_array().unwrap().iter().map(|m| m["content"].clone()).collect::<Vec<_>>();
+    // The newest `limit`, newest first.
+    let newest = api.call("GET", &format!("/channels/{CHANNEL}/messages?limit=2"), None).await?;
+    assert_eq!(contents(&newest), [json!("m4"), json!("m3")]);
+    // `after`: the `limit` messages right after it (the oldest of the rest), newest first.
+    let after = api.call("GET", &format!("/channels/{CHANNEL}/messages?after={}&limit=2", ids[0]), None).await?;
+    assert_eq!(contents(&after), [json!("m2"), json!("m1")]);
+    let before = api.call("GET", &format!("/channels/{CHANNEL}/messages?before={}&limit=2", ids[3]), None).await?;
+    assert_eq!(contents(&before), [json!("m2"), json!("m1")]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn allowed_mentions_decide_who_is_pinged() -> Result<()> {
     let api = Api::start(ServerOptions::default()).await?;
     let content = format!("<@{}> and @everyone", alex().id);

@@ -43,6 +43,7 @@ fn event(person: usize, step: usize, text: &str) -> InboundEvent {
         sender: Account { platform: Platform::Console, id: who },
         text: text.into(),
         received_at: wavelet::runtime::Clock::now(&SystemClock),
+        on_message: None,
     }
 }
 

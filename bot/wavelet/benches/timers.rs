@@ -82,6 +82,7 @@ async fn start_all(rt: &Arc<Runtime>, command: &str) {
                 sender: Account { platform: Platform::Console, id: who },
                 text: format!("!{command}"),
                 received_at: wavelet::runtime::Clock::now(&SystemClock),
+                on_message: None,
             };
             ingest.submit(ev).await.expect("submitted")
         }));

@@ -185,6 +185,7 @@ pub async fn run(
             sender: Account { platform: Platform::Console, id: account },
             text: said.to_string(),
             received_at: rt.clock.now(),
+            on_message: None,
         };
         if let Err(e) = ingest.submit(event).await {
             console.print(&format!("  (not taken: {e}; please say it again)"));

@@ -17,12 +17,15 @@
 //!   inbox. Interactions are answered after the event is committed, or deferred when the
 //!   commit takes too long, well within Discord's 3 s; a refused event gets an ephemeral
 //!   error, never silence. After a new session (a start, or a session Discord would not
-//!   resume), messages said meanwhile are fetched from each channel's recent history.
+//!   resume), messages said meanwhile are read from each channel's history, from a little
+//!   before the last event taken. Events carry the time in their snowflake, so what was
+//!   typed before a question is not taken as its answer; a choice button names its question.
 //! - **Outbound**: practitioners' text never pings: `allowed_mentions` parses nothing, and
 //!   `@everyone`, `@here` and `<@…>` are broken visibly with a word joiner. Messages over
 //!   2,000 characters are split at line or word boundaries. Each part carries a nonce derived
 //!   from the message's idempotency key with `enforce_nonce`, so a resend after a crash gets
-//!   the first message back instead of posting twice. `choose` questions carry buttons (and
+//!   the first message back instead of posting twice (within Discord's nonce window, a few
+//!   minutes). A send that hangs counts as failed for now after [`SEND_TIMEOUT`]. `choose` questions carry buttons (and
 //!   the numbered list, so typing works too); escalation notices an Acknowledge button.
 //!
 //! Only this file knows serenity's types.
@@ -36,8 +39,8 @@ use serenity::all::{
     CommandOptionType, ComponentInteraction, Context, CreateActionRow, CreateAllowedMentions, CreateButton,
     CreateCommand, CreateCommandOption, CreateInteractionResponse, CreateInteractionResponseFollowup,
     CreateInteractionResponseMessage, CreateMessage, EditInteractionResponse, EventHandler, GatewayError,
-    GatewayIntents, GetMessages, Http, HttpBuilder, HttpError, Interaction, Message, MessageType, Nonce, Ready,
-    ShardManager, UserId,
+    GatewayIntents, GetMessages, Http, HttpBuilder, HttpError, Interaction, Message, MessageId, MessageType, Nonce,
+    Ready, ShardManager, UserId,
 };
 use serenity::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -49,7 +52,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use wavelet_core::config::DiscordConfig;
 use wavelet_core::engine::WorkflowMeta;
-use wavelet_core::{Account, InboundEvent, MessageBody, OutboundMessage, Platform, RoomRef};
+use wavelet_core::{Account, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag};
 
 /// The environment variable the bot token is read from.
 pub const TOKEN_ENV: &str = "WAVELET_DISCORD_TOKEN";
@@ -62,20 +65,33 @@ const MAX_BUTTONS: usize = 25;
 const MAX_LABEL_CHARS: usize = 80;
 const MAX_CUSTOM_ID_CHARS: usize = 100;
 const NONCE_CHARS: usize = 25;
+/// Characters in a [`message_tag`].
+const TAG_CHARS: usize = 12;
 
 /// How long an interaction may wait for its event's commit before it is deferred: Discord
 /// wants a callback within 3 s of the interaction.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
-/// How much of each channel's history is read after a new session, for messages said while
-/// Wavelet was not connected.
-const CATCH_UP_MESSAGES: u8 = 50;
+/// After a new session, each channel's history is read from a little before the last
+/// event Wavelet took from Discord (events are handed in out of order by a few seconds at
+/// most; the inbox drops what was taken already), in pages of 100, at most this many pages
+/// per channel.
+const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
+const CATCH_UP_PAGES: usize = 50;
+
+/// How long one REST call of a send may take before the send counts as failed for now (and
+/// is retried later): a stuck request must not hold up delivery to every other room.
+const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Discord's epoch (the first second of 2015) in Unix milliseconds: snowflakes count from it.
+const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
 
 /// When Discord answers 429 without a usable `retry_after` (serenity drops the body of a
 /// rate-limit answer it does not handle itself), wait this long.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 
-/// Custom ids of Wavelet's buttons: `wavelet:ack:C-12`, `wavelet:choose:2[:label]`.
+/// Custom ids of Wavelet's buttons: `wavelet:ack:C-12`, and `wavelet:choose:<tag>:2[:label]`
+/// where the tag is the question's [`message_tag`] (ids without one are from before tags).
 const ACK_BUTTON: &str = "wavelet:ack:";
 const CHOOSE_BUTTON: &str = "wavelet:choose:";
 
@@ -100,7 +116,8 @@ pub struct DiscordAdapter {
 /// The HTTP client: against Discord with serenity's rate limiter, or (tests only) against a
 /// local server, where the proxy is honoured only with the rate limiter off.
 fn http_client(token: &str, api_base: Option<&str>) -> Http {
-    let builder = HttpBuilder::new(token);
+    // Nothing Wavelet sends pings anyone, edits of interaction answers included.
+    let builder = HttpBuilder::new(token).default_allowed_mentions(CreateAllowedMentions::new());
     match api_base {
         Some(base) => builder.proxy(base).ratelimiter_disabled(true).build(),
         None => builder.build(),
@@ -279,12 +296,30 @@ impl DiscordAdapter {
     }
 
     /// Messages said while Wavelet had no session (it was down, or Discord would not resume
-    /// its session): in each group channel and each known person's DM channel, whatever
-    /// people said after the bot's own last message there, among the last
-    /// [`CATCH_UP_MESSAGES`]. A channel where the bot has not spoken is left alone (its
-    /// history is not Wavelet's to answer). What was handled already is dropped by the inbox.
+    /// its session): each group channel's and each known person's DM channel's history from
+    /// [`CATCH_UP_MARGIN`] before the last event taken from Discord, oldest first. In a DM
+    /// channel only the person's own messages count. What was taken already is dropped by the
+    /// inbox; what was typed before the question it would answer is refused by the runtime
+    /// (messages keep the time they were said). Nothing was ever taken from Discord: there
+    /// is no history that is Wavelet's to answer.
     async fn catch_up(&self, ingest: &Ingest) {
-        let mut channels: Vec<ChannelId> = self.group_channels.iter().map(|&c| ChannelId::new(c)).collect();
+        let since = loop {
+            match self.rt.store.last_inbox_at(Platform::Discord).await {
+                Ok(Some(at)) => break at,
+                Ok(None) => {
+                    tracing::info!("discord history not read: nothing was taken from Discord before");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "discord history not read yet: the store is not answering; trying again");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        let from = since.0.saturating_sub(i64::try_from(CATCH_UP_MARGIN.as_millis()).unwrap_or(0));
+        let from = MessageId::new(snowflake_at(from));
+        let mut channels: Vec<(ChannelId, Option<UserId>)> =
+            self.group_channels.iter().map(|&c| (ChannelId::new(c), None)).collect();
         let people: Vec<u64> = self
             .rt
             .dir
@@ -293,39 +328,58 @@ impl DiscordAdapter {
             .iter()
             .flat_map(|p| &p.accounts)
             .filter(|a| a.platform == Platform::Discord)
-            .filter_map(|a| a.id.parse().ok())
-            .filter(|&id| id != 0)
+            .filter_map(|a| snowflake(&a.id))
             .collect();
         for person in people {
             match self.dm_channel(person).await {
-                Ok(c) => channels.push(c),
+                Ok(c) => channels.push((c, Some(UserId::new(person)))),
                 Err(e) => tracing::warn!(error = %e, "discord DM channel not opened for catching up"),
             }
         }
         let mut taken = 0;
-        for channel in channels {
-            let recent = match channel.messages(&*self.http, GetMessages::new().limit(CATCH_UP_MESSAGES)).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(channel = channel.get(), error = %describe(&e), "discord history not read");
-                    continue;
+        for (channel, person) in channels {
+            let mut after = from;
+            let mut committing = Vec::new();
+            for page in 0.. {
+                if page == CATCH_UP_PAGES {
+                    tracing::warn!(channel = channel.get(), "discord history beyond the catch-up limit not read");
+                    break;
                 }
-            };
-            let Some(last_own) = recent.iter().filter(|m| m.author.id == self.me).map(|m| m.id).max() else {
-                continue;
-            };
-            let mut missed: Vec<&Message> = recent.iter().filter(|m| m.id > last_own).collect();
-            missed.sort_by_key(|m| m.id);
-            for m in missed {
-                let Some(event) = self.message_event(m) else { continue };
-                if let Err(e) = hand_in(ingest, event).await.await {
-                    tracing::error!(message = m.id.get(), error = %e, "discord message not taken");
-                } else {
-                    taken += 1;
+                let mut got = match channel.messages(&*self.http, GetMessages::new().after(after).limit(100)).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(channel = channel.get(), error = %describe(&e), "discord history not read");
+                        break;
+                    }
+                };
+                got.sort_by_key(|m| m.id);
+                let full = got.len() == 100;
+                for m in &got {
+                    after = after.max(m.id);
+                    if person.is_some_and(|p| m.author.id != p) {
+                        continue;
+                    }
+                    if let Some(event) = self.message_event(m) {
+                        committing.push((m.id, hand_in(ingest, event).await));
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            for (id, c) in committing {
+                match c.await {
+                    Ok(()) => taken += 1,
+                    Err(e) => tracing::error!(message = id.get(), error = %e, "discord message not taken"),
                 }
             }
         }
         tracing::info!(messages = taken, "discord history read for messages said while not connected");
+    }
+
+    /// When something with this snowflake was said, never later than Wavelet's clock.
+    fn said_at(&self, id: u64) -> Millis {
+        Millis(i64::try_from(id >> 22).unwrap_or(i64::MAX).saturating_add(DISCORD_EPOCH_MS)).min(self.rt.clock.now())
     }
 
     fn account(user: UserId) -> Account {
@@ -333,13 +387,14 @@ impl DiscordAdapter {
     }
 
     /// Where something was said: a configured group channel, or the DM with `user`; `None`
-    /// for any other guild channel.
+    /// for any other guild channel. The group channels are looked up first: messages read
+    /// from a channel's history come without a guild id, even from a guild channel.
     fn room(&self, channel: ChannelId, in_guild: bool, user: UserId) -> Option<RoomRef> {
+        if self.group_channels.contains(&channel.get()) {
+            return Some(RoomRef::Shared { platform: Platform::Discord, id: channel.get().to_string() });
+        }
         if in_guild {
-            return self
-                .group_channels
-                .contains(&channel.get())
-                .then(|| RoomRef::Shared { platform: Platform::Discord, id: channel.get().to_string() });
+            return None;
         }
         self.dms.lock().unwrap_or_else(|e| e.into_inner()).insert(user.get(), channel);
         Some(RoomRef::Direct { platform: Platform::Discord, account: user.get().to_string() })
@@ -355,17 +410,18 @@ impl DiscordAdapter {
         {
             return None;
         }
+        let room = self.room(m.channel_id, m.guild_id.is_some(), m.author.id)?;
         // Without MESSAGE_CONTENT a guild message arrives empty: nothing to take.
-        if m.guild_id.is_some() && m.content.is_empty() {
+        if matches!(room, RoomRef::Shared { .. }) && m.content.is_empty() {
             return None;
         }
-        let room = self.room(m.channel_id, m.guild_id.is_some(), m.author.id)?;
         Some(InboundEvent {
             event_id: format!("message:{}", m.id.get()),
             room,
             sender: Self::account(m.author.id),
             text: m.content.clone(),
-            received_at: self.rt.clock.now(),
+            received_at: self.said_at(m.id.get()),
+            on_message: None,
         })
     }
 
@@ -385,7 +441,8 @@ impl DiscordAdapter {
             room,
             sender: Self::account(c.user.id),
             text,
-            received_at: self.rt.clock.now(),
+            received_at: self.said_at(c.id.get()),
+            on_message: None,
         })
     }
 
@@ -397,7 +454,8 @@ impl DiscordAdapter {
             room,
             sender: Self::account(c.user.id),
             text: click.text(),
-            received_at: self.rt.clock.now(),
+            received_at: self.said_at(c.id.get()),
+            on_message: click.question().map(str::to_string),
         };
         Some((event, click))
     }
@@ -422,12 +480,15 @@ impl DiscordAdapter {
                 None => return Err(SendError::Permanent("not a Discord channel id".into())),
             },
             RoomRef::Direct { platform: Platform::Discord, account } => match snowflake(account) {
-                Some(user) => self.dm_channel(user).await?,
+                Some(user) => match tokio::time::timeout(SEND_TIMEOUT, self.dm_channel(user)).await {
+                    Ok(channel) => channel?,
+                    Err(_) => return Err(SendError::Temporary("Discord did not answer in time".into())),
+                },
                 None => return Err(SendError::Permanent("not a Discord user id".into())),
             },
             _ => return Err(SendError::Permanent("not a Discord room".into())),
         };
-        for (index, part) in render(&m.body).into_iter().enumerate() {
+        for (index, part) in render(&m.body, &m.idempotency_key).into_iter().enumerate() {
             let mut message = CreateMessage::new()
                 .content(part.content)
                 .nonce(Nonce::String(nonce(&m.idempotency_key, index)))
@@ -436,7 +497,10 @@ impl DiscordAdapter {
             if !part.buttons.is_empty() {
                 message = message.components(action_rows(&part.buttons));
             }
-            channel.send_message(&*self.http, message).await.map_err(send_error)?;
+            match tokio::time::timeout(SEND_TIMEOUT, channel.send_message(&*self.http, message)).await {
+                Ok(sent) => sent.map_err(send_error)?,
+                Err(_) => return Err(SendError::Temporary("Discord did not answer in time".into())),
+            };
         }
         Ok(())
     }
@@ -633,9 +697,10 @@ async fn respond_not_served(http: Arc<Http>, interaction: Interaction) {
 enum Click {
     /// An escalation notice's Acknowledge button: `ack C-12`.
     Ack(String),
-    /// An option of a `choose` question: its 1-based number, and its label when the custom id
-    /// could carry it.
-    Choose { number: usize, label: Option<String> },
+    /// An option of a `choose` question: the question's [`message_tag`] (none on buttons
+    /// from before tags), the option's 1-based number, and its label when the custom id could
+    /// carry it.
+    Choose { question: Option<String>, number: usize, label: Option<String> },
 }
 
 impl Click {
@@ -646,11 +711,25 @@ impl Click {
                 .then(|| Click::Ack(case.to_string()));
         }
         let rest = custom_id.strip_prefix(CHOOSE_BUTTON)?;
+        let (question, rest) = match rest.split_once(':') {
+            Some((tag, rest)) if tag.len() == TAG_CHARS && tag.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                (Some(tag.to_string()), rest)
+            }
+            _ => (None, rest),
+        };
         let (number, label) = match rest.split_once(':') {
             Some((n, label)) => (n, Some(label.to_string())),
             None => (rest, None),
         };
-        Some(Click::Choose { number: number.parse().ok().filter(|&n| n > 0)?, label })
+        Some(Click::Choose { question, number: number.parse().ok().filter(|&n| n > 0)?, label })
+    }
+
+    /// The tag of the question a choice was on.
+    fn question(&self) -> Option<&str> {
+        match self {
+            Click::Choose { question, .. } => question.as_deref(),
+            Click::Ack(_) => None,
+        }
     }
 
     /// The text the click stands for: what the person would have typed.
@@ -658,15 +737,18 @@ impl Click {
         match self {
             Click::Ack(case) => format!("ack {case}"),
             Click::Choose { label: Some(label), .. } => label.clone(),
-            Click::Choose { number, label: None } => number.to_string(),
+            Click::Choose { number, label: None, .. } => number.to_string(),
         }
     }
 
     fn custom_id(&self) -> String {
         match self {
             Click::Ack(case) => format!("{ACK_BUTTON}{case}"),
-            Click::Choose { number, label } => {
-                let short = format!("{CHOOSE_BUTTON}{number}");
+            Click::Choose { question, number, label } => {
+                let short = match question {
+                    Some(tag) => format!("{CHOOSE_BUTTON}{tag}:{number}"),
+                    None => format!("{CHOOSE_BUTTON}{number}"),
+                };
                 match label {
                     Some(label) => {
                         let long = format!("{short}:{label}");
@@ -696,7 +778,7 @@ struct Part {
 
 /// A body as Discord messages: text with mentions broken, split at Discord's limit, and the
 /// buttons (on the last part) for a choice or an escalation notice.
-fn render(body: &MessageBody) -> Vec<Part> {
+fn render(body: &MessageBody, key: &str) -> Vec<Part> {
     let buttons = match body {
         MessageBody::Text { .. } => Vec::new(),
         MessageBody::Choice { options, .. } if options.len() <= MAX_BUTTONS => options
@@ -705,7 +787,7 @@ fn render(body: &MessageBody) -> Vec<Part> {
             .map(|(i, option)| {
                 // A label that reads as a number would be taken as that option's number.
                 let label = (option.trim().parse::<f64>().is_err()).then(|| option.clone());
-                let click = Click::Choose { number: i + 1, label };
+                let click = Click::Choose { question: Some(message_tag(key)), number: i + 1, label };
                 Button { custom_id: click.custom_id(), label: button_label(option), primary: false }
             })
             .collect(),
@@ -796,6 +878,11 @@ fn split(text: &str, max: usize) -> Vec<String> {
 /// 25 characters (Discord's limit; idempotency keys are longer).
 fn nonce(key: &str, part: usize) -> String {
     wavelet_core::engine::source_hash(&format!("{key}#{part}"))[..NONCE_CHARS].to_string()
+}
+
+/// The first snowflake of the millisecond `at` (Unix time); 1 before Discord's epoch.
+fn snowflake_at(at: i64) -> u64 {
+    u64::try_from(at.saturating_sub(DISCORD_EPOCH_MS)).map_or(1, |ms| (ms << 22).max(1))
 }
 
 /// A Discord id in text, if it is one (serenity's id types panic on 0).
@@ -917,7 +1004,7 @@ mod tests {
     fn choices_get_buttons_that_stand_for_their_options() {
         let body =
             MessageBody::Choice { prompt: "Risk?".into(), options: vec!["no".into(), "2".into(), "y".repeat(120)] };
-        let parts = render(&body);
+        let parts = render(&body, "run:R-1:2");
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].content, format!("Risk?\n1. no\n2. 2\n3. {}", "y".repeat(120)));
         let clicks: Vec<String> =
@@ -927,19 +1014,37 @@ mod tests {
         assert!(parts[0].buttons.iter().all(|b| b.custom_id.chars().count() <= MAX_CUSTOM_ID_CHARS));
         assert!(parts[0].buttons.iter().all(|b| b.label.chars().count() <= MAX_LABEL_CHARS));
         let many = MessageBody::Choice { prompt: "Pick".into(), options: (1..=26).map(|i| format!("o{i}")).collect() };
-        assert!(render(&many)[0].buttons.is_empty(), "over 25 options: the numbered list only");
+        assert!(render(&many, "run:R-1:2")[0].buttons.is_empty(), "over 25 options: the numbered list only");
         let rows = action_rows(
-            &render(&MessageBody::Choice { prompt: "p".into(), options: (1..=7).map(|i| format!("o{i}")).collect() })
-                [0]
+            &render(
+                &MessageBody::Choice { prompt: "p".into(), options: (1..=7).map(|i| format!("o{i}")).collect() },
+                "run:R-1:2",
+            )[0]
             .buttons,
         );
         assert_eq!(rows.len(), 2);
     }
 
     #[test]
+    fn a_choice_button_names_its_question() {
+        let body = MessageBody::Choice { prompt: "Risk?".into(), options: vec!["no".into(), "yes".into()] };
+        let tag = message_tag("run:R-1:2");
+        for button in &render(&body, "run:R-1:2")[0].buttons {
+            let click = Click::parse(&button.custom_id).expect("ours");
+            assert_eq!(click.question(), Some(tag.as_str()), "{}", button.custom_id);
+        }
+        assert_ne!(message_tag("run:R-1:3"), tag, "another question, another tag");
+        // A button from before tags still stands for its option, with no question named.
+        let old = Click::parse("wavelet:choose:2:yes").expect("ours");
+        assert_eq!((old.question(), old.text()), (None, "yes".to_string()));
+        let tagged = Click::parse(&format!("wavelet:choose:{tag}:1")).expect("ours");
+        assert_eq!((tagged.question(), tagged.text()), (Some(tag.as_str()), "1".to_string()));
+    }
+
+    #[test]
     fn escalation_notices_get_an_acknowledge_button() {
         let body = MessageBody::Escalation { text: "Case C-12 needs acknowledging.".into(), case_id: "C-12".into() };
-        let parts = render(&body);
+        let parts = render(&body, "run:R-1:2");
         assert_eq!(parts[0].buttons.len(), 1);
         assert_eq!(parts[0].buttons[0].label, "Acknowledge C-12");
         assert_eq!(Click::parse(&parts[0].buttons[0].custom_id), Some(Click::Ack("C-12".into())));
@@ -951,7 +1056,7 @@ mod tests {
     #[test]
     fn a_long_message_is_split_with_buttons_on_its_last_part_and_a_nonce_per_part() {
         let body = MessageBody::Escalation { text: "w ".repeat(2500), case_id: "C-1".into() };
-        let parts = render(&body);
+        let parts = render(&body, "run:R-1:2");
         assert_eq!(parts.len(), 3);
         assert!(parts[..2].iter().all(|p| p.buttons.is_empty()));
         assert_eq!(parts[2].buttons.len(), 1);

@@ -29,7 +29,7 @@ use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::events::reaction::OriginalSyncReactionEvent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
-use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
+use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
 use matrix_sdk::{Client, Room, RoomState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wavelet_core::config::MatrixConfig;
 use wavelet_core::ledger::{Draft, EntryKind};
-use wavelet_core::{Account, InboundEvent, MessageBody, OutboundMessage, Platform, RoomRef};
+use wavelet_core::{Account, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef};
 
 /// The environment variables the adapter reads its secrets from.
 pub const PASSWORD_ENV: &str = "WAVELET_MATRIX_PASSWORD";
@@ -357,6 +357,12 @@ impl MatrixAdapter {
         self.rt.dir.person_for(&Account { platform: Platform::Matrix, id: user.to_string() }).map(|p| p.id.clone())
     }
 
+    /// When an event was said: the homeserver's timestamp, never later than Wavelet's clock.
+    fn said_at(&self, ts: MilliSecondsSinceUnixEpoch) -> Millis {
+        let ts = Millis(i64::try_from(u64::from(ts.get())).unwrap_or(i64::MAX));
+        ts.min(self.rt.clock.now())
+    }
+
     async fn on_message(&self, ev: OriginalSyncRoomMessageEvent, room: Room, ingest: Ingest) {
         if Some(ev.sender.as_ref()) == self.client.user_id() || room.state() != RoomState::Joined {
             return;
@@ -372,7 +378,8 @@ impl MatrixAdapter {
             room: room_ref,
             sender: Account { platform: Platform::Matrix, id: ev.sender.to_string() },
             text,
-            received_at: self.rt.clock.now(),
+            received_at: self.said_at(ev.origin_server_ts),
+            on_message: None,
         };
         if let Err(e) = ingest.submit(event).await {
             // Not acknowledged: the inbox has no record of it, and the next start's sync
@@ -417,7 +424,8 @@ impl MatrixAdapter {
             room: room_ref,
             sender: Account { platform: Platform::Matrix, id: ev.sender.to_string() },
             text: format!("ack {case}"),
-            received_at: self.rt.clock.now(),
+            received_at: self.said_at(ev.origin_server_ts),
+            on_message: None,
         };
         if let Err(e) = ingest.submit(event).await {
             tracing::error!(event_id = %ev.event_id, error = %e, "matrix reaction not taken");

@@ -14,7 +14,7 @@ use wavelet_core::escalation::{self, CaseSummary};
 use wavelet_core::ledger::{Draft, EntryKind};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{
-    Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, render, roles, text,
+    Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag, render, roles, text,
 };
 
 /// Where time comes from: the system clock, or a simulated one for transcripts.
@@ -515,7 +515,14 @@ impl Runtime {
             Route::Resume { run_id, person } => {
                 let Some(mut run) = waiting.filter(|r| r.id == run_id) else { return Ok(()) };
                 let Some(Wait::Answer { step, spec, prompt, .. }) = run.wait.clone() else { return Ok(()) };
-                // Typed before the question reached them: not an answer to it.
+                // Typed before the question reached them, or a button on another question
+                // (an earlier one): not an answer to this one.
+                let other_question =
+                    ev.on_message.as_ref().is_some_and(|tag| *tag != message_tag(&question_key(&run.id, step)));
+                if other_question {
+                    tx.enqueue(&reply(render::on_another_question(&prompt)), Some(&run.id), now).await?;
+                    return Ok(());
+                }
                 if run.wait_since.is_some_and(|since| ev.received_at < since) {
                     tx.enqueue(&reply(render::before_the_question(&prompt)), Some(&run.id), now).await?;
                     return Ok(());
@@ -1484,7 +1491,7 @@ fn question(
     choices: Option<Vec<String>>,
 ) -> OutboundMessage {
     OutboundMessage {
-        idempotency_key: format!("run:{}:{step}", run.id),
+        idempotency_key: question_key(&run.id, step),
         room,
         person: Some(person.to_string()),
         body: match choices {
@@ -1492,4 +1499,9 @@ fn question(
             None => MessageBody::Text { text: prompt.to_string() },
         },
     }
+}
+
+/// The idempotency key of the question a run asks at `step`.
+fn question_key(run_id: &str, step: usize) -> String {
+    format!("run:{run_id}:{step}")
 }

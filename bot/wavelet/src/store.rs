@@ -15,7 +15,7 @@ use std::time::Duration;
 use wavelet_core::engine::{History, Wait};
 use wavelet_core::escalation::Stage;
 use wavelet_core::ledger::{Draft, Head, Link, StoredEntry};
-use wavelet_core::{Millis, OutboundMessage, RoomRef};
+use wavelet_core::{Millis, OutboundMessage, Platform, RoomRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -762,6 +762,15 @@ impl Store {
         Ok(
             on_pool!(self, p => sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status").fetch_all(p).await)?,
         )
+    }
+
+    /// When the latest event taken from `platform` was said, if any was.
+    pub async fn last_inbox_at(&self, platform: Platform) -> Result<Option<Millis>> {
+        let at: Option<i64> = on_pool!(self, p => sqlx::query_scalar("SELECT MAX(received_at) FROM inbox WHERE platform = $1")
+            .bind(platform.as_str())
+            .fetch_one(p)
+            .await)?;
+        Ok(at.map(Millis))
     }
 
     /// Undelivered outbox messages due by `now`, oldest first.

@@ -93,6 +93,7 @@ pub async fn run(path: &Path, default_config: Option<&Path>) -> Result<usize, Tr
                     sender: Account { platform: Platform::Console, id: account },
                     text: text.clone(),
                     received_at: clock.now_millis(),
+                    on_message: None,
                 };
                 rt.handle_events(&[event]).await.map_err(|e| setup(format!("line {}: {e}", step.line)))?;
             }

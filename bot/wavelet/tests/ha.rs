@@ -148,6 +148,7 @@ fn the_survivor_takes_over_the_chat_connection_and_the_due_escalation() {
                 sender: Account { platform: Platform::Console, id: "alice".into() },
                 text: text.to_string(),
                 received_at: rt.clock.now(),
+                on_message: None,
             };
             rt.handle_events(&[ev]).await.unwrap();
         }
@@ -248,6 +249,7 @@ fn concerns_keep_flowing_while_processes_are_killed_at_random() {
                     sender: Account { platform: Platform::Console, id: who.into() },
                     text: text.to_string(),
                     received_at: rt.clock.now(),
+                    on_message: None,
                 };
                 rt.handle_events(&[ev]).await.unwrap();
             }

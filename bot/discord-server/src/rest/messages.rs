@@ -364,16 +364,24 @@ pub(super) async fn list_messages(
         if !state.channels.contains_key(&channel_id) {
             return Err(Reply::unknown_channel());
         }
-        let newest_first: Vec<Value> = state
-            .messages
-            .iter()
-            .rev()
-            .filter(|m| m.channel_id == channel_id && !m.is_ephemeral())
-            .filter(|m| before.is_none_or(|b| m.id < b) && after.is_none_or(|a| m.id > a))
-            .take(limit)
-            .map(payloads::message)
-            .collect();
-        Ok(Reply::ok(Value::Array(newest_first)))
+        let in_range = |m: &&_| {
+            let m: &crate::model::StoredMessage = m;
+            m.channel_id == channel_id
+                && !m.is_ephemeral()
+                && before.is_none_or(|b| m.id < b)
+                && after.is_none_or(|a| m.id > a)
+        };
+        // As Discord: `after` pages forward (the `limit` messages right after it), otherwise
+        // backward from the newest (or from `before`); either way the page is newest first.
+        let mut page: Vec<Value> = if after.is_some() && before.is_none() {
+            state.messages.iter().filter(in_range).take(limit).map(payloads::message).collect()
+        } else {
+            state.messages.iter().rev().filter(in_range).take(limit).map(payloads::message).collect()
+        };
+        if after.is_some() && before.is_none() {
+            page.reverse();
+        }
+        Ok(Reply::ok(Value::Array(page)))
     })
 }
 

@@ -80,6 +80,7 @@ impl Bot {
             sender: Account { platform: Platform::Console, id: who.into() },
             text: text.into(),
             received_at,
+            on_message: None,
         };
         self.rt.handle_events(&[ev]).await.unwrap();
         deliver_pending(&self.rt, &self.adapters, self.rt.clock.now()).await.unwrap();
