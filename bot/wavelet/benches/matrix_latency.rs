@@ -160,7 +160,8 @@ async fn fresh_pg(base: &str, scenario: usize) -> String {
 }
 
 /// The floor: a matrix-sdk client that joins what it is invited to and sends back every
-/// text it hears, at once, syncing in a loop of `sync_once` as Wavelet does.
+/// text it hears, at once, syncing in a loop of `sync_once` as Wavelet does, with its store
+/// encrypted as Wavelet's is.
 struct EchoBot {
     sync: tokio::task::JoinHandle<()>,
 }
@@ -168,7 +169,11 @@ struct EchoBot {
 impl EchoBot {
     async fn start(server: &Synapse, dir: &Path, name: &str) -> EchoBot {
         server.register(name, "echo-password", false).await;
-        let client = world::logged_in(server, &dir.join(format!("client-{name}")), name, "echo-password").await;
+        // Its store encrypted with a passphrase, as Wavelet's is: the same cost per event.
+        let store = dir.join(format!("client-{name}"));
+        let passphrase = world::secrets().passphrase;
+        let client =
+            world::logged_in_with_store_passphrase(server, &store, name, "echo-password", passphrase.as_deref()).await;
         client.add_event_handler(|ev: StrippedRoomMemberEvent, room: Room, client: Client| async move {
             if Some(ev.state_key.as_ref()) == client.user_id() && room.state() == RoomState::Invited {
                 let _ = room.join().await;

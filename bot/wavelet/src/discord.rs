@@ -39,8 +39,8 @@ use serenity::all::{
     CommandOptionType, ComponentInteraction, Context, CreateActionRow, CreateAllowedMentions, CreateButton,
     CreateCommand, CreateCommandOption, CreateInteractionResponse, CreateInteractionResponseFollowup,
     CreateInteractionResponseMessage, CreateMessage, EditInteractionResponse, EventHandler, GatewayError,
-    GatewayIntents, GetMessages, Http, HttpBuilder, HttpError, Interaction, Message, MessageId, MessageType, Nonce,
-    Ready, ShardManager, UserId,
+    GatewayIntents, GetMessages, Http, HttpBuilder, HttpError, InstallationContext, Interaction, InteractionContext,
+    Message, MessageId, MessageType, Nonce, Ready, ShardManager, UserId,
 };
 use serenity::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -897,7 +897,7 @@ fn slash_commands(workflows: &[WorkflowMeta]) -> Vec<CreateCommand> {
     let mut commands: Vec<CreateCommand> = workflows
         .iter()
         .filter(|w| {
-            let ok = (1..=32).contains(&w.command.len()) && !builtin.contains(&w.command.as_str());
+            let ok = is_slash_command_name(&w.command) && !builtin.contains(&w.command.as_str());
             if !ok {
                 tracing::warn!(command = %w.command, "workflow command is not a valid Discord slash command name; only its prefix command works");
             }
@@ -910,7 +910,22 @@ fn slash_commands(workflows: &[WorkflowMeta]) -> Vec<CreateCommand> {
     commands.push(CreateCommand::new("ack").description("Acknowledge a case (stops its escalation)").add_option(
         CreateCommandOption::new(CommandOptionType::String, "case", "The case id, like C-12").required(true),
     ));
+    // Only in servers the bot is in and in DMs with the bot: not in other people's DMs (a
+    // user-installed app could be used there, and Wavelet would take that DM for theirs).
     commands
+        .into_iter()
+        .map(|c| {
+            c.contexts(vec![InteractionContext::Guild, InteractionContext::BotDm])
+                .integration_types(vec![InstallationContext::Guild])
+        })
+        .collect()
+}
+
+/// Discord's rule for a slash command's name: 1 to 32 characters, lowercase letters and
+/// digits of any script, `-` and `_`. One bad name would fail the whole registration.
+fn is_slash_command_name(name: &str) -> bool {
+    (1..=32).contains(&name.chars().count())
+        && name.chars().all(|c| (c.is_alphanumeric() && !c.is_uppercase()) || matches!(c, '-' | '_'))
 }
 
 /// Discord wants 1 to 100 characters.
@@ -1079,6 +1094,12 @@ mod tests {
         let json: Vec<serde_json::Value> = commands.iter().map(|c| serde_json::to_value(c).unwrap()).collect();
         let names: Vec<&str> = json.iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["concern", "digest", "help", "cancel", "ack"]);
+        // Guild (0) and the bot's DM (1) only; installed to servers (0) only.
+        assert!(json.iter().all(|c| c["contexts"] == serde_json::json!([0, 1])), "{json:?}");
+        assert!(json.iter().all(|c| c["integration_types"] == serde_json::json!([0])), "{json:?}");
+        let names = ["Concern", "raise concern", "café", "a.b", "ünïcode-ok", "x_y-1"];
+        let valid: Vec<bool> = names.iter().map(|n| is_slash_command_name(n)).collect();
+        assert_eq!(valid, [false, false, true, false, true, true]);
         assert_eq!(json[1]["description"], "Start the digest workflow");
         assert_eq!(json[4]["options"][0]["name"], "case");
         assert_eq!(command_description(&"d".repeat(300), "x").chars().count(), 100);

@@ -186,7 +186,19 @@ impl Person {
 /// A matrix-sdk client logged in as `name` (a new device, its crypto store in `store`),
 /// past its first sync.
 pub async fn logged_in(server: &Synapse, store: &Path, name: &str, password: &str) -> Client {
-    let client = Client::builder().homeserver_url(server.base_url()).sqlite_store(store, None).build().await.unwrap();
+    logged_in_with_store_passphrase(server, store, name, password, None).await
+}
+
+/// As [`logged_in`], with the store encrypted under `passphrase` (as Wavelet's is).
+pub async fn logged_in_with_store_passphrase(
+    server: &Synapse,
+    store: &Path,
+    name: &str,
+    password: &str,
+    passphrase: Option<&str>,
+) -> Client {
+    let client =
+        Client::builder().homeserver_url(server.base_url()).sqlite_store(store, passphrase).build().await.unwrap();
     client.matrix_auth().login_username(name, password).await.unwrap();
     client.sync_once(SyncSettings::default()).await.unwrap();
     client
