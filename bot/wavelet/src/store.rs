@@ -153,6 +153,8 @@ pub struct Tx {
     outbox: Vec<Queued>,
     outbox_keys: HashSet<String>,
     cases: Vec<CaseRow>,
+    /// Escalations started in this transaction, as they are now; written at commit.
+    escalations: Vec<EscalationRow>,
     timers: Vec<(String, i64, Millis)>,
     scripts: Vec<(String, String, String, Millis)>,
     store: Store,
@@ -642,6 +644,7 @@ impl Store {
             outbox: Vec::new(),
             outbox_keys: HashSet::new(),
             cases: Vec::new(),
+            escalations: Vec::new(),
             timers: Vec::new(),
             scripts: Vec::new(),
             store: self.clone(),
@@ -1372,20 +1375,18 @@ impl Tx {
         Ok(out)
     }
 
+    /// A new escalation (written at commit, with the rest of the step's rows).
     pub async fn insert_escalation(&mut self, e: &EscalationRow) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO escalations ({ESCALATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        );
-        on_tx!(self, c => sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&e.id).bind(&e.case_id).bind(&e.policy).bind(&e.run_id).bind(&e.group_id).bind(json(&e.plan))
-            .bind(e.stage as i64).bind(escalation_status(e.status)).bind(e.next_at.map(|m| m.0)).bind(json(&e.notified))
-            .bind(e.started_at.0).bind(&e.acked_by).bind(e.acked_at.map(|m| m.0))
-            .execute(c).await.map(|r| r.rows_affected()))?;
+        self.escalations.push(e.clone());
         Ok(())
     }
 
     /// Writes an escalation's progress (stage, status, next due time, who was notified, ack).
     pub async fn update_escalation(&mut self, e: &EscalationRow) -> Result<()> {
+        if let Some(new) = self.escalations.iter_mut().find(|n| n.id == e.id) {
+            *new = e.clone();
+            return Ok(());
+        }
         on_tx!(self, c => sqlx::query("UPDATE escalations SET stage = $1, status = $2, next_at = $3, notified = $4, acked_by = $5, acked_at = $6 WHERE id = $7")
             .bind(e.stage as i64).bind(escalation_status(e.status)).bind(e.next_at.map(|m| m.0)).bind(json(&e.notified))
             .bind(&e.acked_by).bind(e.acked_at.map(|m| m.0)).bind(&e.id)
@@ -1395,6 +1396,9 @@ impl Tx {
 
     /// One escalation as it is now in this transaction.
     pub async fn escalation(&mut self, id: &str) -> Result<Option<EscalationRow>> {
+        if let Some(new) = self.escalations.iter().find(|n| n.id == id) {
+            return Ok(Some(new.clone()));
+        }
         let sql = format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE id = $1");
         let row: Option<EscalationTuple> =
             on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(c).await)?;
@@ -1406,7 +1410,12 @@ impl Tx {
         let sql = format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE case_id = $1 ORDER BY started_at, id");
         let rows: Vec<EscalationTuple> =
             on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(case_id).fetch_all(c).await)?;
-        rows.into_iter().map(escalation_from_tuple).collect()
+        let mut all = rows.into_iter().map(escalation_from_tuple).collect::<Result<Vec<_>>>()?;
+        if self.escalations.iter().any(|n| n.case_id == case_id) {
+            all.extend(self.escalations.iter().filter(|n| n.case_id == case_id).cloned());
+            all.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        }
+        Ok(all)
     }
 
     /// Records that a run waits for a case's next acknowledgement.
@@ -1514,6 +1523,20 @@ impl Tx {
                     b.push_bind(k.id.clone()).push_bind(k.run_id.clone()).push_bind(k.group_id.clone())
                         .push_bind(k.subject.clone()).push_bind(k.category.clone()).push_bind(k.risk.clone())
                         .push_bind(k.status.clone()).push_bind(k.opened_at.0).push_bind(k.closed_at.map(|m| m.0));
+                });
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
+            });
+        }
+        let escalations = std::mem::take(&mut self.escalations);
+        for chunk in escalations.chunks(CHUNK) {
+            on_tx!(self, c => {
+                let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO escalations ({ESCALATION_COLUMNS}) "));
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.id.clone()).push_bind(e.case_id.clone()).push_bind(e.policy.clone())
+                        .push_bind(e.run_id.clone()).push_bind(e.group_id.clone()).push_bind(json(&e.plan))
+                        .push_bind(e.stage as i64).push_bind(escalation_status(e.status))
+                        .push_bind(e.next_at.map(|m| m.0)).push_bind(json(&e.notified)).push_bind(e.started_at.0)
+                        .push_bind(e.acked_by.clone()).push_bind(e.acked_at.map(|m| m.0));
                 });
                 q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
             });
