@@ -100,6 +100,7 @@ async fn message_bodies_are_checked_as_discord_documents() -> Result<()> {
     let cases: Vec<(Value, u16, u64, Vec<&str>)> = vec![
         (json!({}), 400, 50006, vec![]),
         (json!({ "content": "" }), 400, 50006, vec![]),
+        (json!({ "content": " \n\t " }), 400, 50006, vec![]),
         (json!({ "content": "x".repeat(2001) }), 400, 50035, vec!["content"]),
         (json!({ "content": "hi", "nonce": "n".repeat(26) }), 400, 50035, vec!["nonce"]),
         (json!({ "content": "hi", "embeds": eleven_embeds }), 400, 50035, vec!["embeds"]),

@@ -798,7 +798,12 @@ fn render(body: &MessageBody, key: &str) -> Vec<Part> {
             primary: true,
         }],
     };
-    let texts = split(&no_pings(&body.plain()), MAX_MESSAGE_CHARS);
+    let mut texts = split(&no_pings(&body.plain()), MAX_MESSAGE_CHARS);
+    // Discord refuses a message of only whitespace: such a piece of a long text is left out
+    // (the others still carry every visible character).
+    if texts.iter().any(|t| !t.trim().is_empty()) {
+        texts.retain(|t| !t.trim().is_empty());
+    }
     let last = texts.len() - 1;
     texts
         .into_iter()
@@ -1038,6 +1043,15 @@ mod tests {
             .buttons,
         );
         assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
+    fn no_part_of_a_long_message_is_only_whitespace() {
+        let text = format!("start{}end", "\n".repeat(5_000));
+        let parts = render(&MessageBody::Text { text }, "k");
+        assert!(parts.iter().all(|p| !p.content.trim().is_empty()), "{:?}", parts.len());
+        let joined: String = parts.iter().map(|p| p.content.as_str()).collect();
+        assert_eq!(joined.replace('\n', ""), "startend");
     }
 
     #[test]

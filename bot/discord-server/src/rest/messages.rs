@@ -119,9 +119,10 @@ impl MessageInput {
         if errors.is_empty() { Ok(input) } else { Err(Reply::form(errors)) }
     }
 
-    /// Discord refuses a message with none of content, embeds, components, stickers, files, poll.
+    /// Discord refuses a message with none of content, embeds, components, stickers, files, poll
+    /// (content of only whitespace counts as none: Discord trims it).
     pub(super) fn is_empty(&self) -> bool {
-        self.content.as_deref().unwrap_or_default().is_empty()
+        self.content.as_deref().unwrap_or_default().trim().is_empty()
             && self.embeds.as_ref().is_none_or(Vec::is_empty)
             && self.components.as_ref().is_none_or(Vec::is_empty)
             && !self.other_content
