@@ -40,6 +40,10 @@ const DIALOG: [(&str, &str); 4] = [
 ];
 
 fn main() {
+    // A trace of where a round trip goes: WAVELET_LOG=wavelet=debug,bench=debug (ids only).
+    if std::env::var("WAVELET_LOG").is_ok() {
+        world::log_to_test_output();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
     rt.block_on(async {
         let n: usize = std::env::var("WAVELET_BENCH_ROUND_TRIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
@@ -136,8 +140,12 @@ async fn measure(
 /// from just before the send to the answer's arrival at alice's client.
 async fn round_trip(alice: &Person, room: &OwnedRoomId, text: &str, reply: &str) -> Duration {
     let start = Instant::now();
+    tracing::debug!(target: "bench", "alice sends");
     alice.say(room, text).await;
-    alice.expect_seen(reply, Some(room), None).await.at - start
+    tracing::debug!(target: "bench", "alice sent");
+    let seen = alice.expect_seen(reply, Some(room), None).await.at;
+    tracing::debug!(target: "bench", "alice got the reply");
+    seen - start
 }
 
 fn report(room: &str, store: &str, bot: &str, times: &[Duration]) {
@@ -184,7 +192,9 @@ impl EchoBot {
                 return;
             }
             if let MessageType::Text(t) = &ev.content.msgtype {
+                tracing::debug!(target: "bench", "echo heard");
                 let _ = room.send(RoomMessageEventContent::text_plain(&t.body)).await;
+                tracing::debug!(target: "bench", "echo sent");
             }
         });
         // The same sync loop as Wavelet's adapter (matrix-sdk's `Client::sync` would wait a

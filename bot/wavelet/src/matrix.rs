@@ -367,6 +367,7 @@ impl MatrixAdapter {
         if Some(ev.sender.as_ref()) == self.client.user_id() || room.state() != RoomState::Joined {
             return;
         }
+        tracing::debug!(event_id = %ev.event_id, "matrix message received");
         let text = match &ev.content.msgtype {
             MessageType::Text(t) => t.body.clone(),
             MessageType::Notice(_) => return,
@@ -471,10 +472,12 @@ impl MatrixAdapter {
             }
             _ => return Err(SendError::Permanent("not a Matrix room".into())),
         };
+        tracing::debug!(key = %m.idempotency_key, "matrix send starting");
         room.send(content(&m.body))
             .with_transaction_id(transaction_id(&m.idempotency_key))
             .await
             .map_err(send_error)?;
+        tracing::debug!(key = %m.idempotency_key, "matrix sent");
         Ok(())
     }
 }
