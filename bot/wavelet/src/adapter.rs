@@ -78,6 +78,11 @@ pub fn backoff(attempts: i32) -> Duration {
 /// (with [`backoff`], about 20 minutes of trying).
 pub const MAX_ATTEMPTS: i32 = 12;
 
+/// How long one send may take before it counts as failed for now (and is retried later):
+/// a request a platform never answers must not hold up delivery to every other room, or
+/// the timers fired in the same pass.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long a claim on a message lasts: if the process dies mid-send, another sends it
 /// after this (with the same idempotency key, so the platform drops a duplicate).
 pub const CLAIM: Duration = Duration::from_secs(60);
@@ -180,7 +185,10 @@ async fn deliver_queue(
             store.release_claim(c.id).await?;
             continue;
         };
-        match adapter.send(&c.message).await {
+        let sent = tokio::time::timeout(SEND_TIMEOUT, adapter.send(&c.message)).await.unwrap_or_else(|_| {
+            Err(SendError::Temporary(format!("{platform} did not answer within {} s", SEND_TIMEOUT.as_secs())))
+        });
+        match sent {
             Ok(()) => {
                 crate::faults::point("deliver.after_send");
                 rt.record_delivery(&c, now).await?;

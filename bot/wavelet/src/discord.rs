@@ -25,8 +25,8 @@
 //!   2,000 characters are split at line or word boundaries. Each part carries a nonce derived
 //!   from the message's idempotency key with `enforce_nonce`, so a resend after a crash gets
 //!   the first message back instead of posting twice (within Discord's nonce window, a few
-//!   minutes). A send that hangs counts as failed for now after [`SEND_TIMEOUT`]. `choose` questions carry buttons (and
-//!   the numbered list, so typing works too); escalation notices an Acknowledge button.
+//!   minutes). `choose` questions carry buttons (and the numbered list, so typing works
+//!   too); escalation notices an Acknowledge button.
 //!
 //! Only this file knows serenity's types.
 
@@ -78,10 +78,6 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// per channel.
 const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
 const CATCH_UP_PAGES: usize = 50;
-
-/// How long one REST call of a send may take before the send counts as failed for now (and
-/// is retried later): a stuck request must not hold up delivery to every other room.
-const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Discord's epoch (the first second of 2015) in Unix milliseconds: snowflakes count from it.
 const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
@@ -323,8 +319,7 @@ impl DiscordAdapter {
         let people: Vec<u64> = self
             .rt
             .dir
-            .config()
-            .people
+            .people()
             .iter()
             .flat_map(|p| &p.accounts)
             .filter(|a| a.platform == Platform::Discord)
@@ -480,10 +475,7 @@ impl DiscordAdapter {
                 None => return Err(SendError::Permanent("not a Discord channel id".into())),
             },
             RoomRef::Direct { platform: Platform::Discord, account } => match snowflake(account) {
-                Some(user) => match tokio::time::timeout(SEND_TIMEOUT, self.dm_channel(user)).await {
-                    Ok(channel) => channel?,
-                    Err(_) => return Err(SendError::Temporary("Discord did not answer in time".into())),
-                },
+                Some(user) => self.dm_channel(user).await?,
                 None => return Err(SendError::Permanent("not a Discord user id".into())),
             },
             _ => return Err(SendError::Permanent("not a Discord room".into())),
@@ -497,10 +489,7 @@ impl DiscordAdapter {
             if !part.buttons.is_empty() {
                 message = message.components(action_rows(&part.buttons));
             }
-            match tokio::time::timeout(SEND_TIMEOUT, channel.send_message(&*self.http, message)).await {
-                Ok(sent) => sent.map_err(send_error)?,
-                Err(_) => return Err(SendError::Temporary("Discord did not answer in time".into())),
-            };
+            channel.send_message(&*self.http, message).await.map_err(send_error)?;
         }
         Ok(())
     }

@@ -55,6 +55,16 @@ fn assert_sent_safely(server: &Server) {
     }
 }
 
+/// The answers the ledger records, in order.
+async fn answers_in_ledger(bot: &Bot) -> Vec<String> {
+    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    entries
+        .iter()
+        .filter(|e| e.link.kind == "question.answered")
+        .map(|e| e.content.as_ref().unwrap()["answer"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concern_goes_end_to_end_with_questions_in_dms_and_choices_as_buttons() {
     log_to_test_output();
@@ -193,10 +203,7 @@ async fn a_restart_mid_dialog_takes_the_answer_said_while_down_once() {
     assert_eq!(count(&server, NORTH, "Is the child") + count(&server, NORTH, "Your message"), 0);
     let stats = server.gateway_stats();
     assert_eq!((stats.identifies, stats.resumes), (2, 0), "a new session after the restart: {stats:?}");
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
-    let answers: Vec<_> =
-        entries.iter().filter(|e| e.link.kind == "question.answered").map(|e| e.content.clone().unwrap()).collect();
-    let answers: Vec<&str> = answers.iter().map(|c| c["answer"].as_str().unwrap()).collect();
+    let answers = answers_in_ledger(&bot).await;
     assert_eq!(answers, ["AB 2015", "physical", "no", "Bruises on the arm"]);
     bot.stop().await;
 }
@@ -219,10 +226,7 @@ async fn a_button_on_an_earlier_question_does_not_answer_the_next_one() {
     expect_dm(&server, &alice(), "That button belongs to an earlier question").await;
     click(&server, &alice(), &risk, "no", 7).await;
     expect_dm(&server, &alice(), "What did you see or hear").await;
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
-    let answers: Vec<_> =
-        entries.iter().filter(|e| e.link.kind == "question.answered").map(|e| e.content.clone().unwrap()).collect();
-    let answers: Vec<&str> = answers.iter().map(|c| c["answer"].as_str().unwrap()).collect();
+    let answers = answers_in_ledger(&bot).await;
     assert_eq!(answers, ["AB 2015", "neglect", "no"]);
     bot.stop().await;
 }

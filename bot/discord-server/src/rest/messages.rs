@@ -374,14 +374,12 @@ pub(super) async fn list_messages(
         };
         // As Discord: `after` pages forward (the `limit` messages right after it), otherwise
         // backward from the newest (or from `before`); either way the page is newest first.
-        let mut page: Vec<Value> = if after.is_some() && before.is_none() {
-            state.messages.iter().filter(in_range).take(limit).map(payloads::message).collect()
+        let page: Vec<Value> = if after.is_some() && before.is_none() {
+            let oldest_first: Vec<_> = state.messages.iter().filter(in_range).take(limit).collect();
+            oldest_first.into_iter().rev().map(payloads::message).collect()
         } else {
             state.messages.iter().rev().filter(in_range).take(limit).map(payloads::message).collect()
         };
-        if after.is_some() && before.is_none() {
-            page.reverse();
-        }
         Ok(Reply::ok(Value::Array(page)))
     })
 }
