@@ -51,6 +51,7 @@ async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usiz
     let rt = runtime(url, dir, practitioners).await;
     let (ingest, _worker) = Ingest::spawn(rt.clone(), 256);
     let commits_before = rt.store.commits();
+    let commit_time_before = rt.store.commit_time();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..practitioners {
@@ -67,11 +68,17 @@ async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usiz
     }
     let took = start.elapsed();
     let commits = rt.store.commits() - commits_before;
+    let commit_time = rt.store.commit_time() - commit_time_before;
     let steps = practitioners * (1 + ANSWERS.len());
     let finished = rt.store.run_counts().await.expect("counts");
     assert!(
         finished.iter().any(|(s, n)| s == "finished" && *n as usize == practitioners),
         "all runs finish: {finished:?}"
+    );
+    println!(
+        "{name:<8} of which writing and committing: {:.2} s ({:.0} %)",
+        commit_time.as_secs_f64(),
+        100.0 * commit_time.as_secs_f64() / took.as_secs_f64()
     );
     if std::env::var("BENCH_NO_FLOOR").is_ok() {
         println!(

@@ -78,6 +78,8 @@ impl Error {
 pub struct Store {
     pool: Pool,
     commits: Arc<AtomicU64>,
+    /// Microseconds spent in [`Tx::commit`] (writing the buffered rows and committing).
+    commit_micros: Arc<AtomicU64>,
     /// Script versions known to be saved, so a run start does not write the source again.
     saved_scripts: Arc<Mutex<HashSet<String>>>,
     /// Held by the one delivery pass this process runs at a time.
@@ -140,7 +142,12 @@ pub struct Tx {
     counters: HashMap<String, (i64, bool)>,
     /// Runs read or written in this transaction: the newest state of each.
     runs: HashMap<String, RunRow>,
+    /// Run ids by the person they wait on, for every run put in `runs` with a wait: a
+    /// superset (a run's wait may have moved on since), checked against the run itself.
+    waits_by_person: HashMap<String, Vec<String>>,
+    /// Runs to write at commit, in the order first written, and the same as a set.
     dirty_runs: Vec<String>,
+    dirty_set: HashSet<String>,
     /// (person, room) pairs whose waiting runs have been read into `runs`.
     waits_loaded: HashSet<(String, String)>,
     /// People all of whose waiting runs have been read into `runs`.
@@ -153,6 +160,8 @@ pub struct Tx {
     outbox: Vec<Queued>,
     outbox_keys: HashSet<String>,
     cases: Vec<CaseRow>,
+    /// Where each case of `cases` is in it, by id.
+    case_at: HashMap<String, usize>,
     /// Escalations started in this transaction, as they are now; written at commit.
     escalations: Vec<EscalationRow>,
     timers: Vec<(String, i64, Millis)>,
@@ -537,6 +546,7 @@ impl Store {
             Store {
                 pool: Pool::Sqlite(pool),
                 commits: Arc::default(),
+                commit_micros: Arc::default(),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
             }
@@ -551,6 +561,7 @@ impl Store {
             Store {
                 pool: Pool::Postgres(pool),
                 commits: Arc::default(),
+                commit_micros: Arc::default(),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
             }
@@ -634,7 +645,9 @@ impl Store {
             ledger: Vec::new(),
             counters: HashMap::new(),
             runs: HashMap::new(),
+            waits_by_person: HashMap::new(),
             dirty_runs: Vec::new(),
+            dirty_set: HashSet::new(),
             waits_loaded: HashSet::new(),
             persons_loaded: HashSet::new(),
             inbox_known: None,
@@ -644,6 +657,7 @@ impl Store {
             outbox: Vec::new(),
             outbox_keys: HashSet::new(),
             cases: Vec::new(),
+            case_at: HashMap::new(),
             escalations: Vec::new(),
             timers: Vec::new(),
             scripts: Vec::new(),
@@ -654,6 +668,12 @@ impl Store {
     /// Transactions committed through this handle (for benchmarks and metrics).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Time spent in commits so far (writing the buffered rows and committing), for the
+    /// benchmark's split of a step's cost.
+    pub fn commit_time(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.commit_micros.load(Ordering::Relaxed))
     }
 
     /// Creates the scratch table [`Store::bare_insert_commit`] writes to.
@@ -1077,7 +1097,7 @@ impl Tx {
             on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(c).await)?;
         let run = row.map(run_from_tuple).transpose()?;
         if let Some(r) = &run {
-            self.runs.insert(r.id.clone(), r.clone());
+            self.remember_read(r.clone());
         }
         Ok(run)
     }
@@ -1115,8 +1135,7 @@ impl Tx {
                 q.build_query_as().fetch_all(&mut *c).await
             })?;
             for row in rows {
-                let r = run_from_tuple(row)?;
-                self.runs.entry(r.id.clone()).or_insert(r);
+                self.remember_read(run_from_tuple(row)?);
             }
             self.persons_loaded.extend(people.into_iter().cloned());
         }
@@ -1134,16 +1153,34 @@ impl Tx {
         let rows: Vec<RunTuple> =
             on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(person).bind(room).fetch_all(c).await)?;
         for row in rows {
-            let r = run_from_tuple(row)?;
-            // A run already in view is newer than the database's copy.
-            self.runs.entry(r.id.clone()).or_insert(r);
+            self.remember_read(run_from_tuple(row)?);
         }
         self.waits_loaded.insert(key);
         Ok(())
     }
 
+    /// A run read from the database, unless this transaction already has it (the copy in
+    /// view is then newer than the database's).
+    fn remember_read(&mut self, r: RunRow) {
+        if !self.runs.contains_key(&r.id) {
+            self.index_wait(&r);
+            self.runs.insert(r.id.clone(), r);
+        }
+    }
+
+    fn index_wait(&mut self, r: &RunRow) {
+        if let Some(p) = &r.wait_person {
+            let ids = self.waits_by_person.entry(p.clone()).or_default();
+            if !ids.contains(&r.id) {
+                ids.push(r.id.clone());
+            }
+        }
+    }
+
+    /// The runs in view waiting on `person` in `room` (looked up by person, not by a scan
+    /// of every run in the transaction: a batch holds hundreds).
     fn waits_on<'a>(&'a self, person: &'a str, room: &'a RoomRef) -> impl Iterator<Item = &'a RunRow> + 'a {
-        self.runs.values().filter(move |r| {
+        self.waits_by_person.get(person).into_iter().flatten().filter_map(|id| self.runs.get(id)).filter(move |r| {
             r.status == RunStatus::Waiting
                 && r.wait_person.as_deref() == Some(person)
                 && r.wait_room.as_ref() == Some(room)
@@ -1178,8 +1215,7 @@ impl Tx {
         let rows: Vec<RunTuple> =
             on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(person).fetch_all(c).await)?;
         for row in rows {
-            let r = run_from_tuple(row)?;
-            self.runs.entry(r.id.clone()).or_insert(r);
+            self.remember_read(run_from_tuple(row)?);
         }
         let mut mine: Vec<RunRow> =
             self.runs.values().filter(|r| r.starter == person && r.status == RunStatus::Waiting).cloned().collect();
@@ -1190,7 +1226,7 @@ impl Tx {
 
     /// Whether a case exists (opened in this transaction or before).
     pub async fn case_exists(&mut self, id: &str) -> Result<bool> {
-        if self.cases.iter().any(|c| c.id == id) {
+        if self.case_at.contains_key(id) {
             return Ok(true);
         }
         let n: Option<i64> = on_tx!(self, c => sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM cases WHERE id = $1").bind(id).fetch_optional(c).await)?;
@@ -1199,21 +1235,24 @@ impl Tx {
 
     /// Writes a run (insert or replace) at commit; reads in this transaction see it now.
     pub async fn put_run(&mut self, r: &RunRow) -> Result<()> {
-        if !self.dirty_runs.contains(&r.id) {
+        if self.dirty_set.insert(r.id.clone()) {
             self.dirty_runs.push(r.id.clone());
         }
+        self.index_wait(r);
         self.runs.insert(r.id.clone(), r.clone());
         Ok(())
     }
 
     pub async fn insert_case(&mut self, c: &CaseRow) -> Result<()> {
+        // A second case with the same id stays in the buffer, and fails the commit.
+        self.case_at.entry(c.id.clone()).or_insert(self.cases.len());
         self.cases.push(c.clone());
         Ok(())
     }
 
     /// Closes a case. `false` if there is no such open case.
     pub async fn close_case(&mut self, id: &str, at: Millis) -> Result<bool> {
-        if let Some(c) = self.cases.iter_mut().find(|c| c.id == id) {
+        if let Some(c) = self.case_at.get(id).map(|&i| &mut self.cases[i]) {
             let open = c.status != "closed";
             if open {
                 c.status = "closed".into();
@@ -1348,7 +1387,7 @@ impl Tx {
         let mut rows: Vec<(String, String, String, i64)> =
             on_tx!(self, c => sqlx::query_as(SQL).bind(group).fetch_all(c).await)?;
         // Cases opened (or closed) in this transaction are still in the buffer.
-        rows.retain(|r| !self.cases.iter().any(|c| c.id == r.0));
+        rows.retain(|r| !self.case_at.contains_key(&r.0));
         rows.extend(
             self.cases
                 .iter()
@@ -1443,8 +1482,8 @@ impl Tx {
 
     /// A case opened in this transaction or before.
     pub async fn case(&mut self, id: &str) -> Result<Option<CaseRow>> {
-        if let Some(c) = self.cases.iter().find(|c| c.id == id) {
-            return Ok(Some(c.clone()));
+        if let Some(&i) = self.case_at.get(id) {
+            return Ok(Some(self.cases[i].clone()));
         }
         let row: Option<CaseTuple> = on_tx!(self, c => sqlx::query_as(CASE_SQL).bind(id).fetch_optional(c).await)?;
         Ok(row.map(case_from_tuple))
@@ -1459,6 +1498,7 @@ impl Tx {
 
     /// Writes everything buffered, the ledger entries and the new chain head, then commits.
     pub async fn commit(mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         // Rows per statement: at most 16 columns × 1,000 binds, under both databases' limits.
         const CHUNK: usize = 1_000;
         let scripts = std::mem::take(&mut self.scripts);
@@ -1604,6 +1644,7 @@ impl Tx {
             known.extend(scripts.into_iter().map(|s| s.0));
         }
         self.store.commits.fetch_add(1, Ordering::Relaxed);
+        self.store.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

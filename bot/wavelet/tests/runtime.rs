@@ -4,6 +4,8 @@
 
 mod common;
 use common::*;
+#[path = "../benches/common.rs"]
+mod generated;
 use std::sync::{Arc, Mutex};
 use wavelet::store::RunStatus;
 
@@ -23,7 +25,92 @@ on_both!(
     a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators,
     a_starter_can_cancel_a_run_that_waits_on_someone_else,
     each_room_a_share_reaches_is_recorded_in_the_ledger,
+    a_batch_ends_as_one_event_at_a_time_does,
+    an_answer_in_the_same_batch_as_its_question_resumes_the_run,
 );
+
+/// A run started in a batch asks someone else; their answer, later in the same batch, is
+/// found waiting (the transaction's view of waits includes runs it wrote itself).
+async fn an_answer_in_the_same_batch_as_its_question_resumes_the_run(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(dir.path(), &[("asklead", ASK_LEAD)]);
+    let b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    let at = b.rt.clock.now();
+    let event = |id: &str, who: &str, room: RoomRef, text: &str| InboundEvent {
+        event_id: id.into(),
+        room,
+        sender: Account { platform: Platform::Console, id: who.into() },
+        text: text.into(),
+        received_at: at,
+        on_message: None,
+    };
+    let batch = [
+        event("a1", "alice", RoomRef::Shared { platform: Platform::Console, id: "north".into() }, "!asklead"),
+        event("b1", "bea", RoomRef::Direct { platform: Platform::Console, account: "bea".into() }, "yes"),
+    ];
+    for r in b.rt.handle_batch(&batch).await {
+        r.unwrap();
+    }
+    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Finished);
+    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    let sent: Vec<String> = b.sent.0.lock().unwrap().iter().map(|m| m.body.plain()).collect();
+    assert_eq!(sent, ["Can you take this on?", "bea said: yes"]);
+    b.verify().await;
+}
+
+/// A batch handled in one transaction (group commit: the transaction's reads see its own
+/// buffered rows) ends exactly where the same events handled one at a time do: the same
+/// ledger (hash for hash), runs and outbox.
+async fn a_batch_ends_as_one_event_at_a_time_does(backend: &str) {
+    const PEOPLE: usize = 60;
+    let answers = ["!concern", "AB 2015", "1", "2", "Came in hungry again; says there is no food at home."];
+    let event = |p: usize, step: usize| {
+        let who = format!("p{p}");
+        let room = if step == 0 {
+            RoomRef::Shared { platform: Platform::Console, id: format!("g{}", p / generated::GROUP_SIZE) }
+        } else {
+            RoomRef::Direct { platform: Platform::Console, account: who.clone() }
+        };
+        InboundEvent {
+            event_id: format!("e-{p}-{step}"),
+            room,
+            sender: Account { platform: Platform::Console, id: who },
+            text: answers[step].into(),
+            received_at: Millis(1_764_000_000_000),
+            on_message: None,
+        }
+    };
+    let mut outcomes = Vec::new();
+    for batched in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = generated::config(dir.path(), &root().join("workflows"), PEOPLE);
+        let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000)));
+        let rt = wavelet::app::build(config, &fresh(backend, dir.path()).await, clock).await.unwrap().runtime;
+        for step in 0..answers.len() {
+            let events: Vec<InboundEvent> = (0..PEOPLE).map(|p| event(p, step)).collect();
+            if batched {
+                for r in rt.handle_batch(&events).await {
+                    r.unwrap();
+                }
+            } else {
+                for e in &events {
+                    rt.handle_events(std::slice::from_ref(e)).await.unwrap();
+                }
+            }
+        }
+        let ledger = rt.store.ledger_page(0, i64::MAX).await.unwrap();
+        let outbox: Vec<OutboundMessage> =
+            rt.store.pending_outbox(Millis(i64::MAX), 10_000).await.unwrap().into_iter().map(|p| p.message).collect();
+        let runs = rt.store.run_counts().await.unwrap();
+        assert_eq!(runs, [("finished".to_string(), PEOPLE as i64)]);
+        wavelet::audit::verify_store(&rt.store).await.unwrap().expect("ledger verifies");
+        outcomes.push((ledger, outbox, runs));
+    }
+    let (one_by_one, batched) = (outcomes.pop().unwrap(), outcomes.pop().unwrap());
+    assert!(batched.0.len() > PEOPLE * 5, "each concern's entries: {}", batched.0.len());
+    assert_eq!(batched.0, one_by_one.0, "the same ledger");
+    assert_eq!(batched.1, one_by_one.1, "the same messages queued");
+}
 
 /// A share to a group with two rooms: one `share.delivered` entry per room, on the case,
 /// after the share itself; the case's timeline holds them.
