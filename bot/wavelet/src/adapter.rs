@@ -100,6 +100,7 @@ pub const CLAIM: Duration = Duration::from_secs(60);
 pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> store::Result<usize> {
     let store = &rt.store;
     let _one_pass = store.delivery.lock().await;
+    let _counted = rt.passes.begin(store.commits());
     let platforms = adapters.platforms();
     let parallel = adapters.parallel_rooms();
     let mut delivered = 0;
@@ -222,6 +223,52 @@ async fn deliver_queue(
     Ok(out)
 }
 
+/// Tracks this process's delivery passes (one runs at a time), so that a chat connection
+/// can wait for the pass that sends what it has just queued: the Matrix adapter holds its
+/// next `/sync` until then, as a bot that answers inside its handler would, rather than
+/// have the homeserver serve both at once. A pass is known by the store's commit count
+/// when it began: it sees every row committed by then.
+pub struct DeliveryPasses {
+    /// The commit count the latest finished pass began after.
+    finished: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for DeliveryPasses {
+    fn default() -> Self {
+        DeliveryPasses { finished: tokio::sync::watch::Sender::new(0) }
+    }
+}
+
+impl DeliveryPasses {
+    fn begin(&self, commits: u64) -> PassCounted<'_> {
+        PassCounted { passes: self, commits }
+    }
+
+    /// Waits until a pass that began after `commits` commits has finished, or `at_most`
+    /// has passed; `true` if one finished.
+    pub async fn sent_after(&self, commits: u64, at_most: Duration) -> bool {
+        let mut done = self.finished.subscribe();
+        tokio::time::timeout(at_most, done.wait_for(|f| *f >= commits)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// A pass being made; counted as finished when dropped, however it ends.
+struct PassCounted<'a> {
+    passes: &'a DeliveryPasses,
+    commits: u64,
+}
+
+impl Drop for PassCounted<'_> {
+    fn drop(&mut self) {
+        let commits = self.commits;
+        self.passes.finished.send_if_modified(|f| {
+            let later = commits > *f;
+            *f = (*f).max(commits);
+            later
+        });
+    }
+}
+
 /// What a parked message was, for the ledger.
 pub fn describe(c: &ClaimedMessage) -> serde_json::Value {
     serde_json::json!({
@@ -249,6 +296,25 @@ mod tests {
 
     fn ids(queues: &[Vec<ClaimedMessage>]) -> Vec<Vec<i64>> {
         queues.iter().map(|q| q.iter().map(|c| c.id).collect()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_delivery_ends_with_a_pass_that_began_after_the_commit() {
+        let passes = std::sync::Arc::new(DeliveryPasses::default());
+        assert!(!passes.sent_after(1, Duration::from_millis(20)).await, "no pass has run");
+        // A pass that began before commit 3 does not send what commit 3 queued.
+        drop(passes.begin(2));
+        assert!(passes.sent_after(2, Duration::from_millis(20)).await);
+        assert!(!passes.sent_after(3, Duration::from_millis(20)).await);
+        // A waiter is woken when a pass that began after its commit ends.
+        let waiting = passes.clone();
+        let waiter = tokio::spawn(async move { waiting.sent_after(3, Duration::from_secs(10)).await });
+        tokio::task::yield_now().await;
+        drop(passes.begin(5));
+        assert!(waiter.await.unwrap());
+        // An older pass ending late does not move it back.
+        drop(passes.begin(4));
+        assert!(passes.sent_after(5, Duration::from_millis(20)).await);
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub const PASSWORD_ENV: &str = "WAVELET_MATRIX_PASSWORD";
 pub const PASSPHRASE_ENV: &str = "WAVELET_MATRIX_STORE_PASSPHRASE";
 pub const RECOVERY_KEY_ENV: &str = "WAVELET_MATRIX_RECOVERY_KEY";
 
+/// The longest the next `/sync` waits for the replies the last one's events queued: long
+/// enough for a send to a homeserver nearby, short enough that a slow send never holds
+/// back what people say next for long.
+const HOLD_SYNC: Duration = Duration::from_millis(500);
+
 /// Secrets, from the environment only.
 #[derive(Clone, Default)]
 pub struct Secrets {
@@ -73,6 +78,9 @@ pub struct MatrixAdapter {
     direct: tokio::sync::Mutex<HashMap<OwnedUserId, OwnedRoomId>>,
     /// Whether this start logged in afresh (the first sync then skips history).
     fresh_login: bool,
+    /// The store's commit count once this sync's events were taken (0: none taken): a
+    /// delivery pass that begins after it sends their replies.
+    replies_after: std::sync::atomic::AtomicU64,
     /// Held (an advisory file lock) while this adapter lives: one process per state folder.
     _lock: std::fs::File,
 }
@@ -210,6 +218,7 @@ impl MatrixAdapter {
             group_rooms,
             direct: tokio::sync::Mutex::default(),
             fresh_login: !saved,
+            replies_after: Default::default(),
             _lock: lock,
         }))
     }
@@ -286,6 +295,7 @@ impl MatrixAdapter {
                     }
                     delay = Duration::from_secs(1);
                     settings = settings.token(r.next_batch);
+                    self.hold_for_replies().await;
                 }
                 Err(e) => {
                     if !away {
@@ -300,6 +310,22 @@ impl MatrixAdapter {
     }
 
     /// Invites that arrived before the handlers existed (e.g. while Wavelet was down).
+    /// Holds the next `/sync` until the replies this sync's events queued are sent (at most
+    /// [`HOLD_SYNC`]): a homeserver serving the next long poll and the reply side by side
+    /// answers both more slowly.
+    async fn hold_for_replies(&self) {
+        let commits = self.replies_after.swap(0, std::sync::atomic::Ordering::SeqCst);
+        if commits > 0 {
+            let sent = self.rt.passes.sent_after(commits, HOLD_SYNC).await;
+            tracing::debug!(sent, "next matrix sync after the replies");
+        }
+    }
+
+    /// Notes that an event was taken (committed): the next delivery pass sends its replies.
+    fn taken(&self) {
+        self.replies_after.fetch_max(self.rt.store.commits(), std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn accept_pending_invites(&self) {
         for room in self.client.invited_rooms() {
             let inviter = room.invite_details().await.ok().and_then(|d| d.inviter).map(|m| m.user_id().to_owned());
@@ -382,10 +408,11 @@ impl MatrixAdapter {
             received_at: self.said_at(ev.origin_server_ts),
             on_message: None,
         };
-        if let Err(e) = ingest.submit(event).await {
+        match ingest.submit(event).await {
+            Ok(()) => self.taken(),
             // Not acknowledged: the inbox has no record of it, and the next start's sync
             // (from the stored position) does not bring it again, so say so loudly.
-            tracing::error!(event_id = %ev.event_id, error = %e, "matrix event not taken");
+            Err(e) => tracing::error!(event_id = %ev.event_id, error = %e, "matrix event not taken"),
         }
     }
 
@@ -428,8 +455,9 @@ impl MatrixAdapter {
             received_at: self.said_at(ev.origin_server_ts),
             on_message: None,
         };
-        if let Err(e) = ingest.submit(event).await {
-            tracing::error!(event_id = %ev.event_id, error = %e, "matrix reaction not taken");
+        match ingest.submit(event).await {
+            Ok(()) => self.taken(),
+            Err(e) => tracing::error!(event_id = %ev.event_id, error = %e, "matrix reaction not taken"),
         }
     }
 

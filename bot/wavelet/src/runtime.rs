@@ -70,6 +70,9 @@ pub struct Runtime {
     pub instance: String,
     /// Platforms that asked this process to slow down, and until when.
     pub slow_until: Mutex<std::collections::HashMap<Platform, Millis>>,
+    /// The delivery passes this process has made: a chat connection can wait for the one
+    /// that sends what it just queued.
+    pub passes: crate::adapter::DeliveryPasses,
     max_answer_chars: usize,
 }
 
@@ -139,6 +142,7 @@ impl Runtime {
             wake: Arc::default(),
             instance,
             slow_until: Mutex::default(),
+            passes: crate::adapter::DeliveryPasses::default(),
             max_answer_chars,
         }
     }

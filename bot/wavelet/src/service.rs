@@ -54,9 +54,11 @@ async fn work(rt: Arc<Runtime>, adapters: Adapters, mut stopped: tokio::sync::wa
         PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let held = hold_leases(&rt, &adapters, &mut leases).await;
         let pass = async {
+            // Delivery first: a reply a step just queued goes out before anything else is
+            // looked at. What the timers queue wakes the loop again at once.
+            deliver_pending(&rt, &held, rt.clock.now()).await?;
             rt.fire_due_timers().await?;
             crate::faults::point("due.after_pass");
-            deliver_pending(&rt, &held, rt.clock.now()).await?;
             let next = [rt.store.next_due().await?, rt.store.next_outbox_due().await?].into_iter().flatten().min();
             Ok::<_, crate::store::Error>(next)
         };
