@@ -309,7 +309,6 @@ impl MatrixAdapter {
         }
     }
 
-    /// Invites that arrived before the handlers existed (e.g. while Wavelet was down).
     /// Holds the next `/sync` until the replies this sync's events queued are sent (at most
     /// [`HOLD_SYNC`]): a homeserver serving the next long poll and the reply side by side
     /// answers both more slowly.
@@ -321,11 +320,15 @@ impl MatrixAdapter {
         }
     }
 
-    /// Notes that an event was taken (committed): the next delivery pass sends its replies.
-    fn taken(&self) {
-        self.replies_after.fetch_max(self.rt.store.commits(), std::sync::atomic::Ordering::SeqCst);
+    /// Notes that an event was taken: it was committed after the store had made `before`
+    /// commits, so a delivery pass that begins after `before + 1` sends its replies. (Not
+    /// the count after: a commit that wakes no pass may land in between, and the hold
+    /// would then wait for a pass that is not coming.)
+    fn taken(&self, before: u64) {
+        self.replies_after.fetch_max(before + 1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Invites that arrived before the handlers existed (e.g. while Wavelet was down).
     async fn accept_pending_invites(&self) {
         for room in self.client.invited_rooms() {
             let inviter = room.invite_details().await.ok().and_then(|d| d.inviter).map(|m| m.user_id().to_owned());
@@ -408,8 +411,9 @@ impl MatrixAdapter {
             received_at: self.said_at(ev.origin_server_ts),
             on_message: None,
         };
+        let before = self.rt.store.commits();
         match ingest.submit(event).await {
-            Ok(()) => self.taken(),
+            Ok(()) => self.taken(before),
             // Not acknowledged: the inbox has no record of it, and the next start's sync
             // (from the stored position) does not bring it again, so say so loudly.
             Err(e) => tracing::error!(event_id = %ev.event_id, error = %e, "matrix event not taken"),
@@ -455,8 +459,9 @@ impl MatrixAdapter {
             received_at: self.said_at(ev.origin_server_ts),
             on_message: None,
         };
+        let before = self.rt.store.commits();
         match ingest.submit(event).await {
-            Ok(()) => self.taken(),
+            Ok(()) => self.taken(before),
             Err(e) => tracing::error!(event_id = %ev.event_id, error = %e, "matrix reaction not taken"),
         }
     }
