@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use wavelet_core::Config;
+use wavelet_core::{Account, Config, InboundEvent, Millis, Platform, RoomRef};
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -38,6 +38,25 @@ pub fn config(dir: &Path, workflows: &Path, n: usize) -> Config {
     }
     let path = dir.join("bench.toml");
     Config::parse(&path, &s, &|_| None).expect("bench config")
+}
+
+/// Practitioner `person`'s `step`-th message of a concern dialog in the generated
+/// directory: step 0 in their group's room (the command), the rest privately (answers).
+pub fn event(person: usize, step: usize, text: &str, received_at: Millis) -> InboundEvent {
+    let who = format!("p{person}");
+    let room = if step == 0 {
+        RoomRef::Shared { platform: Platform::Console, id: format!("g{}", person / GROUP_SIZE) }
+    } else {
+        RoomRef::Direct { platform: Platform::Console, account: who.clone() }
+    };
+    InboundEvent {
+        event_id: format!("b-{person}-{step}"),
+        room,
+        sender: Account { platform: Platform::Console, id: who },
+        text: text.into(),
+        received_at,
+        on_message: None,
+    }
 }
 
 /// A fresh store: a SQLite file in `dir`, or a new database on `DATABASE_URL`'s server

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wavelet::ingest::Ingest;
 use wavelet::runtime::{Runtime, SystemClock};
-use wavelet_core::{Account, Config, InboundEvent, Millis, Platform, RoomRef};
+use wavelet_core::{Config, InboundEvent, Millis};
 
 const ANSWERS: [&str; 4] = ["AB 2015", "1", "2", "Came in hungry again; says there is no food at home."];
 
 #[path = "common.rs"]
 mod common;
-use common::{GROUP_SIZE, fresh_url, root};
+use common::{fresh_url, root};
 
 /// A directory of `n` practitioners in groups of [`GROUP_SIZE`], with the shipped workflows.
 fn config(dir: &Path, n: usize) -> Config {
@@ -31,20 +31,7 @@ async fn runtime(url: &str, dir: &Path, people: usize) -> Arc<Runtime> {
 }
 
 fn event(person: usize, step: usize, text: &str) -> InboundEvent {
-    let who = format!("p{person}");
-    let room = if step == 0 {
-        RoomRef::Shared { platform: Platform::Console, id: format!("g{}", person / GROUP_SIZE) }
-    } else {
-        RoomRef::Direct { platform: Platform::Console, account: who.clone() }
-    };
-    InboundEvent {
-        event_id: format!("b-{person}-{step}"),
-        room,
-        sender: Account { platform: Platform::Console, id: who },
-        text: text.into(),
-        received_at: wavelet::runtime::Clock::now(&SystemClock),
-        on_message: None,
-    }
+    common::event(person, step, text, wavelet::runtime::Clock::now(&SystemClock))
 }
 
 async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usize) {

@@ -29,7 +29,9 @@ use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::events::reaction::OriginalSyncReactionEvent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
-use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
+use matrix_sdk::ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId,
+};
 use matrix_sdk::{Client, Room, RoomState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -403,12 +405,25 @@ impl MatrixAdapter {
             other => other.body().to_string(),
         };
         let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
+        self.hand_in(&ingest, &ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, text).await;
+    }
+
+    /// Hands an event to the ingest and notes that the next sync waits for its replies.
+    async fn hand_in(
+        &self,
+        ingest: &Ingest,
+        id: &EventId,
+        sender: &UserId,
+        said: MilliSecondsSinceUnixEpoch,
+        room: RoomRef,
+        text: String,
+    ) {
         let event = InboundEvent {
-            event_id: ev.event_id.to_string(),
-            room: room_ref,
-            sender: Account { platform: Platform::Matrix, id: ev.sender.to_string() },
+            event_id: id.to_string(),
+            room,
+            sender: Account { platform: Platform::Matrix, id: sender.to_string() },
             text,
-            received_at: self.said_at(ev.origin_server_ts),
+            received_at: self.said_at(said),
             on_message: None,
         };
         let before = self.rt.store.commits();
@@ -416,7 +431,7 @@ impl MatrixAdapter {
             Ok(()) => self.taken(before),
             // Not acknowledged: the inbox has no record of it, and the next start's sync
             // (from the stored position) does not bring it again, so say so loudly.
-            Err(e) => tracing::error!(event_id = %ev.event_id, error = %e, "matrix event not taken"),
+            Err(e) => tracing::error!(event_id = %id, error = %e, "matrix event not taken"),
         }
     }
 
@@ -451,19 +466,7 @@ impl MatrixAdapter {
             .and_then(|c| c["body"].as_str().map(str::to_string));
         let Some(case) = body.filter(|_| by_us).and_then(|b| case_of_notice(&b)) else { return };
         let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
-        let event = InboundEvent {
-            event_id: ev.event_id.to_string(),
-            room: room_ref,
-            sender: Account { platform: Platform::Matrix, id: ev.sender.to_string() },
-            text: format!("ack {case}"),
-            received_at: self.said_at(ev.origin_server_ts),
-            on_message: None,
-        };
-        let before = self.rt.store.commits();
-        match ingest.submit(event).await {
-            Ok(()) => self.taken(before),
-            Err(e) => tracing::error!(event_id = %ev.event_id, error = %e, "matrix reaction not taken"),
-        }
+        self.hand_in(&ingest, &ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, format!("ack {case}")).await;
     }
 
     /// The direct room with a person: remembered, found in the store, or created

@@ -64,30 +64,15 @@ async fn an_answer_in_the_same_batch_as_its_question_resumes_the_run(backend: &s
 async fn a_batch_ends_as_one_event_at_a_time_does(backend: &str) {
     const PEOPLE: usize = 60;
     let answers = ["!concern", "AB 2015", "1", "2", "Came in hungry again; says there is no food at home."];
-    let event = |p: usize, step: usize| {
-        let who = format!("p{p}");
-        let room = if step == 0 {
-            RoomRef::Shared { platform: Platform::Console, id: format!("g{}", p / generated::GROUP_SIZE) }
-        } else {
-            RoomRef::Direct { platform: Platform::Console, account: who.clone() }
-        };
-        InboundEvent {
-            event_id: format!("e-{p}-{step}"),
-            room,
-            sender: Account { platform: Platform::Console, id: who },
-            text: answers[step].into(),
-            received_at: Millis(1_764_000_000_000),
-            on_message: None,
-        }
-    };
     let mut outcomes = Vec::new();
     for batched in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let config = generated::config(dir.path(), &root().join("workflows"), PEOPLE);
         let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000)));
         let rt = wavelet::app::build(config, &fresh(backend, dir.path()).await, clock).await.unwrap().runtime;
-        for step in 0..answers.len() {
-            let events: Vec<InboundEvent> = (0..PEOPLE).map(|p| event(p, step)).collect();
+        for (step, text) in answers.iter().enumerate() {
+            let events: Vec<InboundEvent> =
+                (0..PEOPLE).map(|p| generated::event(p, step, text, Millis(1_764_000_000_000))).collect();
             if batched {
                 for r in rt.handle_batch(&events).await {
                     r.unwrap();
