@@ -4,6 +4,8 @@
 //! with backoff, so nothing is lost, and says so in the log.
 
 use crate::runtime::Runtime;
+use crate::store::Tx;
+use futures_util::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -37,61 +39,247 @@ impl Ingest {
 
     /// Queues an event and waits until it is committed (or was a duplicate).
     pub async fn submit(&self, event: InboundEvent) -> Result<(), SubmitError> {
+        self.queue(event).await?.committed().await
+    }
+
+    /// Queues an event (waiting only for room in the queue) and returns its receipt:
+    /// events queued one after another are handled in that order.
+    pub async fn queue(&self, event: InboundEvent) -> Result<Receipt, SubmitError> {
         let (ack, done) = oneshot::channel();
         self.queue.send((event, ack)).await.map_err(|_| SubmitError::ShuttingDown)?;
-        done.await.map_err(|_| SubmitError::ShuttingDown)?.map_err(SubmitError::Refused)
+        Ok(Receipt(done))
     }
 }
 
-/// Handles a batch on this thread, taken out of the async worker pool for the duration
-/// (script evaluation is CPU work), when the runtime has a pool to hand its tasks to.
-async fn handle_off_the_workers(rt: &Runtime, events: &[InboundEvent]) -> Vec<crate::store::Result<()>> {
+/// A queued event's receipt.
+pub struct Receipt(oneshot::Receiver<Result<(), String>>);
+
+impl Receipt {
+    /// Waits until the event is committed (or was a duplicate).
+    pub async fn committed(self) -> Result<(), SubmitError> {
+        self.0.await.map_err(|_| SubmitError::ShuttingDown)?.map_err(SubmitError::Refused)
+    }
+}
+
+/// Runs `work` on this thread, taken out of the async worker pool for the duration
+/// (handling is CPU work: script evaluation), when the runtime has a pool to hand its other
+/// tasks to.
+async fn off_the_workers<F: std::future::Future>(work: F) -> F::Output {
     let handle = tokio::runtime::Handle::current();
     if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(|| handle.block_on(rt.handle_batch(events)))
+        tokio::task::block_in_place(|| handle.block_on(work))
     } else {
-        rt.handle_batch(events).await
+        work.await
     }
 }
 
+/// Events taken from the queue, each with the submitter waiting for it.
+type Batch = Vec<(InboundEvent, Ack)>;
+
+/// How much a transaction may hold in view (runs and events) and still be carried on
+/// into the next batch; past it the next batch starts afresh from the database. Bounds
+/// the memory a long stream of batches can take.
+const MAX_CARRIED: usize = 1_024;
+
+/// The worker: a pipeline of batches. While one batch's transaction commits (in the
+/// background: writing its rows is mostly the database's work), the next batch is handled
+/// in a transaction that carries on from it (`Tx::commit_and_continue`), so handling and
+/// writing overlap. Each event is acknowledged once its batch has committed. Whatever
+/// fails (a commit, a handling, or something else committing in between, which voids what
+/// was handled on top) goes back through [`one_batch`], in arrival order: the sequential
+/// path, which retries while the store is away and isolates an event that is refused.
 async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max_batch: usize) {
-    let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
-        let mut pending = std::mem::take(&mut batch);
-        let mut delay = Duration::from_millis(100);
-        let mut warned = false;
-        loop {
-            let events: Vec<InboundEvent> = pending.iter().map(|(e, _)| e.clone()).collect();
-            let results = handle_off_the_workers(&rt, &events).await;
-            let mut retry = Vec::new();
-            for ((event, ack), result) in pending.into_iter().zip(results) {
-                match result {
-                    Ok(()) => {
-                        let _ = ack.send(Ok(()));
-                    }
-                    // The store went away: hold the event and try again; nothing is lost.
-                    Err(e) if e.is_transient() => {
-                        if !warned {
-                            tracing::warn!(error = %e, "store unavailable; holding events and retrying");
-                            warned = true;
-                        }
-                        retry.push((event, ack));
-                    }
-                    Err(e) => {
-                        tracing::error!(event_id = %event.event_id, error = %e, "event could not be handled");
-                        let _ = ack.send(Err(e.to_string()));
-                    }
+    // A batch handled in its transaction, not yet committed.
+    let mut handled: Option<(Tx, Batch)> = None;
+    // The batch before it, committing in the background; `None` once it has committed and
+    // its events are acknowledged, or its events if it did not commit.
+    let mut committing: Option<tokio::task::JoinHandle<Option<Batch>>> = None;
+    loop {
+        let mut next = Vec::with_capacity(max_batch);
+        if handled.is_some() {
+            // Work in hand: take only what is queued now.
+            while next.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(item) => next.push(item),
+                    Err(_) => break,
                 }
             }
-            if retry.is_empty() {
-                break;
+        } else if rx.recv_many(&mut next, max_batch).await == 0 {
+            break;
+        }
+        let Some((mut tx, batch)) = handled.take() else {
+            handled = start(&rt, next).await;
+            continue;
+        };
+        // `tx` carries on from the committing batch: that one must have committed first.
+        if let Some(c) = committing.take()
+            && !settle(&rt, c).await
+        {
+            drop(tx);
+            one_batch(&rt, batch).await;
+            one_batch(&rt, next).await;
+            continue;
+        }
+        if next.is_empty() || tx.view_size() > MAX_CARRIED {
+            crate::faults::point("step.before_commit");
+            let committed = tx.commit().await;
+            finish(&rt, batch, committed).await;
+            if !next.is_empty() {
+                handled = start(&rt, next).await;
             }
-            pending = retry;
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            continue;
         }
-        if warned {
-            tracing::info!("store is back; held events handled");
+        // What `next` will look up is read through `tx`, before it commits: its view keeps
+        // what `batch` wrote over what the database still holds, and the carried-on
+        // transaction starts from that view. (Even for one event: it then needs no database
+        // until `batch` has committed.)
+        let events: Vec<InboundEvent> = next.iter().map(|(e, _)| e.clone()).collect();
+        if off_the_workers(rt.prefetch(&mut tx, &events)).await.is_err() {
+            drop(tx);
+            one_batch(&rt, batch).await;
+            one_batch(&rt, next).await;
+            continue;
         }
+        crate::faults::point("step.before_commit");
+        let (commit, mut successor) = tx.commit_and_continue();
+        let acks = rt.clone();
+        committing = Some(tokio::spawn(async move {
+            // A panic while committing must not take the batch's events with it.
+            match std::panic::AssertUnwindSafe(commit).catch_unwind().await {
+                Ok(Ok(())) => {
+                    acknowledge(&acks, batch);
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, events = batch.len(), "a batch did not commit; its events are handled again");
+                    Some(batch)
+                }
+                Err(_) => {
+                    tracing::error!(events = batch.len(), "a batch's commit panicked; its events are handled again");
+                    Some(batch)
+                }
+            }
+        }));
+        match off_the_workers(rt.handle_in(&mut successor, &events)).await {
+            Ok(()) => handled = Some((successor, next)),
+            Err(e) => {
+                // Whatever it was (the batch before failed, something committed in
+                // between, an event refused), the sequential path sorts it out.
+                tracing::debug!(error = %e, events = next.len(), "a batch handled ahead is handled again");
+                drop(successor);
+                if let Some(c) = committing.take() {
+                    settle(&rt, c).await;
+                }
+                one_batch(&rt, next).await;
+            }
+        }
+    }
+    if let Some(c) = committing.take() {
+        settle(&rt, c).await;
+    }
+}
+
+/// Begins a transaction and handles `batch` in it (a pipeline's first batch); on failure
+/// the batch goes the sequential way.
+async fn start(rt: &Runtime, batch: Batch) -> Option<(Tx, Batch)> {
+    let events: Vec<InboundEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+    let handled = off_the_workers(async {
+        let mut tx = rt.store.begin().await?;
+        if events.len() > 1 {
+            rt.prefetch(&mut tx, &events).await?;
+        }
+        rt.handle_in(&mut tx, &events).await?;
+        Ok::<_, crate::store::Error>(tx)
+    })
+    .await;
+    match handled {
+        Ok(tx) => Some((tx, batch)),
+        Err(_) => {
+            one_batch(rt, batch).await;
+            None
+        }
+    }
+}
+
+/// Tells each submitter of a committed batch.
+fn acknowledge(rt: &Runtime, batch: Batch) {
+    crate::faults::point("step.after_commit");
+    rt.committed();
+    for (_, ack) in batch {
+        let _ = ack.send(Ok(()));
+    }
+}
+
+/// Waits for a background commit; `false` if it failed (its events have then been
+/// handled again, the sequential way) or was cancelled.
+async fn settle(rt: &Runtime, committing: tokio::task::JoinHandle<Option<Batch>>) -> bool {
+    match committing.await {
+        Ok(None) => true,
+        Ok(Some(batch)) => {
+            one_batch(rt, batch).await;
+            false
+        }
+        Err(e) => {
+            // Cancelled: the runtime is shutting down. Its submitters see the worker gone
+            // and do not acknowledge their events to the platform, which delivers them
+            // again.
+            tracing::warn!(error = %e, "a batch's commit was cancelled");
+            false
+        }
+    }
+}
+
+/// After a commit made in the worker: acknowledge, or handle the batch again.
+async fn finish(rt: &Runtime, batch: Batch, committed: crate::store::Result<()>) {
+    match committed {
+        Ok(()) => acknowledge(rt, batch),
+        Err(e) => {
+            tracing::warn!(error = %e, events = batch.len(), "a batch did not commit; its events are handled again");
+            one_batch(rt, batch).await;
+        }
+    }
+}
+
+/// The sequential path: handles a batch in one transaction (each event on its own if
+/// that fails), holding it and retrying with backoff while the store is away, and
+/// answers each submitter.
+async fn one_batch(rt: &Runtime, mut pending: Batch) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut delay = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        let events: Vec<InboundEvent> = pending.iter().map(|(e, _)| e.clone()).collect();
+        let results = off_the_workers(rt.handle_batch(&events)).await;
+        let mut retry = Vec::new();
+        for ((event, ack), result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    let _ = ack.send(Ok(()));
+                }
+                // The store went away: hold the event and try again; nothing is lost.
+                Err(e) if e.is_transient() => {
+                    if !warned {
+                        tracing::warn!(error = %e, "store unavailable; holding events and retrying");
+                        warned = true;
+                    }
+                    retry.push((event, ack));
+                }
+                Err(e) => {
+                    tracing::error!(event_id = %event.event_id, error = %e, "event could not be handled");
+                    let _ = ack.send(Err(e.to_string()));
+                }
+            }
+        }
+        if retry.is_empty() {
+            break;
+        }
+        pending = retry;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    if warned {
+        tracing::info!("store is back; held events handled");
     }
 }

@@ -162,7 +162,10 @@ impl Runtime {
         }
         let together = async {
             let mut tx = self.store.begin().await?;
-            self.prefetch(&mut tx, events).await?;
+            // One event looks its rows up as cheaply without.
+            if events.len() > 1 {
+                self.prefetch(&mut tx, events).await?;
+            }
             for e in events {
                 self.handle_event(&mut tx, e).await?;
             }
@@ -213,11 +216,23 @@ impl Runtime {
         results
     }
 
-    /// Reads up front, for a whole batch, what handling it will look up event by event.
-    async fn prefetch(&self, tx: &mut Tx, events: &[InboundEvent]) -> store::Result<()> {
-        if events.len() < 2 {
-            return Ok(());
+    /// Handles events in `tx` and leaves it open: the ingest's pipeline commits it while
+    /// it handles the next batch (see `ingest.rs`). The caller has prefetched.
+    pub(crate) async fn handle_in(&self, tx: &mut Tx, events: &[InboundEvent]) -> store::Result<()> {
+        for e in events {
+            self.handle_event(tx, e).await?;
         }
+        Ok(())
+    }
+
+    /// Tells the background loop that a commit made outside [`Runtime::handle_batch`]
+    /// may have queued messages or set timers.
+    pub(crate) fn committed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Reads up front, for a whole batch, what handling it will look up event by event.
+    pub(crate) async fn prefetch(&self, tx: &mut Tx, events: &[InboundEvent]) -> store::Result<()> {
         let ids: Vec<(String, String)> =
             events.iter().map(|e| (e.room.platform().as_str().to_string(), e.event_id.clone())).collect();
         let mut people: Vec<String> =

@@ -34,6 +34,11 @@ pub enum Error {
     /// Held back because the store was unavailable for an event before it.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// A transaction carried on from another ([`Tx::commit_and_continue`]) found, when it
+    /// took the lock, that the other did not commit or that something else committed in
+    /// between: what it read may be out of date, so its work must be done again.
+    #[error("the store changed under a batch handled ahead of its turn; it must be handled again")]
+    Superseded,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -80,6 +85,11 @@ pub struct Store {
     commits: Arc<AtomicU64>,
     /// Microseconds spent in [`Tx::commit`] (writing the buffered rows and committing).
     commit_micros: Arc<AtomicU64>,
+    /// Transactions carried on from another ([`Tx::commit_and_continue`]) that took the
+    /// lock with nothing committed in between.
+    carried: Arc<AtomicU64>,
+    /// Transactions carried on from another that were refused ([`Error::Superseded`]).
+    superseded: Arc<AtomicU64>,
     /// Script versions known to be saved, so a run start does not write the source again.
     saved_scripts: Arc<Mutex<HashSet<String>>>,
     /// Held by the one delivery pass this process runs at a time.
@@ -132,10 +142,18 @@ enum Pool {
 /// Writes are buffered and go to the database at [`Tx::commit`] in multi-row statements
 /// (write-behind); reads through the `Tx` see them. That is sound because a `Tx` holds
 /// the store's write lock for its whole life (SQLite's `BEGIN IMMEDIATE`; the chain head
-/// row on PostgreSQL), so nothing else changes these rows meanwhile.
+/// row on PostgreSQL), so nothing else changes these rows meanwhile. A `Tx` carried on from
+/// another ([`Tx::commit_and_continue`]) holds no lock until it first needs the database;
+/// what it holds in view until then is what the other left, and it checks, when it takes
+/// the lock, that nothing else committed in between.
 pub struct Tx {
     conn: TxConn,
     head: Head,
+    /// The chain-head row's commit count when this transaction took the lock; its commit
+    /// writes one more.
+    commits: i64,
+    /// Told whether this transaction committed, when one carries on from it.
+    done: Option<tokio::sync::watch::Sender<Option<bool>>>,
     /// Chained entries and their content's canonical encoding, written at commit.
     ledger: Vec<(Link, String)>,
     /// Counters (`run`, `case`, `wait`): read once, written back at commit when changed.
@@ -181,20 +199,33 @@ struct Queued {
 enum TxConn {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
+    /// Carried on from a transaction still committing: begun when first needed.
+    Pending(Pending),
 }
 
-/// Runs the same expression against whichever backend a transaction is on.
+/// What a transaction carried on from another waits for before it begins.
+struct Pending {
+    /// Whether the other committed; `None` while it is committing.
+    done: tokio::sync::watch::Receiver<Option<bool>>,
+    /// The chain head and commit count the other leaves: what the lock must show.
+    seq: i64,
+    hash: String,
+    commits: i64,
+}
+
+/// A transaction's connection, whichever backend it is on.
+enum ConnRef<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+/// Runs the same expression against whichever backend a transaction is on (beginning a
+/// transaction carried on from another first, see [`Tx::commit_and_continue`]).
 macro_rules! on_tx {
     ($tx:expr, $c:ident => $body:expr) => {
-        match &mut $tx.conn {
-            TxConn::Sqlite(t) => {
-                let $c = &mut **t;
-                $body
-            }
-            TxConn::Postgres(t) => {
-                let $c = &mut **t;
-                $body
-            }
+        match $tx.conn().await? {
+            ConnRef::Sqlite($c) => $body,
+            ConnRef::Postgres($c) => $body,
         }
     };
 }
@@ -547,6 +578,8 @@ impl Store {
                 pool: Pool::Sqlite(pool),
                 commits: Arc::default(),
                 commit_micros: Arc::default(),
+                carried: Arc::default(),
+                superseded: Arc::default(),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
             }
@@ -562,6 +595,8 @@ impl Store {
                 pool: Pool::Postgres(pool),
                 commits: Arc::default(),
                 commit_micros: Arc::default(),
+                carried: Arc::default(),
+                superseded: Arc::default(),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
             }
@@ -626,48 +661,45 @@ impl Store {
 
     /// Begins a write transaction and locks the ledger's chain head.
     pub async fn begin(&self) -> Result<Tx> {
-        let mut conn = match &self.pool {
+        let (conn, head, commits) = self.lock_head().await?;
+        Ok(Tx::new(self.clone(), conn, head, commits))
+    }
+
+    /// Begins a transaction and locks the chain head: the head and its commit count.
+    async fn lock_head(&self) -> Result<(TxConn, Head, i64)> {
+        const SQL: &str = "SELECT seq, hash, commits FROM ledger_head WHERE id = 1";
+        const SQL_LOCKING: &str = "SELECT seq, hash, commits FROM ledger_head WHERE id = 1 FOR UPDATE";
+        let (conn, row): (TxConn, (i64, String, i64)) = match &self.pool {
             // IMMEDIATE takes the write lock now, so two writers never deadlock upgrading.
-            Pool::Sqlite(p) => TxConn::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Postgres(p) => TxConn::Postgres(p.begin().await?),
-        };
-        let row: (i64, String) = match &mut conn {
-            TxConn::Sqlite(t) => {
-                sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1").fetch_one(&mut **t).await?
+            Pool::Sqlite(p) => {
+                let mut t = p.begin_with("BEGIN IMMEDIATE").await?;
+                let row = sqlx::query_as(SQL).fetch_one(&mut *t).await?;
+                (TxConn::Sqlite(t), row)
             }
-            TxConn::Postgres(t) => {
-                sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE").fetch_one(&mut **t).await?
+            Pool::Postgres(p) => {
+                let mut t = p.begin().await?;
+                let row = sqlx::query_as(SQL_LOCKING).fetch_one(&mut *t).await?;
+                (TxConn::Postgres(t), row)
             }
         };
-        Ok(Tx {
-            conn,
-            head: Head { seq: row.0, hash: row.1 },
-            ledger: Vec::new(),
-            counters: HashMap::new(),
-            runs: HashMap::new(),
-            waits_by_person: HashMap::new(),
-            dirty_runs: Vec::new(),
-            dirty_set: HashSet::new(),
-            waits_loaded: HashSet::new(),
-            persons_loaded: HashSet::new(),
-            inbox_known: None,
-            inbox_prefetched: HashSet::new(),
-            inbox: Vec::new(),
-            inbox_seen: HashSet::new(),
-            outbox: Vec::new(),
-            outbox_keys: HashSet::new(),
-            cases: Vec::new(),
-            case_at: HashMap::new(),
-            escalations: Vec::new(),
-            timers: Vec::new(),
-            scripts: Vec::new(),
-            store: self.clone(),
-        })
+        Ok((conn, Head { seq: row.0, hash: row.1 }, row.2))
     }
 
     /// Transactions committed through this handle (for benchmarks and metrics).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Transactions carried on from another that went on to take the lock (for the
+    /// benchmark: how many of its commits overlapped the handling of the next batch).
+    pub fn carried_on(&self) -> u64 {
+        self.carried.load(Ordering::Relaxed)
+    }
+
+    /// Transactions carried on from another that were refused because something else
+    /// committed in between, or the other failed (their work was done again).
+    pub fn superseded(&self) -> u64 {
+        self.superseded.load(Ordering::Relaxed)
     }
 
     /// Time spent in commits so far (writing the buffered rows and committing), for the
@@ -1022,6 +1054,101 @@ fn redact_credentials(url: &str) -> String {
 }
 
 impl Tx {
+    fn new(store: Store, conn: TxConn, head: Head, commits: i64) -> Tx {
+        Tx {
+            conn,
+            head,
+            commits,
+            done: None,
+            ledger: Vec::new(),
+            counters: HashMap::new(),
+            runs: HashMap::new(),
+            waits_by_person: HashMap::new(),
+            dirty_runs: Vec::new(),
+            dirty_set: HashSet::new(),
+            waits_loaded: HashSet::new(),
+            persons_loaded: HashSet::new(),
+            inbox_known: None,
+            inbox_prefetched: HashSet::new(),
+            inbox: Vec::new(),
+            inbox_seen: HashSet::new(),
+            outbox: Vec::new(),
+            outbox_keys: HashSet::new(),
+            cases: Vec::new(),
+            case_at: HashMap::new(),
+            escalations: Vec::new(),
+            timers: Vec::new(),
+            scripts: Vec::new(),
+            store,
+        }
+    }
+
+    /// This transaction's connection. A transaction carried on from another begins here,
+    /// the first time it needs the database: once the other has committed, and only if
+    /// nothing else committed in between (else [`Error::Superseded`]).
+    async fn conn(&mut self) -> Result<ConnRef<'_>> {
+        if let TxConn::Pending(p) = &mut self.conn {
+            let committed = match p.done.wait_for(Option::is_some).await {
+                Ok(outcome) => *outcome == Some(true),
+                Err(_) => false,
+            };
+            if !committed {
+                self.store.superseded.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Superseded);
+            }
+            let (conn, head, commits) = self.store.lock_head().await?;
+            if (head.seq, head.hash.as_str(), commits) != (p.seq, p.hash.as_str(), p.commits) {
+                // Dropping the connection rolls its transaction back.
+                self.store.superseded.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Superseded);
+            }
+            self.conn = conn;
+            self.store.carried.fetch_add(1, Ordering::Relaxed);
+        }
+        match &mut self.conn {
+            TxConn::Sqlite(t) => Ok(ConnRef::Sqlite(t)),
+            TxConn::Postgres(t) => Ok(ConnRef::Postgres(t)),
+            TxConn::Pending(_) => Err(Error::Superseded),
+        }
+    }
+
+    /// How much this transaction holds in view (runs and inbound events): what a
+    /// transaction carried on from it starts with.
+    pub fn view_size(&self) -> usize {
+        self.runs.len() + self.inbox_seen.len()
+    }
+
+    /// Commits this transaction and, without waiting for that, returns one that carries
+    /// on from it: it sees everything this one read and wrote (runs, waits, counters,
+    /// inbound events, the chain head), so work can go on in it while this one commits.
+    /// It takes the lock when it first needs the database, after this one has committed;
+    /// if this one failed, or any other transaction committed in between, it fails with
+    /// [`Error::Superseded`] and nothing it did is kept.
+    ///
+    /// Rows this one wrote that the other does not carry (cases, escalations, timers) are
+    /// read from the database, once it has begun. The returned future must be driven
+    /// (spawned, or awaited before the other needs the database), or the other waits for
+    /// ever.
+    pub fn commit_and_continue(mut self) -> (impl std::future::Future<Output = Result<()>> + Send + 'static, Tx) {
+        let (done, outcome) = tokio::sync::watch::channel(None);
+        let pending =
+            Pending { done: outcome, seq: self.head.seq, hash: self.head.hash.clone(), commits: self.commits + 1 };
+        let mut next = Tx::new(self.store.clone(), TxConn::Pending(pending), self.head.clone(), self.commits + 1);
+        // The runs this one writes stay with it; the view goes on.
+        let runs = std::mem::take(&mut self.runs);
+        self.runs = self.dirty_runs.iter().filter_map(|id| runs.get(id).map(|r| (id.clone(), r.clone()))).collect();
+        next.runs = runs;
+        next.counters = self.counters.iter().map(|(k, (v, _))| (k.clone(), (*v, false))).collect();
+        next.waits_by_person = std::mem::take(&mut self.waits_by_person);
+        next.waits_loaded = std::mem::take(&mut self.waits_loaded);
+        next.persons_loaded = std::mem::take(&mut self.persons_loaded);
+        next.inbox_known = self.inbox_known.take();
+        next.inbox_prefetched = std::mem::take(&mut self.inbox_prefetched);
+        next.inbox_seen = std::mem::take(&mut self.inbox_seen);
+        next.outbox_keys = std::mem::take(&mut self.outbox_keys);
+        self.done = Some(done);
+        (self.commit(), next)
+    }
     /// Records an inbound event. `false` if it was recorded before (a redelivery). If
     /// another process records the same event meanwhile, this transaction's commit fails
     /// on the inbox's key, and the retry sees the event as recorded.
@@ -1318,7 +1445,7 @@ impl Tx {
     /// locked until commit. On PostgreSQL, rows another process holds are skipped
     /// (`FOR UPDATE SKIP LOCKED`), so two processes never take the same one.
     pub async fn claim_due(&mut self, now: Millis, limit: i64) -> Result<Vec<Due>> {
-        let postgres = matches!(self.conn, TxConn::Postgres(_));
+        let postgres = matches!(self.store.pool, Pool::Postgres(_));
         let lock = if postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let timers_sql = format!(
             "DELETE FROM timers WHERE (run_id, step) IN (SELECT run_id, step FROM timers WHERE due_at <= $1 \
@@ -1498,6 +1625,15 @@ impl Tx {
 
     /// Writes everything buffered, the ledger entries and the new chain head, then commits.
     pub async fn commit(mut self) -> Result<()> {
+        let done = self.done.take();
+        let result = self.write_and_commit().await;
+        if let Some(done) = done {
+            done.send_replace(Some(result.is_ok()));
+        }
+        result
+    }
+
+    async fn write_and_commit(mut self) -> Result<()> {
         let started = std::time::Instant::now();
         // Rows per statement: at most 16 columns × 1,000 binds, under both databases' limits.
         const CHUNK: usize = 1_000;
@@ -1632,13 +1768,14 @@ impl Tx {
                 contents.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
             });
         }
-        if !entries.is_empty() {
-            let (seq, hash) = (self.head.seq, self.head.hash.clone());
-            on_tx!(self, c => sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE id = 1").bind(seq).bind(hash).execute(c).await.map(|r| r.rows_affected()))?;
-        }
+        // Every commit counts itself on the head row, so a transaction carried on from
+        // this one can tell whether anything else committed in between.
+        let (seq, hash, commits) = (self.head.seq, self.head.hash.clone(), self.commits + 1);
+        on_tx!(self, c => sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2, commits = $3 WHERE id = 1").bind(seq).bind(hash).bind(commits).execute(c).await.map(|r| r.rows_affected()))?;
         match self.conn {
             TxConn::Sqlite(t) => t.commit().await?,
             TxConn::Postgres(t) => t.commit().await?,
+            TxConn::Pending(_) => return Err(Error::Superseded),
         }
         if let Ok(mut known) = self.store.saved_scripts.lock() {
             known.extend(scripts.into_iter().map(|s| s.0));

@@ -172,6 +172,9 @@ macro_rules! contract {
 }
 
 contract! {
+    a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anything_came_between:
+        sqlite_a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anything_came_between,
+        postgres_a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anything_came_between;
     inbox_records_each_event_once: sqlite_inbox_records_each_event_once, postgres_inbox_records_each_event_once;
     scripts_are_kept_by_hash_and_first_write_wins:
         sqlite_scripts_are_kept_by_hash_and_first_write_wins, postgres_scripts_are_kept_by_hash_and_first_write_wins;
@@ -740,6 +743,86 @@ async fn timers_fire_once(store: &Store) {
     }
     assert_eq!(fired, 1, "a timer fires once, however many workers race for it");
     assert_eq!(store.due_timers(Millis(10_000), 10).await.unwrap(), vec![t("R-1", 4, 3_000)]);
+}
+
+/// `Tx::commit_and_continue`: the transaction carried on sees what the one before wrote
+/// (runs, waits, counters, recorded events, the chain head) without reading the database,
+/// and commits after it into one unbroken chain. If the one before fails, or anything
+/// else commits in between, it is refused when it takes the lock and keeps nothing.
+async fn a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anything_came_between(store: &Store) {
+    save_fixture_script(store).await;
+    let run = run_row("R-1", RunStatus::Waiting, Some(("bob", "dm:console:bob", 1)));
+    let bob = room("dm:console:bob");
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.record_inbox("console", "e1", Millis(1)).await.unwrap());
+    assert_eq!(tx.next_number("run").await.unwrap(), 1);
+    assert_eq!(tx.waiting_run("bob", &bob).await.unwrap(), None);
+    tx.put_run(&run).await.unwrap();
+    tx.append(draft(10, EntryKind::RunStarted, None, Some("R-1"), json!({ "workflow": "concern" })));
+    let (commit, mut next) = tx.commit_and_continue();
+    // The first has not begun to commit (its future is not polled yet), so a read that
+    // needed the database would wait for ever: the carried-on view answers these alone.
+    let view = async {
+        assert!(!next.record_inbox("console", "e1", Millis(2)).await.unwrap(), "e1 is recorded");
+        let waiting = next.waiting_run("bob", &bob).await.unwrap();
+        assert_eq!(waiting.map(|r| r.id).as_deref(), Some("R-1"));
+        assert_eq!(next.next_number("run").await.unwrap(), 2);
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), view).await.expect("answered from the view");
+    let mut finished = run.clone();
+    finished.status = RunStatus::Finished;
+    finished.wait_person = None;
+    finished.wait_room = None;
+    finished.wait_seq = None;
+    next.put_run(&finished).await.unwrap();
+    next.append(draft(11, EntryKind::RunFinished, None, Some("R-1"), json!({})));
+    let carried_before = store.carried_on();
+    commit.await.unwrap();
+    next.commit().await.unwrap();
+    assert_eq!(store.carried_on(), carried_before + 1, "the carried-on transaction took the lock");
+    assert_eq!(store.run("R-1").await.unwrap().unwrap().status, RunStatus::Finished);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.counter("run").await.unwrap(), 2, "both counter writes landed");
+    drop(tx);
+    let head = store.ledger_head().await.unwrap();
+    assert_eq!(head.seq, 2);
+    ledger::verify(store.ledger_page(0, 100).await.unwrap(), &head).expect("one unbroken chain");
+
+    // Something else commits in between: refused, nothing kept.
+    let mut tx = store.begin().await.unwrap();
+    tx.append(draft(12, EntryKind::CaseNote, None, Some("R-1"), json!({ "n": 1 })));
+    let (commit, mut next) = tx.commit_and_continue();
+    next.append(draft(13, EntryKind::CaseNote, None, Some("R-1"), json!({ "n": 2 })));
+    commit.await.unwrap();
+    let other = store.begin().await.unwrap();
+    other.commit().await.unwrap();
+    // Not in view, so it needs the database: refused when it takes the lock.
+    let refused = next.record_inbox("console", "e2", Millis(3)).await.expect_err("something committed in between");
+    assert!(matches!(refused, wavelet::store::Error::Superseded), "{refused}");
+    let refused = next.commit().await.expect_err("still refused");
+    assert!(matches!(refused, wavelet::store::Error::Superseded), "{refused}");
+    let head = store.ledger_head().await.unwrap();
+    assert_eq!(head.seq, 3, "only the first's entry");
+    ledger::verify(store.ledger_page(0, 100).await.unwrap(), &head).expect("still one unbroken chain");
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.record_inbox("console", "e2", Millis(4)).await.unwrap(), "e2 was not kept");
+    drop(tx);
+
+    // The one before fails (a case id taken already): the carried-on one is refused too.
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_case(&case_row("C-1", "R-1")).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_case(&case_row("C-1", "R-1")).await.unwrap();
+    tx.append(draft(14, EntryKind::CaseNote, None, Some("R-1"), json!({ "n": 3 })));
+    let (commit, mut next) = tx.commit_and_continue();
+    next.append(draft(15, EntryKind::CaseNote, None, Some("R-1"), json!({ "n": 4 })));
+    commit.await.expect_err("the case id is taken");
+    let refused = next.commit().await.expect_err("the one before failed");
+    assert!(matches!(refused, wavelet::store::Error::Superseded), "{refused}");
+    let head = store.ledger_head().await.unwrap();
+    assert_eq!(head.seq, 3, "neither kept an entry");
+    ledger::verify(store.ledger_page(0, 100).await.unwrap(), &head).expect("still one unbroken chain");
 }
 
 async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &Store) {
