@@ -115,9 +115,7 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
         if let Some(c) = committing.take()
             && !settle(&rt, c).await
         {
-            drop(tx);
-            one_batch(&rt, batch).await;
-            one_batch(&rt, next).await;
+            redo(&rt, tx, batch, next).await;
             continue;
         }
         if next.is_empty() || tx.view_size() > MAX_CARRIED {
@@ -133,11 +131,9 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
         // what `batch` wrote over what the database still holds, and the carried-on
         // transaction starts from that view. (Even for one event: it then needs no database
         // until `batch` has committed.)
-        let events: Vec<InboundEvent> = next.iter().map(|(e, _)| e.clone()).collect();
+        let events = events_of(&next);
         if off_the_workers(rt.prefetch(&mut tx, &events)).await.is_err() {
-            drop(tx);
-            one_batch(&rt, batch).await;
-            one_batch(&rt, next).await;
+            redo(&rt, tx, batch, next).await;
             continue;
         }
         crate::faults::point("step.before_commit");
@@ -145,20 +141,11 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
         let acks = rt.clone();
         committing = Some(tokio::spawn(async move {
             // A panic while committing must not take the batch's events with it.
-            match std::panic::AssertUnwindSafe(commit).catch_unwind().await {
-                Ok(Ok(())) => {
-                    acknowledge(&acks, batch);
-                    None
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, events = batch.len(), "a batch did not commit; its events are handled again");
-                    Some(batch)
-                }
-                Err(_) => {
-                    tracing::error!(events = batch.len(), "a batch's commit panicked; its events are handled again");
-                    Some(batch)
-                }
-            }
+            let committed = std::panic::AssertUnwindSafe(commit).catch_unwind().await.unwrap_or_else(|_| {
+                tracing::error!(events = batch.len(), "a batch's commit panicked");
+                Err(crate::store::Error::Unavailable("the commit panicked".into()))
+            });
+            acknowledge_or_return(&acks, batch, committed)
         }));
         match off_the_workers(rt.handle_in(&mut successor, &events)).await {
             Ok(()) => handled = Some((successor, next)),
@@ -182,7 +169,7 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
 /// Begins a transaction and handles `batch` in it (a pipeline's first batch); on failure
 /// the batch goes the sequential way.
 async fn start(rt: &Runtime, batch: Batch) -> Option<(Tx, Batch)> {
-    let events: Vec<InboundEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+    let events = events_of(&batch);
     let handled = off_the_workers(async {
         let mut tx = rt.store.begin().await?;
         if events.len() > 1 {
@@ -201,13 +188,32 @@ async fn start(rt: &Runtime, batch: Batch) -> Option<(Tx, Batch)> {
     }
 }
 
-/// Tells each submitter of a committed batch.
-fn acknowledge(rt: &Runtime, batch: Batch) {
+/// The events of a batch.
+fn events_of(batch: &Batch) -> Vec<InboundEvent> {
+    batch.iter().map(|(e, _)| e.clone()).collect()
+}
+
+/// Handles two batches again, in order, the sequential way, after dropping `tx` (which
+/// releases any lock it holds).
+async fn redo(rt: &Runtime, tx: Tx, earlier: Batch, later: Batch) {
+    drop(tx);
+    one_batch(rt, earlier).await;
+    one_batch(rt, later).await;
+}
+
+/// After a batch's commit: tells each submitter it is committed, or, if the commit
+/// failed, gives the batch back to be handled again.
+fn acknowledge_or_return(rt: &Runtime, batch: Batch, committed: crate::store::Result<()>) -> Option<Batch> {
+    if let Err(e) = committed {
+        tracing::warn!(error = %e, events = batch.len(), "a batch did not commit; its events are handled again");
+        return Some(batch);
+    }
     crate::faults::point("step.after_commit");
     rt.committed();
     for (_, ack) in batch {
         let _ = ack.send(Ok(()));
     }
+    None
 }
 
 /// Waits for a background commit; `false` if it failed (its events have then been
@@ -231,12 +237,8 @@ async fn settle(rt: &Runtime, committing: tokio::task::JoinHandle<Option<Batch>>
 
 /// After a commit made in the worker: acknowledge, or handle the batch again.
 async fn finish(rt: &Runtime, batch: Batch, committed: crate::store::Result<()>) {
-    match committed {
-        Ok(()) => acknowledge(rt, batch),
-        Err(e) => {
-            tracing::warn!(error = %e, events = batch.len(), "a batch did not commit; its events are handled again");
-            one_batch(rt, batch).await;
-        }
+    if let Some(batch) = acknowledge_or_return(rt, batch, committed) {
+        one_batch(rt, batch).await;
     }
 }
 
@@ -250,7 +252,7 @@ async fn one_batch(rt: &Runtime, mut pending: Batch) {
     let mut delay = Duration::from_millis(100);
     let mut warned = false;
     loop {
-        let events: Vec<InboundEvent> = pending.iter().map(|(e, _)| e.clone()).collect();
+        let events = events_of(&pending);
         let results = off_the_workers(rt.handle_batch(&events)).await;
         let mut retry = Vec::new();
         for ((event, ack), result) in pending.into_iter().zip(results) {

@@ -207,10 +207,26 @@ enum TxConn {
 struct Pending {
     /// Whether the other committed; `None` while it is committing.
     done: tokio::sync::watch::Receiver<Option<bool>>,
-    /// The chain head and commit count the other leaves: what the lock must show.
-    seq: i64,
-    hash: String,
-    commits: i64,
+    /// The chain head the other leaves: what the lock must show, with the commit count
+    /// the carried-on transaction started from.
+    head: Head,
+}
+
+/// Begins the transaction a carried-on one waits for: once the one it carries on from has
+/// committed, and only if the chain head and commit count are as that one left them
+/// (`commits`: the count the carried-on transaction started from). `None` if not: what it
+/// holds in view may be out of date.
+async fn take_over(store: &Store, p: &mut Pending, commits: i64) -> Result<Option<TxConn>> {
+    let committed = match p.done.wait_for(Option::is_some).await {
+        Ok(outcome) => *outcome == Some(true),
+        Err(_) => false,
+    };
+    if !committed {
+        return Ok(None);
+    }
+    let (conn, head, now) = store.lock_head().await?;
+    // Dropping the connection rolls its transaction back.
+    Ok((head == p.head && now == commits).then_some(conn))
 }
 
 /// A transaction's connection, whichever backend it is on.
@@ -1088,20 +1104,10 @@ impl Tx {
     /// nothing else committed in between (else [`Error::Superseded`]).
     async fn conn(&mut self) -> Result<ConnRef<'_>> {
         if let TxConn::Pending(p) = &mut self.conn {
-            let committed = match p.done.wait_for(Option::is_some).await {
-                Ok(outcome) => *outcome == Some(true),
-                Err(_) => false,
+            let Some(conn) = take_over(&self.store, p, self.commits).await? else {
+                self.store.superseded.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Superseded);
             };
-            if !committed {
-                self.store.superseded.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Superseded);
-            }
-            let (conn, head, commits) = self.store.lock_head().await?;
-            if (head.seq, head.hash.as_str(), commits) != (p.seq, p.hash.as_str(), p.commits) {
-                // Dropping the connection rolls its transaction back.
-                self.store.superseded.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Superseded);
-            }
             self.conn = conn;
             self.store.carried.fetch_add(1, Ordering::Relaxed);
         }
@@ -1131,8 +1137,7 @@ impl Tx {
     /// ever.
     pub fn commit_and_continue(mut self) -> (impl std::future::Future<Output = Result<()>> + Send + 'static, Tx) {
         let (done, outcome) = tokio::sync::watch::channel(None);
-        let pending =
-            Pending { done: outcome, seq: self.head.seq, hash: self.head.hash.clone(), commits: self.commits + 1 };
+        let pending = Pending { done: outcome, head: self.head.clone() };
         let mut next = Tx::new(self.store.clone(), TxConn::Pending(pending), self.head.clone(), self.commits + 1);
         // The runs this one writes stay with it; the view goes on.
         let runs = std::mem::take(&mut self.runs);
@@ -1149,6 +1154,7 @@ impl Tx {
         self.done = Some(done);
         (self.commit(), next)
     }
+
     /// Records an inbound event. `false` if it was recorded before (a redelivery). If
     /// another process records the same event meanwhile, this transaction's commit fails
     /// on the inbox's key, and the retry sees the event as recorded.
