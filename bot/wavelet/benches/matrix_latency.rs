@@ -52,7 +52,7 @@ fn main() {
         let alice = Person::new(&server, dir.path(), "alice").await;
         println!("reply latency on a local Synapse, {n} round trips per bot and room kind (after {WARM_UP} warm-up)");
         println!(
-            "{:<12} {:<9} {:<8} {:>5} {:>9} {:>9} {:>9}",
+            "{:<12} {:<9} {:<8} {:>5} {:>9} {:>9} {:>9}   p50 by answer 1-4 ms",
             "room", "store", "bot", "n", "p50 ms", "p99 ms", "mean ms"
         );
         let mut scenario = 0;
@@ -73,15 +73,22 @@ fn main() {
                 std::fs::create_dir_all(&sdir).unwrap();
                 let (echo, wavelet) = measure(&server, &alice, &sdir, scenario, encrypted, store, n).await;
                 let room = if encrypted { "encrypted" } else { "unencrypted" };
-                report(room, backend, "echo", &echo);
-                report(room, backend, "wavelet", &wavelet);
+                report(room, backend, "echo", &echo.iter().map(|t| t.0).collect::<Vec<_>>(), &by_answer(&echo));
+                report(
+                    room,
+                    backend,
+                    "wavelet",
+                    &wavelet.iter().map(|t| t.0).collect::<Vec<_>>(),
+                    &by_answer(&wavelet),
+                );
             }
         }
     });
 }
 
 /// One series: a fresh Wavelet (its own account and store) and a fresh echo bot, each in
-/// a direct room with alice of the given kind; `n` round trips each, interleaved.
+/// a direct room with alice of the given kind; `n` round trips each, interleaved. Each time
+/// comes with the index of the dialog's answer it was (0 to 3).
 async fn measure(
     server: &Synapse,
     alice: &Person,
@@ -90,7 +97,7 @@ async fn measure(
     encrypted: bool,
     store: Option<String>,
     n: usize,
-) -> (Vec<Duration>, Vec<Duration>) {
+) -> (Vec<(Duration, usize)>, Vec<(Duration, usize)>) {
     let bot_name = format!("wavelet{scenario}");
     let echo_name = format!("echo{scenario}");
     server.register(&bot_name, "wavelet-password", false).await;
@@ -121,10 +128,10 @@ async fn measure(
     while wavelet_times.len() < n + WARM_UP {
         alice.say(&north, "!concern").await;
         alice.expect("Child's initials", Some(&dm), None).await;
-        for (answer, reply) in DIALOG {
+        for (at, (answer, reply)) in DIALOG.into_iter().enumerate() {
             let word = format!("echo {i}");
-            echo_times.push(round_trip(alice, &echo_dm, &word, &word).await);
-            wavelet_times.push(round_trip(alice, &dm, answer, reply).await);
+            echo_times.push((round_trip(alice, &echo_dm, &word, &word).await, at));
+            wavelet_times.push((round_trip(alice, &dm, answer, reply).await, at));
             i += 1;
         }
         // The group's summaries are not timed.
@@ -132,7 +139,7 @@ async fn measure(
     }
     bot.stop().await;
     echo.stop();
-    let keep = |v: Vec<Duration>| v.into_iter().skip(WARM_UP).take(n).collect();
+    let keep = |v: Vec<(Duration, usize)>| v.into_iter().skip(WARM_UP).take(n).collect();
     (keep(echo_times), keep(wavelet_times))
 }
 
@@ -148,12 +155,39 @@ async fn round_trip(alice: &Person, room: &OwnedRoomId, text: &str, reply: &str)
     seen - start
 }
 
-fn report(room: &str, store: &str, bot: &str, times: &[Duration]) {
+fn report(room: &str, store: &str, bot: &str, times: &[Duration], more: &str) {
+    let ms = sorted_ms(times);
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    println!(
+        "{room:<12} {store:<9} {bot:<8} {:>5} {:>9.1} {:>9.1} {:>9.1}   {more}",
+        ms.len(),
+        quantile(&ms, 0.50),
+        quantile(&ms, 0.99),
+        mean
+    );
+}
+
+/// The median at each of the dialog's answers apart (for the echo bot, the line sent just
+/// before it): Wavelet's step for the last answer sends the group's summary too, so it is
+/// not the same work as the others.
+fn by_answer(times: &[(Duration, usize)]) -> String {
+    (0..DIALOG.len())
+        .map(|at| {
+            let ms = sorted_ms(&times.iter().filter(|t| t.1 == at).map(|t| t.0).collect::<Vec<_>>());
+            if ms.is_empty() { "-".to_string() } else { format!("{:.1}", quantile(&ms, 0.50)) }
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn sorted_ms(times: &[Duration]) -> Vec<f64> {
     let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
-    let pick = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
-    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-    println!("{room:<12} {store:<9} {bot:<8} {:>5} {:>9.1} {:>9.1} {:>9.1}", ms.len(), pick(0.50), pick(0.99), mean);
+    ms
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// A new database on `DATABASE_URL`'s server.

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use wavelet::adapter::{Adapters, ChatAdapter, SendFuture};
 use wavelet::ingest::Ingest;
 use wavelet::runtime::{Runtime, SystemClock};
-use wavelet::service::PASSES;
 use wavelet_core::{Account, InboundEvent, OutboundMessage, Platform, RoomRef};
 
 const TIMERS: usize = 10_000;
@@ -93,10 +92,10 @@ async fn start_all(rt: &Arc<Runtime>, command: &str) {
 }
 
 /// Passes of the background loop and CPU time of this process over `d`, idle.
-async fn idle(d: Duration) -> (u64, Duration) {
-    let (passes, cpu) = (PASSES.load(Ordering::Relaxed), common::cpu_time());
+async fn idle(background: &wavelet::service::Background, d: Duration) -> (u64, Duration) {
+    let (passes, cpu) = (background.passes(), common::cpu_time());
     tokio::time::sleep(d).await;
-    (PASSES.load(Ordering::Relaxed) - passes, common::cpu_time() - cpu)
+    (background.passes() - passes, common::cpu_time() - cpu)
 }
 
 async fn measure(name: &str, url: &str, dir: &Path) {
@@ -106,7 +105,7 @@ async fn measure(name: &str, url: &str, dir: &Path) {
     adapters.add(sent.clone());
     let background = wavelet::service::spawn(rt.clone(), adapters);
 
-    let (passes0, cpu0) = idle(Duration::from_secs(10)).await;
+    let (passes0, cpu0) = idle(&background, Duration::from_secs(10)).await;
 
     let start = Instant::now();
     start_all(&rt, "remind").await;
@@ -132,7 +131,7 @@ async fn measure(name: &str, url: &str, dir: &Path) {
 
     // 10,000 more, pending a day: the loop must not wake more often for them.
     start_all(&rt, "later").await;
-    let (passes1, cpu1) = idle(Duration::from_secs(10)).await;
+    let (passes1, cpu1) = idle(&background, Duration::from_secs(10)).await;
     background.stop().await;
 
     println!(

@@ -3,7 +3,7 @@
 //! the outbox in its transaction; [`deliver_pending`] sends them and records delivery.
 
 use crate::runtime::Runtime;
-use crate::store::{self, ClaimedMessage};
+use crate::store::{self, CLAIM_BATCH, ClaimedMessage};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
@@ -105,14 +105,19 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
     let parallel = adapters.parallel_rooms();
     let mut delivered = 0;
     // Platforms still inside a wait they asked for (in this pass or an earlier one).
-    let slowed: Mutex<Vec<Platform>> = Mutex::new({
-        let mut slow = rt.slow_until.lock().unwrap_or_else(|e| e.into_inner());
-        slow.retain(|_, until| *until > now);
-        slow.keys().copied().collect()
-    });
+    let slowed: Mutex<Vec<Platform>> = Mutex::new(rt.slowed_until(now).into_keys().collect());
     loop {
-        let open: Vec<Platform> = platforms.iter().copied().filter(|p| !is_slowed(&slowed, *p)).collect();
-        let batch = store.claim_outbox(&rt.instance, &open, now, CLAIM, 200).await?;
+        // What a commit claimed as it queued it is sent without claiming anything here:
+        // that commit claimed every message then due for the platform, oldest first. Else
+        // the due messages are claimed here (retries, messages other processes queued),
+        // with any a commit handed over meanwhile, so a room's messages go oldest first.
+        let mut batch = store.take_handed();
+        if batch.is_empty() {
+            let open: Vec<Platform> = platforms.iter().copied().filter(|p| !is_slowed(&slowed, *p)).collect();
+            batch = store.claim_outbox(&rt.instance, &open, now, CLAIM, CLAIM_BATCH).await?;
+            batch.extend(store.take_handed());
+            batch.sort_by_key(|c| c.id);
+        }
         if batch.is_empty() {
             return Ok(delivered);
         }

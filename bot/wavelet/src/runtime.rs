@@ -124,6 +124,14 @@ impl Host for StepHost<'_> {
 const DUE_BATCH: i64 = 200;
 
 impl Runtime {
+    /// The platforms still inside a wait they asked this process for at `now`, and until
+    /// when (the waits that have ended are forgotten).
+    pub fn slowed_until(&self, now: Millis) -> std::collections::HashMap<Platform, Millis> {
+        let mut slow = self.slow_until.lock().unwrap_or_else(|e| e.into_inner());
+        slow.retain(|_, until| *until > now);
+        slow.clone()
+    }
+
     pub fn new(
         store: Store,
         dir: Arc<Directory>,

@@ -3,15 +3,18 @@
 //! several processes on one PostgreSQL exactly one delivers to each platform and another
 //! takes over within about a second of the holder dying.
 //!
-//! The loop sleeps until the next thing is due, at most [`POLL`]: one indexed query per
-//! wake, however many timers are pending (no polling storm). Work this process queues
-//! wakes it at once ([`Runtime::wake`]).
+//! The loop sleeps until the next thing it can do is due, at most [`POLL`]: one indexed
+//! query per wake, however many timers are pending (no polling storm). Messages it cannot
+//! send now (another process holds their platform, or the platform asked us to slow
+//! down) do not count as due. Work this process queues wakes it at once
+//! ([`Runtime::wake`]).
 
-use crate::adapter::{Adapters, deliver_pending};
+use crate::adapter::{Adapters, CLAIM, deliver_pending};
 use crate::runtime::Runtime;
-use crate::store::Lease;
+use crate::store::{Claimer, Lease};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wavelet_core::Platform;
 
@@ -24,9 +27,15 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub struct Background {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    passes: Arc<AtomicU64>,
 }
 
 impl Background {
+    /// Passes the loop has made so far (for the idle-cost benchmark and the tests).
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -35,8 +44,9 @@ impl Background {
 
 pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> Background {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(work(rt, adapters, stopped));
-    Background { stop, task }
+    let passes = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(work(rt, adapters, stopped, passes.clone()));
+    Background { stop, task, passes }
 }
 
 /// The lease that lets one process hold a platform's chat connection.
@@ -44,22 +54,42 @@ pub fn lease_name(p: Platform) -> String {
     format!("chat:{p}")
 }
 
-/// Passes the background loops of this process have made (for the idle-cost benchmark).
-pub static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-async fn work(rt: Arc<Runtime>, adapters: Adapters, mut stopped: tokio::sync::watch::Receiver<bool>) {
+async fn work(
+    rt: Arc<Runtime>,
+    adapters: Adapters,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    passes: Arc<AtomicU64>,
+) {
     let mut leases: HashMap<Platform, Lease> = HashMap::new();
     let mut unavailable = false;
     loop {
-        PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        passes.fetch_add(1, Ordering::Relaxed);
         let held = hold_leases(&rt, &adapters, &mut leases).await;
+        // The steps' commits claim what they queue for these platforms, for this loop.
+        rt.store.claim_at_commit(Some(Claimer {
+            owner: rt.instance.clone(),
+            platforms: held.platforms(),
+            clock: rt.clock.clone(),
+            lease: CLAIM,
+        }));
         let pass = async {
             // Delivery first: a reply a step just queued goes out before anything else is
             // looked at. What the timers queue wakes the loop again at once.
             deliver_pending(&rt, &held, rt.clock.now()).await?;
             rt.fire_due_timers().await?;
             crate::faults::point("due.after_pass");
-            let next = [rt.store.next_due().await?, rt.store.next_outbox_due().await?].into_iter().flatten().min();
+            // The next message due is one this loop may send: on a platform whose lease it
+            // holds, not claimed by anyone, and not on a platform that asked us to slow
+            // down (that one is due when the wait it asked for ends). Counting the others
+            // would wake it for nothing, again and again, while they wait.
+            let now = rt.clock.now();
+            let slowed = rt.slowed_until(now);
+            let open: Vec<Platform> = held.platforms().into_iter().filter(|p| !slowed.contains_key(p)).collect();
+            let next =
+                [rt.store.next_due().await?, rt.store.next_outbox_due(&open).await?, slowed.values().min().copied()]
+                    .into_iter()
+                    .flatten()
+                    .min();
             Ok::<_, crate::store::Error>(next)
         };
         let wait = match pass.await {
@@ -82,7 +112,10 @@ async fn work(rt: Arc<Runtime>, adapters: Adapters, mut stopped: tokio::sync::wa
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = rt.wake.notified() => {}
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => {
+                rt.store.claim_at_commit(None);
+                return;
+            }
         }
     }
 }

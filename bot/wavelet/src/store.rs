@@ -94,6 +94,73 @@ pub struct Store {
     saved_scripts: Arc<Mutex<HashSet<String>>>,
     /// Held by the one delivery pass this process runs at a time.
     pub(crate) delivery: Arc<tokio::sync::Mutex<()>>,
+    /// Messages claimed by the commit that queued them, for this process's delivery pass.
+    handoff: Arc<Handoff>,
+}
+
+/// Claiming at commit. While this process holds a platform's lease, its delivery loop
+/// names a [`Claimer`]; a transaction that queues messages for one of those platforms then
+/// also claims, in its own commit, every message due for them (its own and any older
+/// ones), and hands them to the delivery pass, which sends them without a transaction of
+/// its own first. A claim handed over is like any other: if this process dies before
+/// sending, it runs out (or the next holder of the lease frees it) and the message is
+/// sent then.
+#[derive(Default)]
+struct Handoff {
+    claimer: Mutex<Option<Claimer>>,
+    ready: Mutex<Vec<ClaimedMessage>>,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ready = self.ready.lock().map_or(0, |r| r.len());
+        f.debug_struct("Handoff").field("ready", &ready).finish_non_exhaustive()
+    }
+}
+
+/// Who claims at commit, for which platforms, and for how long.
+#[derive(Clone)]
+pub struct Claimer {
+    pub owner: String,
+    pub platforms: Vec<wavelet_core::Platform>,
+    pub clock: Arc<dyn crate::runtime::Clock>,
+    pub lease: Duration,
+}
+
+/// How many messages one claim takes, at commit or in a delivery pass.
+pub const CLAIM_BATCH: i64 = 200;
+
+/// The statement that claims due messages for `platforms` (binds: owner, claimed until,
+/// now, limit), returning them.
+fn claim_sql(platforms: &[wavelet_core::Platform], postgres: bool) -> String {
+    // On PostgreSQL rows another process is claiming are skipped.
+    let lock = if postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+    format!(
+        "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (\
+         SELECT id FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3 \
+         AND (claimed_until IS NULL OR claimed_until < $3) AND ({}) ORDER BY id LIMIT $4{lock}) \
+         RETURNING id, idempotency_key, room, person, body, attempts, run_id, share_case",
+        rooms_of(platforms)
+    )
+}
+
+/// The outbox rows of `platforms`' rooms, as a condition (platform names are fixed words).
+fn rooms_of(platforms: &[wavelet_core::Platform]) -> String {
+    let rooms: Vec<String> =
+        platforms.iter().flat_map(|p| [format!("room LIKE '{p}:%'"), format!("room LIKE 'dm:{p}:%'")]).collect();
+    rooms.join(" OR ")
+}
+
+type ClaimTuple = (i64, String, String, Option<String>, String, i32, Option<String>, Option<String>);
+
+/// Claimed rows as messages, oldest first.
+fn claimed(mut rows: Vec<ClaimTuple>) -> Result<Vec<ClaimedMessage>> {
+    rows.sort_by_key(|r| r.0);
+    rows.into_iter()
+        .map(|(id, key, room, person, body, attempts, run_id, share_case)| {
+            Ok(ClaimedMessage { id, attempts, run_id, share_case, message: outbox_message(key, &room, person, &body)? })
+        })
+        .collect()
 }
 
 /// A lease on something only one process may do at a time, such as holding a chat
@@ -598,6 +665,7 @@ impl Store {
                 superseded: Arc::default(),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
+                handoff: Arc::default(),
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact(url)))?;
@@ -615,6 +683,7 @@ impl Store {
                 superseded: Arc::default(),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
+                handoff: Arc::default(),
             }
         } else {
             return Err(Error::BadUrl(redact(url)));
@@ -858,8 +927,18 @@ impl Store {
     }
 
     /// The earliest time an undelivered message is due, if any.
-    pub async fn next_outbox_due(&self) -> Result<Option<Millis>> {
-        let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL").fetch_one(p).await)?;
+    /// When the next message for `platforms` may be sent: its next attempt, or when the
+    /// claim someone holds on it runs out if that is later. `None` when none is waiting.
+    pub async fn next_outbox_due(&self, platforms: &[wavelet_core::Platform]) -> Result<Option<Millis>> {
+        if platforms.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT MIN(CASE WHEN claimed_until > next_attempt_at THEN claimed_until ELSE next_attempt_at END) \
+             FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL AND ({})",
+            rooms_of(platforms)
+        );
+        let v: Option<i64> = on_pool!(self, p => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await)?;
         Ok(v.map(Millis))
     }
 
@@ -891,8 +970,8 @@ impl Store {
     }
 
     /// Claims up to `limit` undelivered messages due by `now` for `platforms`, oldest
-    /// first, for `lease`: no other process claims them until it runs out. On PostgreSQL
-    /// rows another process is claiming are skipped (`FOR UPDATE SKIP LOCKED`).
+    /// first, for `owner`: no other process claims them until `lease` runs out. On
+    /// PostgreSQL rows another process is claiming are skipped (`FOR UPDATE SKIP LOCKED`).
     pub async fn claim_outbox(
         &self,
         owner: &str,
@@ -904,35 +983,24 @@ impl Store {
         if platforms.is_empty() {
             return Ok(Vec::new());
         }
-        let rooms: Vec<String> =
-            platforms.iter().flat_map(|p| [format!("room LIKE '{p}:%'"), format!("room LIKE 'dm:{p}:%'")]).collect();
-        let lock = match self.pool {
-            Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
-            Pool::Sqlite(_) => "",
-        };
-        let sql = format!(
-            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (\
-             SELECT id FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3 \
-             AND (claimed_until IS NULL OR claimed_until < $3) AND ({}) ORDER BY id LIMIT $4{lock}) \
-             RETURNING id, idempotency_key, room, person, body, attempts, run_id, share_case",
-            rooms.join(" OR ")
-        );
-        let until = now.plus(lease);
-        type ClaimTuple = (i64, String, String, Option<String>, String, i32, Option<String>, Option<String>);
-        let mut rows: Vec<ClaimTuple> = on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(owner).bind(until.0).bind(now.0).bind(limit).fetch_all(p).await)?;
-        rows.sort_by_key(|r| r.0);
-        rows.into_iter()
-            .map(|(id, key, room, person, body, attempts, run_id, share_case)| {
-                Ok(ClaimedMessage {
-                    id,
-                    attempts,
-                    run_id,
-                    share_case,
-                    message: outbox_message(key, &room, person, &body)?,
-                })
-            })
-            .collect()
+        let sql = claim_sql(platforms, matches!(self.pool, Pool::Postgres(_)));
+        let rows: Vec<ClaimTuple> = on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(owner).bind(now.plus(lease).0).bind(now.0).bind(limit).fetch_all(p).await)?;
+        claimed(rows)
+    }
+
+    /// Names who claims messages at commit, and for which platforms (see [`Handoff`]);
+    /// `None`, or no platforms, stops it. Messages already handed over stay handed.
+    pub fn claim_at_commit(&self, claimer: Option<Claimer>) {
+        let claimer = claimer.filter(|c| !c.platforms.is_empty());
+        *self.handoff.claimer.lock().unwrap_or_else(|e| e.into_inner()) = claimer;
+    }
+
+    /// The messages commits have claimed and handed over since the last call, oldest first.
+    pub fn take_handed(&self) -> Vec<ClaimedMessage> {
+        let mut handed = std::mem::take(&mut *self.handoff.ready.lock().unwrap_or_else(|e| e.into_inner()));
+        handed.sort_by_key(|c| c.id);
+        handed
     }
 
     /// Frees the claims other processes hold on a platform's messages. Called by the
@@ -943,7 +1011,8 @@ impl Store {
     pub async fn release_claims_of_others(&self, platform: wavelet_core::Platform, me: &str) -> Result<u64> {
         let sql = format!(
             "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE delivered_at IS NULL \
-             AND claimed_by IS NOT NULL AND claimed_by <> $1 AND (room LIKE '{platform}:%' OR room LIKE 'dm:{platform}:%')"
+             AND claimed_by IS NOT NULL AND claimed_by <> $1 AND ({})",
+            rooms_of(&[platform])
         );
         Ok(
             on_pool!(self, p => sqlx::query(sqlx::AssertSqlSafe(sql)).bind(me).execute(p).await.map(|r| r.rows_affected()))?,
@@ -1750,6 +1819,15 @@ impl Tx {
                 q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
             });
         }
+        let claimer = self.claimer_for(&outbox);
+        let mut handed = Vec::new();
+        if let Some(by) = claimer {
+            let now = by.clock.now();
+            let sql = claim_sql(&by.platforms, matches!(self.store.pool, Pool::Postgres(_)));
+            let rows: Vec<ClaimTuple> = on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(&by.owner).bind(now.plus(by.lease).0).bind(now.0).bind(CLAIM_BATCH).fetch_all(&mut *c).await)?;
+            handed = claimed(rows)?;
+        }
         let counters: Vec<(String, i64)> =
             self.counters.iter().filter(|(_, (_, dirty))| *dirty).map(|(k, (v, _))| (k.clone(), *v)).collect();
         for (name, v) in counters {
@@ -1786,9 +1864,22 @@ impl Tx {
         if let Ok(mut known) = self.store.saved_scripts.lock() {
             known.extend(scripts.into_iter().map(|s| s.0));
         }
+        if !handed.is_empty() {
+            self.store.handoff.ready.lock().unwrap_or_else(|e| e.into_inner()).extend(handed);
+        }
         self.store.commits.fetch_add(1, Ordering::Relaxed);
         self.store.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Who claims at commit what this transaction queues: only when it queued something
+    /// for a platform this process delivers to now.
+    fn claimer_for(&self, outbox: &[Queued]) -> Option<Claimer> {
+        if outbox.is_empty() {
+            return None;
+        }
+        let claimer = self.store.handoff.claimer.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        outbox.iter().any(|q| claimer.platforms.contains(&q.message.room.platform())).then_some(claimer)
     }
 }
 

@@ -27,7 +27,124 @@ on_both!(
     each_room_a_share_reaches_is_recorded_in_the_ledger,
     a_batch_ends_as_one_event_at_a_time_does,
     an_answer_in_the_same_batch_as_its_question_resumes_the_run,
+    the_background_loop_sleeps_while_what_waits_is_not_for_it,
+    a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass,
 );
+
+/// Says "slow down" to its first send, then sends.
+#[derive(Default)]
+struct SlowDown {
+    asked: std::sync::atomic::AtomicBool,
+    sent: Mutex<Vec<OutboundMessage>>,
+}
+
+impl ChatAdapter for SlowDown {
+    fn platform(&self) -> Platform {
+        Platform::Console
+    }
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(async move {
+            if !self.asked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(wavelet::adapter::SendError::RateLimited(std::time::Duration::from_secs(5)));
+            }
+            self.sent.lock().unwrap().push(m.clone());
+            Ok(())
+        })
+    }
+}
+
+fn text_to(key: &str, room: RoomRef) -> OutboundMessage {
+    OutboundMessage {
+        idempotency_key: key.into(),
+        room,
+        person: None,
+        body: wavelet_core::MessageBody::Text { text: format!("message {key}") },
+    }
+}
+
+/// Messages this process cannot send now (for a platform it does not run, or one that
+/// asked it to slow down) do not keep the background loop awake: it sleeps until the
+/// wait ends (at most a second at a time), then sends.
+async fn the_background_loop_sleeps_while_what_waits_is_not_for_it(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bot(&fresh(backend, dir.path()).await, None).await;
+    let now = b.rt.clock.now();
+    let mut tx = b.rt.store.begin().await.unwrap();
+    let matrix = RoomRef::Direct { platform: Platform::Matrix, account: "@bea:example.org".into() };
+    tx.enqueue(&text_to("m1", matrix), None, now).await.unwrap();
+    for key in ["c1", "c2", "c3"] {
+        tx.enqueue(&text_to(key, RoomRef::Shared { platform: Platform::Console, id: "north".into() }), None, now)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let slow = Arc::new(SlowDown::default());
+    let mut adapters = Adapters::default();
+    adapters.add(slow.clone());
+    let background = wavelet::service::spawn(b.rt.clone(), adapters);
+    // The clock stands still: the console asked for 5 s, so nothing is sent, and the loop
+    // wakes about once a second. (Before, it went round without sleeping.)
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let passes = background.passes();
+    assert!(slow.asked.load(std::sync::atomic::Ordering::SeqCst), "the first send was tried");
+    assert!(slow.sent.lock().unwrap().is_empty());
+    assert!((2..=6).contains(&passes), "{passes} passes in 2.5 s with nothing it may send");
+    // The wait ends: the three go out, in order; the Matrix one waits for a process that runs Matrix.
+    b.clock.advance(std::time::Duration::from_secs(6));
+    for _ in 0..50 {
+        if slow.sent.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    background.stop().await;
+    let keys: Vec<String> = slow.sent.lock().unwrap().iter().map(|m| m.idempotency_key.clone()).collect();
+    assert_eq!(keys, ["c1", "c2", "c3"]);
+    let waiting = b.rt.store.undelivered_by_platform().await.unwrap();
+    assert_eq!(waiting, [("matrix".to_string(), 1)]);
+}
+
+/// While this process delivers to a platform, a step's replies are claimed by the step's
+/// own commit: nobody else can take them, and the next delivery pass sends them without
+/// claiming, in order and once each.
+async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bot(&fresh(backend, dir.path()).await, None).await;
+    b.rt.store.claim_at_commit(Some(wavelet::store::Claimer {
+        owner: b.rt.instance.clone(),
+        platforms: vec![Platform::Console],
+        clock: b.rt.clock.clone(),
+        lease: wavelet::adapter::CLAIM,
+    }));
+    let north = RoomRef::Shared { platform: Platform::Console, id: "north".into() };
+    let ev = InboundEvent {
+        event_id: "e1".into(),
+        room: north,
+        sender: Account { platform: Platform::Console, id: "alice".into() },
+        text: "!concern".into(),
+        received_at: b.rt.clock.now(),
+        on_message: None,
+    };
+    b.rt.handle_events(&[ev]).await.unwrap();
+    let now = b.rt.clock.now();
+    let others = b.rt.store.claim_outbox("another process", &[Platform::Console], now, wavelet::adapter::CLAIM, 10);
+    assert!(others.await.unwrap().is_empty(), "claimed by the step's commit");
+    assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 1);
+    let sent: Vec<String> = b.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].contains("Child's initials"), "{sent:?}");
+    assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 0, "sent once");
+    assert!(b.rt.store.pending_outbox(Millis(i64::MAX), 10).await.unwrap().is_empty(), "recorded as delivered");
+    // The rest of the dialog, the same way: each reply once, the share recorded.
+    assert!(b.say("alice", "dm", "AB 2015").await[0].contains("What kind of concern"));
+    assert!(b.say("alice", "dm", "1").await[0].contains("immediate risk"));
+    b.say("alice", "dm", "no").await;
+    let last = b.say("alice", "dm", "Seen at drop-off.").await;
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert!(last[0].contains("New neglect concern") && last[1].starts_with("Thank you."), "{last:?}");
+    assert!(b.rt.store.take_handed().is_empty());
+    b.verify().await;
+}
 
 /// A run started in a batch asks someone else; their answer, later in the same batch, is
 /// found waiting (the transaction's view of waits includes runs it wrote itself).

@@ -19,11 +19,13 @@ use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use wavelet::store::{CaseRow, DueTimer, RunRow, RunStatus, Store};
+use wavelet::runtime::ManualClock;
+use wavelet::store::{CaseRow, ClaimedMessage, Claimer, DueTimer, RunRow, RunStatus, Store};
 use wavelet_core::engine::{AnswerSpec, EffectKind, HistoryEntry, Wait};
 use wavelet_core::ledger::{self, ChainFault, Draft, EntryKind, Head, StoredEntry};
-use wavelet_core::{MessageBody, Millis, OutboundMessage, RoomRef};
+use wavelet_core::{MessageBody, Millis, OutboundMessage, Platform, RoomRef};
 
 // ---------------------------------------------------------------------------------------
 // Backends
@@ -194,6 +196,9 @@ contract! {
         sqlite_outbox_enqueue_is_idempotent_by_key_and_delivery_is_recorded,
         postgres_outbox_enqueue_is_idempotent_by_key_and_delivery_is_recorded;
     timers_fire_once: sqlite_timers_fire_once, postgres_timers_fire_once;
+    messages_claimed_at_commit_are_handed_over_oldest_first:
+        sqlite_messages_claimed_at_commit_are_handed_over_oldest_first,
+        postgres_messages_claimed_at_commit_are_handed_over_oldest_first;
     rollback_loses_nothing_committed_and_keeps_nothing_uncommitted:
         sqlite_rollback_loses_nothing_committed_and_keeps_nothing_uncommitted,
         postgres_rollback_loses_nothing_committed_and_keeps_nothing_uncommitted;
@@ -670,30 +675,101 @@ async fn outbox_enqueue_is_idempotent_by_key_and_delivery_is_recorded(store: &St
     assert_eq!(store.pending_outbox(Millis(1_000), 1).await.unwrap().len(), 1, "limit");
     let (id1, id2) = (due[0].id, due[1].id);
     assert_ne!(id1, id2);
-    assert_eq!(store.next_outbox_due().await.unwrap(), Some(Millis(100)));
+    assert_eq!(store.next_outbox_due(&[Platform::Console]).await.unwrap(), Some(Millis(100)));
 
     // A failed attempt pushes the message back to its retry time.
     store.mark_failed(id1, "matrix: 502 Bad Gateway", Millis(5_000)).await.unwrap();
     let due = store.pending_outbox(Millis(4_999), 10).await.unwrap();
     assert_eq!(due.iter().map(|p| p.id).collect::<Vec<_>>(), vec![id2]);
-    assert_eq!(store.next_outbox_due().await.unwrap(), Some(Millis(200)));
+    assert_eq!(store.next_outbox_due(&[Platform::Console]).await.unwrap(), Some(Millis(200)));
     let due = store.pending_outbox(Millis(5_000), 10).await.unwrap();
     assert_eq!(due.iter().map(|p| (p.id, p.attempts)).collect::<Vec<_>>(), vec![(id1, 1), (id2, 0)]);
 
     // Delivered messages leave the queue.
     store.mark_delivered(id2, Millis(300)).await.unwrap();
-    assert_eq!(store.next_outbox_due().await.unwrap(), Some(Millis(5_000)));
+    assert_eq!(store.next_outbox_due(&[Platform::Console]).await.unwrap(), Some(Millis(5_000)));
     let due = store.pending_outbox(Millis(10_000), 10).await.unwrap();
     assert_eq!(due.iter().map(|p| (p.id, p.attempts)).collect::<Vec<_>>(), vec![(id1, 1)]);
     store.mark_delivered(id1, Millis(5_001)).await.unwrap();
     assert_eq!(store.pending_outbox(Millis(i64::MAX), 10).await.unwrap(), vec![]);
-    assert_eq!(store.next_outbox_due().await.unwrap(), None);
+    assert_eq!(store.next_outbox_due(&[Platform::Console]).await.unwrap(), None);
 
     // Delivered is still "queued before": the key is not sent twice.
     let mut tx = store.begin().await.unwrap();
     tx.enqueue(&first, Some("R-1"), Millis(6_000)).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.pending_outbox(Millis(i64::MAX), 10).await.unwrap(), vec![]);
+}
+
+fn message_in(key: &str, room_ref: &str) -> OutboundMessage {
+    OutboundMessage { room: room(room_ref), ..message(key, "a question") }
+}
+
+async fn enqueue_and_commit(store: &Store, messages: &[OutboundMessage], at: i64) {
+    let mut tx = store.begin().await.unwrap();
+    for m in messages {
+        tx.enqueue(m, Some("R-1"), Millis(at)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+fn keys(claimed: &[ClaimedMessage]) -> Vec<&str> {
+    claimed.iter().map(|c| c.message.idempotency_key.as_str()).collect()
+}
+
+async fn messages_claimed_at_commit_are_handed_over_oldest_first(store: &Store) {
+    let clock = Arc::new(ManualClock::new(Millis(1_000)));
+    let all = [Platform::Matrix, Platform::Discord];
+    let lease = std::time::Duration::from_secs(60);
+    // Queued before anyone claims at commit: it waits for a delivery pass's claim.
+    enqueue_and_commit(store, &[message_in("old", "dm:matrix:@bob:x")], 500).await;
+    assert!(store.take_handed().is_empty());
+
+    store.claim_at_commit(Some(Claimer {
+        owner: "me".into(),
+        platforms: vec![Platform::Matrix],
+        clock: clock.clone(),
+        lease,
+    }));
+    // A commit that queues for Matrix claims what is due there, the older message too,
+    // and leaves Discord's to whoever delivers there.
+    enqueue_and_commit(store, &[message_in("new", "dm:matrix:@bob:x"), message_in("d", "discord:1")], 1_000).await;
+    let handed = store.take_handed();
+    assert_eq!(keys(&handed), vec!["old", "new"], "oldest first");
+    assert!(
+        handed[0].id < handed[1].id && handed.iter().all(|c| c.attempts == 0 && c.run_id.as_deref() == Some("R-1"))
+    );
+    assert!(store.take_handed().is_empty(), "handed over once");
+    let others = store.claim_outbox("other", &all, Millis(1_000), lease, 10).await.unwrap();
+    assert_eq!(keys(&others), vec!["d"], "the handed messages are claimed: nobody else takes them");
+    // Claimed messages are next due when their claims run out; other platforms' do not count.
+    assert_eq!(store.next_outbox_due(&[Platform::Matrix]).await.unwrap(), Some(Millis(61_000)));
+    assert_eq!(store.next_outbox_due(&all).await.unwrap(), Some(Millis(61_000)));
+    assert_eq!(store.next_outbox_due(&[Platform::Console]).await.unwrap(), None);
+    assert_eq!(store.next_outbox_due(&[]).await.unwrap(), None);
+
+    // A commit that queues nothing for Matrix claims nothing; one rolled back hands nothing.
+    enqueue_and_commit(store, &[message_in("d2", "discord:1")], 1_000).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&message_in("lost", "matrix:!room:x"), None, Millis(1_000)).await.unwrap();
+    drop(tx);
+    assert!(store.take_handed().is_empty());
+    // A key queued before is not queued, nor claimed, again.
+    enqueue_and_commit(store, &[message_in("new", "dm:matrix:@bob:x")], 1_000).await;
+    assert!(store.take_handed().is_empty());
+
+    // A claim handed over is an ordinary claim: if it is never delivered it runs out and
+    // another process sends the message.
+    let later = Millis(1_000).plus(lease).plus(std::time::Duration::from_millis(1));
+    let others = store.claim_outbox("other", &all, later, lease, 10).await.unwrap();
+    assert_eq!(keys(&others), vec!["old", "new", "d", "d2"]);
+
+    // Stopped: a commit claims nothing.
+    store.claim_at_commit(None);
+    enqueue_and_commit(store, &[message_in("after", "matrix:!room:x")], 2_000).await;
+    assert!(store.take_handed().is_empty());
+    let mine = store.claim_outbox("me", &all, Millis(2_000).plus(lease), lease, 10).await.unwrap();
+    assert_eq!(keys(&mine), vec!["after"]);
 }
 
 async fn timers_fire_once(store: &Store) {
