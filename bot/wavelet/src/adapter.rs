@@ -83,6 +83,10 @@ pub const MAX_ATTEMPTS: i32 = 12;
 /// the timers fired in the same pass.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long the shared rooms of a delivery pass wait for its direct rooms to be served
+/// before they are served side by side with them.
+pub const DIRECT_FIRST: Duration = Duration::from_secs(2);
+
 /// How long a claim on a message lasts: if the process dies mid-send, another sends it
 /// after this (with the same idempotency key, so the platform drops a duplicate).
 pub const CLAIM: Duration = Duration::from_secs(60);
@@ -94,7 +98,8 @@ pub const CLAIM: Duration = Duration::from_secs(60);
 /// within a process one pass runs at a time. Within a room messages go one after another
 /// in order; different rooms are served side by side, as many as the adapters allow
 /// ([`ChatAdapter::parallel_rooms`]), so a slow send to one room does not hold up the
-/// answer in another. A platform that asks us to slow down gets nothing more in this
+/// answer in another, with direct rooms (dialogs) served before shared ones (for at most
+/// [`DIRECT_FIRST`]). A platform that asks us to slow down gets nothing more in this
 /// pass. A message that keeps failing, or fails for good, is parked (kept, not dropped)
 /// and surfaced: a ledger entry and a note to every coordinator.
 pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> store::Result<usize> {
@@ -121,12 +126,35 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
         if batch.is_empty() {
             return Ok(delivered);
         }
-        let queues = by_room(batch, parallel);
-        let mut passes =
+        let (direct, shared): (Vec<_>, Vec<_>) =
+            by_room(batch, parallel).into_iter().partition(|q| parallel > 1 && q[0].message.room.is_direct());
+        let send = |queues: Vec<Vec<ClaimedMessage>>| {
             futures_util::stream::iter(queues.into_iter().map(|q| deliver_queue(rt, adapters, q, now, &slowed)))
-                .buffer_unordered(parallel);
+                .buffer_unordered(parallel)
+                .collect::<Vec<_>>()
+        };
+        // Direct rooms first: someone in a dialog is waiting for the answer, and a
+        // homeserver serving the group's copies at the same time answers more slowly.
+        // The shared rooms follow once the direct rooms are served, or after
+        // [`DIRECT_FIRST`], so a slow direct room does not hold them up for long.
+        let direct_sends = send(direct);
+        tokio::pin!(direct_sends);
+        let served = tokio::select! {
+            done = &mut direct_sends => Some(done),
+            _ = tokio::time::sleep(DIRECT_FIRST) => None,
+        };
+        let outcomes = match served {
+            Some(mut done) => {
+                done.extend(send(shared).await);
+                done
+            }
+            None => {
+                let (d, s) = futures_util::future::join(direct_sends, send(shared)).await;
+                d.into_iter().chain(s).collect()
+            }
+        };
         let (mut progressed, mut failed) = (false, None);
-        while let Some(r) = passes.next().await {
+        for r in outcomes {
             match r {
                 Ok(QueueOutcome { delivered: d, progressed: p }) => {
                     delivered += d;

@@ -29,7 +29,65 @@ on_both!(
     an_answer_in_the_same_batch_as_its_question_resumes_the_run,
     the_background_loop_sleeps_while_what_waits_is_not_for_it,
     a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass,
+    direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_long,
 );
+
+/// Serves rooms side by side; a send to a direct room takes `direct_ms`, others 10 ms.
+/// Notes when each send starts and ends.
+struct Timed {
+    direct_ms: u64,
+    log: Mutex<Vec<String>>,
+}
+
+impl ChatAdapter for Timed {
+    fn platform(&self) -> Platform {
+        Platform::Console
+    }
+    fn parallel_rooms(&self) -> usize {
+        4
+    }
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(async move {
+            let key = &m.idempotency_key;
+            self.log.lock().unwrap().push(format!("start {key}"));
+            let ms = if m.room.is_direct() { self.direct_ms } else { 10 };
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            self.log.lock().unwrap().push(format!("end {key}"));
+            Ok(())
+        })
+    }
+}
+
+/// A pass sends to direct rooms (someone in a dialog is waiting) before shared rooms,
+/// whatever order they were queued in; a direct room that takes long holds the shared
+/// ones up for at most `DIRECT_FIRST`.
+async fn direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_long(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bot(&fresh(backend, dir.path()).await, None).await;
+    let north = || RoomRef::Shared { platform: Platform::Console, id: "north".into() };
+    let alice = || RoomRef::Direct { platform: Platform::Console, account: "alice".into() };
+    for (direct_ms, keys) in [(30, ["s1", "d1"]), (3_000, ["s2", "d2"])] {
+        let now = b.rt.clock.now();
+        let mut tx = b.rt.store.begin().await.unwrap();
+        tx.enqueue(&text_to(keys[0], north()), None, now).await.unwrap();
+        tx.enqueue(&text_to(keys[1], alice()), None, now).await.unwrap();
+        tx.commit().await.unwrap();
+        let timed = Arc::new(Timed { direct_ms, log: Mutex::default() });
+        let mut adapters = Adapters::default();
+        adapters.add(timed.clone());
+        let started = std::time::Instant::now();
+        assert_eq!(deliver_pending(&b.rt, &adapters, now).await.unwrap(), 2);
+        let log = timed.log.lock().unwrap().clone();
+        let [s, d] = keys;
+        if direct_ms < 100 {
+            assert_eq!(log, [format!("start {d}"), format!("end {d}"), format!("start {s}"), format!("end {s}")]);
+        } else {
+            // The shared room went ahead after the head start, while the direct send went on.
+            assert_eq!(log, [format!("start {d}"), format!("start {s}"), format!("end {s}"), format!("end {d}")]);
+            assert!(started.elapsed() >= wavelet::adapter::DIRECT_FIRST);
+        }
+    }
+}
 
 /// Says "slow down" to its first send, then sends.
 #[derive(Default)]
