@@ -113,7 +113,7 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
     let slowed: Mutex<Vec<Platform>> = Mutex::new(rt.slowed_until(now).into_keys().collect());
     loop {
         // What a commit claimed as it queued it is sent without claiming anything here:
-        // that commit claimed every message then due for the platform, oldest first. Else
+        // that commit claimed the due, unclaimed messages (oldest first, up to 200). Else
         // the due messages are claimed here (retries, messages other processes queued),
         // with any a commit handed over meanwhile, so a room's messages go oldest first.
         let mut batch = store.take_handed();

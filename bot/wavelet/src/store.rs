@@ -100,8 +100,8 @@ pub struct Store {
 
 /// Claiming at commit. While this process holds a platform's lease, its delivery loop
 /// names a [`Claimer`]; a transaction that queues messages for one of those platforms then
-/// also claims, in its own commit, every message due for them (its own and any older
-/// ones), and hands them to the delivery pass, which sends them without a transaction of
+/// also claims, in its own commit, the due, unclaimed messages for them (its own and
+/// older ones, oldest first, up to [`CLAIM_BATCH`]), and hands them to the delivery pass, which sends them without a transaction of
 /// its own first. A claim handed over is like any other: if this process dies before
 /// sending, it runs out (or the next holder of the lease frees it) and the message is
 /// sent then.
