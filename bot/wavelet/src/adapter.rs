@@ -116,22 +116,30 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
         // that commit claimed the due, unclaimed messages (oldest first, up to 200). Else
         // the due messages are claimed here (retries, messages other processes queued),
         // with any a commit handed over meanwhile, so a room's messages go oldest first.
-        let mut batch = store.take_handed();
+        let mut batch = store.take_handed().await;
         if batch.is_empty() {
             let open: Vec<Platform> = platforms.iter().copied().filter(|p| !is_slowed(&slowed, *p)).collect();
             batch = store.claim_outbox(&rt.instance, &open, now, CLAIM, CLAIM_BATCH).await?;
-            batch.extend(store.take_handed());
+            batch.extend(store.take_handed().await);
             batch.sort_by_key(|c| c.id);
+            batch.dedup_by_key(|c| c.id);
         }
         if batch.is_empty() {
             return Ok(delivered);
         }
         let (direct, shared): (Vec<_>, Vec<_>) =
             by_room(batch, parallel).into_iter().partition(|q| parallel > 1 && q[0].message.room.is_direct());
+        // At most `parallel` rooms are sent to at once, direct and shared together.
+        let sending = tokio::sync::Semaphore::new(parallel);
         let send = |queues: Vec<Vec<ClaimedMessage>>| {
-            futures_util::stream::iter(queues.into_iter().map(|q| deliver_queue(rt, adapters, q, now, &slowed)))
-                .buffer_unordered(parallel)
-                .collect::<Vec<_>>()
+            let (sending, slowed) = (&sending, &slowed);
+            futures_util::stream::iter(queues.into_iter().map(move |q| async move {
+                // Never closed, so a permit always comes.
+                let _room = sending.acquire().await.ok();
+                deliver_queue(rt, adapters, q, now, slowed).await
+            }))
+            .buffer_unordered(parallel)
+            .collect::<Vec<_>>()
         };
         // Direct rooms first: someone in a dialog is waiting for the answer, and a
         // homeserver serving the group's copies at the same time answers more slowly.
@@ -234,6 +242,7 @@ async fn deliver_queue(
                 tracing::info!(platform = %platform, wait_ms = wait.as_millis() as u64, "platform asked us to slow down");
                 store.retry_later(c.id, now.plus(wait)).await?;
                 rt.slow_until.lock().unwrap_or_else(|e| e.into_inner()).insert(platform, now.plus(wait));
+                store.stop_claiming_for(platform);
                 slowed.lock().unwrap_or_else(|e| e.into_inner()).push(platform);
             }
             Err(e) => {

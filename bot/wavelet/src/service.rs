@@ -65,10 +65,12 @@ async fn work(
     loop {
         passes.fetch_add(1, Ordering::Relaxed);
         let held = hold_leases(&rt, &adapters, &mut leases).await;
-        // The steps' commits claim what they queue for these platforms, for this loop.
+        // The steps' commits claim what they queue for these platforms, for this loop: not
+        // for one that asked us to slow down (a pass that is told so stops it at once).
+        let slowed = rt.slowed_until(rt.clock.now());
         rt.store.claim_at_commit(Some(Claimer {
             owner: rt.instance.clone(),
-            platforms: held.platforms(),
+            platforms: held.platforms().into_iter().filter(|p| !slowed.contains_key(p)).collect(),
             clock: rt.clock.clone(),
             lease: CLAIM,
         }));

@@ -100,21 +100,97 @@ pub struct Store {
 
 /// Claiming at commit. While this process holds a platform's lease, its delivery loop
 /// names a [`Claimer`]; a transaction that queues messages for one of those platforms then
-/// also claims, in its own commit, the due, unclaimed messages for them (its own and
-/// older ones, oldest first, up to [`CLAIM_BATCH`]), and hands them to the delivery pass, which sends them without a transaction of
-/// its own first. A claim handed over is like any other: if this process dies before
-/// sending, it runs out (or the next holder of the lease frees it) and the message is
-/// sent then.
+/// also claims, in its own commit, the due messages for them that nobody holds a claim on
+/// (its own and older ones, oldest first, up to [`CLAIM_BATCH`]; never one this process
+/// claimed before, even if that claim has run out), and hands them to the delivery pass,
+/// which sends them without a transaction of its own first. A claim handed over is like any
+/// other: if this process dies before sending, it runs out (or the next holder of the lease
+/// frees it) and the message is sent then.
+///
+/// A room's messages go out oldest first, so a pass must not send a message while a commit
+/// that claimed an older one in the same room has yet to hand it over. Each claiming commit
+/// holds a ticket from before its claim until it has handed over (or failed), and a pass
+/// takes what was handed over only once every ticket issued before it looked has been
+/// settled ([`Store::take_handed`]); on PostgreSQL the claims themselves run one at a time,
+/// after the commit's update of the ledger head, whose row lock every commit takes.
 #[derive(Default)]
 struct Handoff {
     claimer: Mutex<Option<Claimer>>,
-    ready: Mutex<Vec<ClaimedMessage>>,
+    state: Mutex<Handed>,
+    /// Bumped whenever a ticket is settled.
+    settled: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Handed {
+    ready: Vec<ClaimedMessage>,
+    /// The next ticket's number.
+    issued: u64,
+    /// Tickets of commits that are claiming and have not handed over yet.
+    open: std::collections::BTreeSet<u64>,
+}
+
+impl Handoff {
+    fn state(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ticket(self: &Arc<Self>) -> Ticket {
+        let mut s = self.state();
+        let number = s.issued;
+        s.issued += 1;
+        s.open.insert(number);
+        Ticket { handoff: self.clone(), number }
+    }
+
+    /// Waits until every ticket issued so far is settled, then takes what was handed over,
+    /// oldest first and each message once.
+    async fn take(&self) -> Vec<ClaimedMessage> {
+        let mut settled = self.settled.subscribe();
+        let before = self.state().issued;
+        loop {
+            {
+                let mut s = self.state();
+                if s.open.first().is_none_or(|oldest| *oldest >= before) {
+                    let mut ready = std::mem::take(&mut s.ready);
+                    ready.sort_by_key(|c| c.id);
+                    ready.dedup_by_key(|c| c.id);
+                    return ready;
+                }
+            }
+            // A ticket is settled even when its commit fails (the ticket is dropped).
+            if settled.changed().await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+}
+
+/// A claiming commit's place in line: settled when it hands its messages over, or when
+/// it is dropped (the commit failed, and hands nothing).
+struct Ticket {
+    handoff: Arc<Handoff>,
+    number: u64,
+}
+
+impl Ticket {
+    fn hand_over(self, messages: Vec<ClaimedMessage>) {
+        self.handoff.state().ready.extend(messages);
+        // Dropped here: settled after its messages are in.
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.handoff.state().open.remove(&self.number);
+        self.handoff.settled.send_modify(|n| *n += 1);
+    }
 }
 
 impl std::fmt::Debug for Handoff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ready = self.ready.lock().map_or(0, |r| r.len());
-        f.debug_struct("Handoff").field("ready", &ready).finish_non_exhaustive()
+        let s = self.state();
+        f.debug_struct("Handoff").field("ready", &s.ready.len()).field("open", &s.open.len()).finish_non_exhaustive()
     }
 }
 
@@ -130,15 +206,37 @@ pub struct Claimer {
 /// How many messages one claim takes, at commit or in a delivery pass.
 pub const CLAIM_BATCH: i64 = 200;
 
+/// Who runs a claim, which decides what it may take.
+#[derive(Clone, Copy, PartialEq)]
+enum ClaimBy {
+    /// A delivery pass: every due message nobody holds a live claim on, its own lapsed
+    /// claims included (a pass runs when the previous one is over, so nothing it claimed
+    /// before is still being sent). On PostgreSQL it waits for rows a commit is claiming
+    /// rather than skip them, so it takes the oldest due messages and no commit takes an
+    /// older one from under it.
+    Pass,
+    /// A commit: due messages nobody has claimed, and lapsed claims of other processes,
+    /// never this process's own (a pass may still be sending them). On PostgreSQL rows
+    /// being claimed elsewhere are skipped, so a commit never waits on a pass.
+    Commit,
+}
+
 /// The statement that claims due messages for `platforms` (binds: owner, claimed until,
 /// now, limit), returning them.
-fn claim_sql(platforms: &[wavelet_core::Platform], postgres: bool) -> String {
-    // On PostgreSQL rows another process is claiming are skipped.
-    let lock = if postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+fn claim_sql(platforms: &[wavelet_core::Platform], postgres: bool, by: ClaimBy) -> String {
+    let lock = match (postgres, by) {
+        (false, _) => "",
+        (true, ClaimBy::Pass) => " FOR UPDATE",
+        (true, ClaimBy::Commit) => " FOR UPDATE SKIP LOCKED",
+    };
+    let free = match by {
+        ClaimBy::Pass => "(claimed_until IS NULL OR claimed_until < $3)",
+        ClaimBy::Commit => "(claimed_until IS NULL OR (claimed_until < $3 AND claimed_by <> $1))",
+    };
     format!(
         "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (\
          SELECT id FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3 \
-         AND (claimed_until IS NULL OR claimed_until < $3) AND ({}) ORDER BY id LIMIT $4{lock}) \
+         AND {free} AND ({}) ORDER BY id LIMIT $4{lock}) \
          RETURNING id, idempotency_key, room, person, body, attempts, run_id, share_case",
         rooms_of(platforms)
     )
@@ -983,7 +1081,7 @@ impl Store {
         if platforms.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = claim_sql(platforms, matches!(self.pool, Pool::Postgres(_)));
+        let sql = claim_sql(platforms, matches!(self.pool, Pool::Postgres(_)), ClaimBy::Pass);
         let rows: Vec<ClaimTuple> = on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(owner).bind(now.plus(lease).0).bind(now.0).bind(limit).fetch_all(p).await)?;
         claimed(rows)
@@ -997,10 +1095,18 @@ impl Store {
     }
 
     /// The messages commits have claimed and handed over since the last call, oldest first.
-    pub fn take_handed(&self) -> Vec<ClaimedMessage> {
-        let mut handed = std::mem::take(&mut *self.handoff.ready.lock().unwrap_or_else(|e| e.into_inner()));
-        handed.sort_by_key(|c| c.id);
-        handed
+    /// Waits for commits that are claiming as it is called to hand theirs over (or fail),
+    /// so an older message of a room is never left behind a newer one.
+    pub async fn take_handed(&self) -> Vec<ClaimedMessage> {
+        self.handoff.take().await
+    }
+
+    /// Stops claiming at commit for `platform` (it asked us to slow down) until the
+    /// delivery loop names its claimer again.
+    pub fn stop_claiming_for(&self, platform: wavelet_core::Platform) {
+        if let Some(c) = self.handoff.claimer.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            c.platforms.retain(|p| *p != platform);
+        }
     }
 
     /// Frees the claims other processes hold on a platform's messages. Called by the
@@ -1819,15 +1925,6 @@ impl Tx {
                 q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
             });
         }
-        let claimer = self.claimer_for(&outbox);
-        let mut handed = Vec::new();
-        if let Some(by) = claimer {
-            let now = by.clock.now();
-            let sql = claim_sql(&by.platforms, matches!(self.store.pool, Pool::Postgres(_)));
-            let rows: Vec<ClaimTuple> = on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(&by.owner).bind(now.plus(by.lease).0).bind(now.0).bind(CLAIM_BATCH).fetch_all(&mut *c).await)?;
-            handed = claimed(rows)?;
-        }
         let counters: Vec<(String, i64)> =
             self.counters.iter().filter(|(_, (_, dirty))| *dirty).map(|(k, (v, _))| (k.clone(), *v)).collect();
         for (name, v) in counters {
@@ -1856,6 +1953,17 @@ impl Tx {
         // this one can tell whether anything else committed in between.
         let (seq, hash, commits) = (self.head.seq, self.head.hash.clone(), self.commits + 1);
         on_tx!(self, c => sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2, commits = $3 WHERE id = 1").bind(seq).bind(hash).bind(commits).execute(c).await.map(|r| r.rows_affected()))?;
+        // Claimed after the head's update: on PostgreSQL its row lock, held to the end of
+        // this transaction, lets one commit claim at a time (see [`Handoff`]).
+        let mut handed = None;
+        if let Some(by) = self.claimer_for(&outbox) {
+            let ticket = self.store.handoff.ticket();
+            let now = by.clock.now();
+            let sql = claim_sql(&by.platforms, matches!(self.store.pool, Pool::Postgres(_)), ClaimBy::Commit);
+            let rows: Vec<ClaimTuple> = on_tx!(self, c => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(&by.owner).bind(now.plus(by.lease).0).bind(now.0).bind(CLAIM_BATCH).fetch_all(&mut *c).await)?;
+            handed = Some((ticket, claimed(rows)?));
+        }
         match self.conn {
             TxConn::Sqlite(t) => t.commit().await?,
             TxConn::Postgres(t) => t.commit().await?,
@@ -1864,8 +1972,8 @@ impl Tx {
         if let Ok(mut known) = self.store.saved_scripts.lock() {
             known.extend(scripts.into_iter().map(|s| s.0));
         }
-        if !handed.is_empty() {
-            self.store.handoff.ready.lock().unwrap_or_else(|e| e.into_inner()).extend(handed);
+        if let Some((ticket, messages)) = handed {
+            ticket.hand_over(messages);
         }
         self.store.commits.fetch_add(1, Ordering::Relaxed);
         self.store.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -1885,7 +1993,49 @@ impl Tx {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Arc, ClaimedMessage, Handoff, redact};
+    use std::time::Duration;
+    use wavelet_core::{MessageBody, OutboundMessage, Platform, RoomRef};
+
+    fn claimed(id: i64) -> ClaimedMessage {
+        let message = OutboundMessage {
+            idempotency_key: format!("k{id}"),
+            room: RoomRef::Shared { platform: Platform::Matrix, id: "north".into() },
+            person: None,
+            body: MessageBody::Text { text: String::new() },
+        };
+        ClaimedMessage { id, message, attempts: 0, run_id: None, share_case: None }
+    }
+
+    fn ids(taken: &[ClaimedMessage]) -> Vec<i64> {
+        taken.iter().map(|c| c.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_pass_takes_what_commits_handed_over_once_every_claim_before_it_is_settled() {
+        let handoff = Arc::new(Handoff::default());
+        let older = handoff.ticket();
+        let newer = handoff.ticket();
+        newer.hand_over(vec![claimed(3)]);
+        let take = tokio::spawn({
+            let h = handoff.clone();
+            async move { h.take().await }
+        });
+        let mut take = Box::pin(take);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut take).await.is_err(),
+            "a newer message is not taken while an older claim is open"
+        );
+        // Claims that begin after the pass looked do not hold it up.
+        let later = handoff.ticket();
+        older.hand_over(vec![claimed(1), claimed(3), claimed(2)]);
+        let taken = tokio::time::timeout(Duration::from_secs(5), take).await.expect("taken").unwrap();
+        assert_eq!(ids(&taken), vec![1, 2, 3], "oldest first, each once");
+        // A commit that fails settles its ticket and hands nothing over.
+        drop(later);
+        assert!(handoff.take().await.is_empty());
+        assert!(handoff.state().open.is_empty());
+    }
 
     #[test]
     fn redact_hides_passwords_wherever_they_are() {

@@ -200,7 +200,7 @@ async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(bac
     let last = b.say("alice", "dm", "Seen at drop-off.").await;
     assert_eq!(last.len(), 2, "{last:?}");
     assert!(last[0].contains("New neglect concern") && last[1].starts_with("Thank you."), "{last:?}");
-    assert!(b.rt.store.take_handed().is_empty());
+    assert!(b.rt.store.take_handed().await.is_empty());
     b.verify().await;
 }
 

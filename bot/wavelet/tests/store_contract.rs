@@ -723,7 +723,7 @@ async fn messages_claimed_at_commit_are_handed_over_oldest_first(store: &Store) 
     let lease = std::time::Duration::from_secs(60);
     // Queued before anyone claims at commit: it waits for a delivery pass's claim.
     enqueue_and_commit(store, &[message_in("old", "dm:matrix:@bob:x")], 500).await;
-    assert!(store.take_handed().is_empty());
+    assert!(store.take_handed().await.is_empty());
 
     store.claim_at_commit(Some(Claimer {
         owner: "me".into(),
@@ -734,12 +734,12 @@ async fn messages_claimed_at_commit_are_handed_over_oldest_first(store: &Store) 
     // A commit that queues for Matrix claims what is due there, the older message too,
     // and leaves Discord's to whoever delivers there.
     enqueue_and_commit(store, &[message_in("new", "dm:matrix:@bob:x"), message_in("d", "discord:1")], 1_000).await;
-    let handed = store.take_handed();
+    let handed = store.take_handed().await;
     assert_eq!(keys(&handed), vec!["old", "new"], "oldest first");
     assert!(
         handed[0].id < handed[1].id && handed.iter().all(|c| c.attempts == 0 && c.run_id.as_deref() == Some("R-1"))
     );
-    assert!(store.take_handed().is_empty(), "handed over once");
+    assert!(store.take_handed().await.is_empty(), "handed over once");
     let others = store.claim_outbox("other", &all, Millis(1_000), lease, 10).await.unwrap();
     assert_eq!(keys(&others), vec!["d"], "the handed messages are claimed: nobody else takes them");
     // Claimed messages are next due when their claims run out; other platforms' do not count.
@@ -748,28 +748,48 @@ async fn messages_claimed_at_commit_are_handed_over_oldest_first(store: &Store) 
     assert_eq!(store.next_outbox_due(&[Platform::Console]).await.unwrap(), None);
     assert_eq!(store.next_outbox_due(&[]).await.unwrap(), None);
 
-    // A commit that queues nothing for Matrix claims nothing; one rolled back hands nothing.
+    // A commit that queues nothing for Matrix claims nothing there, though a Matrix
+    // message is due and unclaimed; one rolled back hands nothing.
+    let old = handed[0].id;
+    store.release_claim(old).await.unwrap();
     enqueue_and_commit(store, &[message_in("d2", "discord:1")], 1_000).await;
     let mut tx = store.begin().await.unwrap();
     tx.enqueue(&message_in("lost", "matrix:!room:x"), None, Millis(1_000)).await.unwrap();
     drop(tx);
-    assert!(store.take_handed().is_empty());
-    // A key queued before is not queued, nor claimed, again.
-    enqueue_and_commit(store, &[message_in("new", "dm:matrix:@bob:x")], 1_000).await;
-    assert!(store.take_handed().is_empty());
+    assert!(store.take_handed().await.is_empty());
+    // A key delivered is not queued, nor claimed, again.
+    store.mark_delivered(old, Millis(1_000)).await.unwrap();
+    enqueue_and_commit(store, &[message_in("old", "dm:matrix:@bob:x")], 1_000).await;
+    assert!(store.take_handed().await.is_empty());
+
+    // A claim of this process that ran out is not claimed again at commit (a pass may
+    // still be sending it); a delivery pass takes it.
+    clock.advance(lease + std::time::Duration::from_millis(1));
+    enqueue_and_commit(store, &[message_in("newer", "dm:matrix:@bob:x")], 61_001).await;
+    assert_eq!(keys(&store.take_handed().await), vec!["newer"], "not \"new\" again");
+    let later = Millis(61_001);
+    let mine = store.claim_outbox("me", &[Platform::Matrix], later, lease, 10).await.unwrap();
+    assert_eq!(keys(&mine), vec!["new"]);
 
     // A claim handed over is an ordinary claim: if it is never delivered it runs out and
     // another process sends the message.
-    let later = Millis(1_000).plus(lease).plus(std::time::Duration::from_millis(1));
+    let later = later.plus(lease).plus(std::time::Duration::from_millis(1));
     let others = store.claim_outbox("other", &all, later, lease, 10).await.unwrap();
-    assert_eq!(keys(&others), vec!["old", "new", "d", "d2"]);
+    assert_eq!(keys(&others), vec!["new", "d", "d2", "newer"]);
 
     // Stopped: a commit claims nothing.
     store.claim_at_commit(None);
     enqueue_and_commit(store, &[message_in("after", "matrix:!room:x")], 2_000).await;
-    assert!(store.take_handed().is_empty());
-    let mine = store.claim_outbox("me", &all, Millis(2_000).plus(lease), lease, 10).await.unwrap();
+    assert!(store.take_handed().await.is_empty());
+    let mine = store.claim_outbox("me", &all, later.plus(lease), lease, 10).await.unwrap();
     assert_eq!(keys(&mine), vec!["after"]);
+
+    // A platform that asked us to slow down is left out of claiming at commit.
+    store.claim_at_commit(Some(Claimer { owner: "me".into(), platforms: all.to_vec(), clock: clock.clone(), lease }));
+    store.stop_claiming_for(Platform::Matrix);
+    enqueue_and_commit(store, &[message_in("slowed", "matrix:!room:x"), message_in("d3", "discord:1")], 2_000).await;
+    assert_eq!(keys(&store.take_handed().await), vec!["d3"]);
+    store.claim_at_commit(None);
 }
 
 async fn timers_fire_once(store: &Store) {
