@@ -87,6 +87,10 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 /// before they are served side by side with them.
 pub const DIRECT_FIRST: Duration = Duration::from_secs(2);
 
+/// How often a delivery pass claims from the outbox itself while commits keep handing it
+/// messages (see [`deliver_pending`]).
+pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a claim on a message lasts: if the process dies mid-send, another sends it
 /// after this (with the same idempotency key, so the platform drops a duplicate).
 pub const CLAIM: Duration = Duration::from_secs(60);
@@ -113,13 +117,15 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
     let slowed: Mutex<Vec<Platform>> = Mutex::new(rt.slowed_until(now).into_keys().collect());
     loop {
         // What a commit claimed as it queued it is sent without claiming anything here:
-        // that commit claimed the due, unclaimed messages (oldest first, up to 200). Else
-        // the due messages are claimed here (retries, messages other processes queued),
-        // with any a commit handed over meanwhile, so a room's messages go oldest first.
+        // that commit claimed the due messages nobody had claimed (oldest first, up to
+        // 200). Else, and at least once every [`CLAIM_EVERY`] while commits keep handing
+        // messages over, the due messages are claimed here too (what others queued, and
+        // claims of this process that ran out, which commits leave alone), with any a
+        // commit handed over meanwhile, so a room's messages go oldest first.
         let mut batch = store.take_handed().await;
-        if batch.is_empty() {
+        if rt.passes.claim_now(batch.len()) {
             let open: Vec<Platform> = platforms.iter().copied().filter(|p| !is_slowed(&slowed, *p)).collect();
-            batch = store.claim_outbox(&rt.instance, &open, now, CLAIM, CLAIM_BATCH).await?;
+            batch.extend(store.claim_outbox(&rt.instance, &open, now, CLAIM, CLAIM_BATCH).await?);
             batch.extend(store.take_handed().await);
             batch.sort_by_key(|c| c.id);
             batch.dedup_by_key(|c| c.id);
@@ -273,15 +279,29 @@ async fn deliver_queue(
 pub struct DeliveryPasses {
     /// The commit count the latest finished pass began after.
     finished: tokio::sync::watch::Sender<u64>,
+    /// When a pass last claimed from the outbox itself.
+    claimed_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for DeliveryPasses {
     fn default() -> Self {
-        DeliveryPasses { finished: tokio::sync::watch::Sender::new(0) }
+        DeliveryPasses { finished: tokio::sync::watch::Sender::new(0), claimed_at: Mutex::new(None) }
     }
 }
 
 impl DeliveryPasses {
+    /// Whether a pass with `handed` messages to send should also claim from the outbox:
+    /// always when it has none, else once every [`CLAIM_EVERY`]. Records the claim.
+    fn claim_now(&self, handed: usize) -> bool {
+        let mut at = self.claimed_at.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let due = handed == 0 || at.is_none_or(|t| now.duration_since(t) >= CLAIM_EVERY);
+        if due {
+            *at = Some(now);
+        }
+        due
+    }
+
     fn begin(&self, commits: u64) -> PassCounted<'_> {
         PassCounted { passes: self, commits }
     }

@@ -108,11 +108,12 @@ pub struct Store {
 /// frees it) and the message is sent then.
 ///
 /// A room's messages go out oldest first, so a pass must not send a message while a commit
-/// that claimed an older one in the same room has yet to hand it over. Each claiming commit
-/// holds a ticket from before its claim until it has handed over (or failed), and a pass
-/// takes what was handed over only once every ticket issued before it looked has been
-/// settled ([`Store::take_handed`]); on PostgreSQL the claims themselves run one at a time,
-/// after the commit's update of the ledger head, whose row lock every commit takes.
+/// that claimed an older one in the same room has yet to hand it over. Commits run one at
+/// a time (each transaction locks the ledger head when it begins), and each claiming
+/// commit holds a numbered ticket from before its claim until it has handed over (or
+/// failed). A pass waits until every ticket issued before it looked is settled, and then
+/// takes only what commits older than any still claiming handed over
+/// ([`Store::take_handed`]).
 #[derive(Default)]
 struct Handoff {
     claimer: Mutex<Option<Claimer>>,
@@ -123,7 +124,8 @@ struct Handoff {
 
 #[derive(Default)]
 struct Handed {
-    ready: Vec<ClaimedMessage>,
+    /// Messages handed over, with the number of the ticket they came with.
+    ready: Vec<(u64, ClaimedMessage)>,
     /// The next ticket's number.
     issued: u64,
     /// Tickets of commits that are claiming and have not handed over yet.
@@ -143,24 +145,32 @@ impl Handoff {
         Ticket { handoff: self.clone(), number }
     }
 
-    /// Waits until every ticket issued so far is settled, then takes what was handed over,
-    /// oldest first and each message once.
-    async fn take(&self) -> Vec<ClaimedMessage> {
+    /// Waits until every ticket issued so far is settled, or `at_most` has passed, then
+    /// takes what commits older than any still claiming have handed over, oldest first and
+    /// each message once. What a newer commit handed over stays for a later take.
+    async fn take(&self, at_most: Duration) -> Vec<ClaimedMessage> {
         let mut settled = self.settled.subscribe();
         let before = self.state().issued;
+        let deadline = tokio::time::Instant::now() + at_most;
+        let mut waited_enough = false;
         loop {
             {
                 let mut s = self.state();
-                if s.open.first().is_none_or(|oldest| *oldest >= before) {
-                    let mut ready = std::mem::take(&mut s.ready);
-                    ready.sort_by_key(|c| c.id);
-                    ready.dedup_by_key(|c| c.id);
-                    return ready;
+                let oldest_open = s.open.first().copied();
+                if waited_enough || oldest_open.is_none_or(|oldest| oldest >= before) {
+                    let (mut ready, later): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut s.ready).into_iter().partition(|(t, _)| oldest_open.is_none_or(|o| *t < o));
+                    s.ready = later;
+                    ready.sort_by_key(|(_, c)| c.id);
+                    ready.dedup_by_key(|(_, c)| c.id);
+                    return ready.into_iter().map(|(_, c)| c).collect();
                 }
             }
-            // A ticket is settled even when its commit fails (the ticket is dropped).
-            if settled.changed().await.is_err() {
-                return Vec::new();
+            // A ticket is settled even when its commit fails (the ticket is dropped). A
+            // commit that hangs holds back only what was claimed after it.
+            match tokio::time::timeout_at(deadline, settled.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => waited_enough = true,
             }
         }
     }
@@ -175,7 +185,7 @@ struct Ticket {
 
 impl Ticket {
     fn hand_over(self, messages: Vec<ClaimedMessage>) {
-        self.handoff.state().ready.extend(messages);
+        self.handoff.state().ready.extend(messages.into_iter().map(|m| (self.number, m)));
         // Dropped here: settled after its messages are in.
     }
 }
@@ -202,6 +212,10 @@ pub struct Claimer {
     pub clock: Arc<dyn crate::runtime::Clock>,
     pub lease: Duration,
 }
+
+/// How long a delivery pass waits for commits that are claiming to hand over what they
+/// claimed; past it, it takes what older commits handed over and leaves the rest.
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// How many messages one claim takes, at commit or in a delivery pass.
 pub const CLAIM_BATCH: i64 = 200;
@@ -1069,7 +1083,7 @@ impl Store {
 
     /// Claims up to `limit` undelivered messages due by `now` for `platforms`, oldest
     /// first, for `owner`: no other process claims them until `lease` runs out. On
-    /// PostgreSQL rows another process is claiming are skipped (`FOR UPDATE SKIP LOCKED`).
+    /// PostgreSQL it waits for rows a commit is claiming (`FOR UPDATE`; see [`ClaimBy`]).
     pub async fn claim_outbox(
         &self,
         owner: &str,
@@ -1098,7 +1112,7 @@ impl Store {
     /// Waits for commits that are claiming as it is called to hand theirs over (or fail),
     /// so an older message of a room is never left behind a newer one.
     pub async fn take_handed(&self) -> Vec<ClaimedMessage> {
-        self.handoff.take().await
+        self.handoff.take(HANDOVER_WAIT).await
     }
 
     /// Stops claiming at commit for `platform` (it asked us to slow down) until the
@@ -1953,8 +1967,7 @@ impl Tx {
         // this one can tell whether anything else committed in between.
         let (seq, hash, commits) = (self.head.seq, self.head.hash.clone(), self.commits + 1);
         on_tx!(self, c => sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2, commits = $3 WHERE id = 1").bind(seq).bind(hash).bind(commits).execute(c).await.map(|r| r.rows_affected()))?;
-        // Claimed after the head's update: on PostgreSQL its row lock, held to the end of
-        // this transaction, lets one commit claim at a time (see [`Handoff`]).
+        // The ticket is taken before the claim and settled after the commit (see [`Handoff`]).
         let mut handed = None;
         if let Some(by) = self.claimer_for(&outbox) {
             let ticket = self.store.handoff.ticket();
@@ -2019,22 +2032,41 @@ mod tests {
         newer.hand_over(vec![claimed(3)]);
         let take = tokio::spawn({
             let h = handoff.clone();
-            async move { h.take().await }
+            async move { h.take(Duration::from_secs(60)).await }
         });
         let mut take = Box::pin(take);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), &mut take).await.is_err(),
             "a newer message is not taken while an older claim is open"
         );
-        // Claims that begin after the pass looked do not hold it up.
-        let later = handoff.ticket();
+        // Claims that begin after the pass looked do not hold it up, and what they hand
+        // over is not taken while an older one is open.
+        let middle = handoff.ticket();
+        let newest = handoff.ticket();
+        newest.hand_over(vec![claimed(9)]);
         older.hand_over(vec![claimed(1), claimed(3), claimed(2)]);
         let taken = tokio::time::timeout(Duration::from_secs(5), take).await.expect("taken").unwrap();
-        assert_eq!(ids(&taken), vec![1, 2, 3], "oldest first, each once");
+        assert_eq!(ids(&taken), vec![1, 2, 3], "oldest first, each once, nothing after an open claim");
+        middle.hand_over(vec![claimed(5)]);
+        assert_eq!(ids(&handoff.take(Duration::from_secs(60)).await), vec![5, 9]);
         // A commit that fails settles its ticket and hands nothing over.
-        drop(later);
-        assert!(handoff.take().await.is_empty());
+        let failed = handoff.ticket();
+        handoff.ticket().hand_over(vec![claimed(12)]);
+        drop(failed);
+        assert_eq!(ids(&handoff.take(Duration::from_secs(60)).await), vec![12]);
         assert!(handoff.state().open.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_hangs_holds_back_only_what_was_claimed_after_it() {
+        let handoff = Arc::new(Handoff::default());
+        handoff.ticket().hand_over(vec![claimed(1)]);
+        let _hung = handoff.ticket();
+        handoff.ticket().hand_over(vec![claimed(3)]);
+        let started = std::time::Instant::now();
+        assert_eq!(ids(&handoff.take(Duration::from_millis(200)).await), vec![1]);
+        assert!(started.elapsed() >= Duration::from_millis(200), "waited for it, then went on");
+        assert_eq!(handoff.state().ready.len(), 1, "the newer message stays for later");
     }
 
     #[test]

@@ -30,6 +30,7 @@ on_both!(
     the_background_loop_sleeps_while_what_waits_is_not_for_it,
     a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass,
     direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_long,
+    a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over,
 );
 
 /// Serves rooms side by side; a send to a direct room takes `direct_ms`, others 10 ms.
@@ -87,6 +88,26 @@ async fn direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_
             assert!(started.elapsed() >= wavelet::adapter::DIRECT_FIRST);
         }
     }
+    // Direct and shared rooms together: never more rooms at once than the adapter allows.
+    let now = b.rt.clock.now();
+    let mut tx = b.rt.store.begin().await.unwrap();
+    for i in 0..3 {
+        let dm = RoomRef::Direct { platform: Platform::Console, account: format!("p{i}") };
+        let shared = RoomRef::Shared { platform: Platform::Console, id: format!("group{i}") };
+        tx.enqueue(&text_to(&format!("dm{i}"), dm), None, now).await.unwrap();
+        tx.enqueue(&text_to(&format!("group{i}"), shared), None, now).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let timed = Arc::new(Timed { direct_ms: 2_500, log: Mutex::default() });
+    let mut adapters = Adapters::default();
+    adapters.add(timed.clone());
+    assert_eq!(deliver_pending(&b.rt, &adapters, now).await.unwrap(), 6);
+    let (mut at_once, mut most) = (0, 0);
+    for line in timed.log.lock().unwrap().iter() {
+        at_once += if line.starts_with("start") { 1 } else { -1 };
+        most = most.max(at_once);
+    }
+    assert_eq!(most, 4, "{:?}", timed.log.lock().unwrap());
 }
 
 /// Says "slow down" to its first send, then sends.
@@ -202,6 +223,61 @@ async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(bac
     assert!(last[0].contains("New neglect concern") && last[1].starts_with("Thank you."), "{last:?}");
     assert!(b.rt.store.take_handed().await.is_empty());
     b.verify().await;
+}
+
+/// A claim of this process that ran out (a pass that stopped mid-queue) is left alone by
+/// commits; a pass claims it once it has sent what commits handed over, or, if it claimed
+/// more than `CLAIM_EVERY` ago, at once (then it goes before the newer messages of its
+/// room), so commits that keep handing messages over cannot hold it back for long.
+async fn a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over(backend: &str) {
+    use wavelet::adapter::{CLAIM, CLAIM_EVERY};
+    let dir = tempfile::tempdir().unwrap();
+    let b = bot(&fresh(backend, dir.path()).await, None).await;
+    let store = &b.rt.store;
+    let now = b.rt.clock.now();
+    let queue = |key: &'static str, at: Millis| async move {
+        let room = RoomRef::Shared { platform: Platform::Console, id: "north".into() };
+        let m = OutboundMessage {
+            idempotency_key: key.into(),
+            room,
+            person: None,
+            body: wavelet_core::MessageBody::Text { text: key.into() },
+        };
+        let mut tx = store.begin().await.unwrap();
+        tx.enqueue(&m, None, at).await.unwrap();
+        tx.commit().await.unwrap();
+    };
+    let sent = || -> Vec<String> { b.sent.0.lock().unwrap().drain(..).map(|m| m.idempotency_key).collect() };
+    // A pass with nothing to send has just claimed from the outbox.
+    assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 0);
+    // This process claimed two messages and never sent them: one long ago (that claim
+    // has run out), one just now (it runs out a minute later).
+    let long_ago = Millis(now.0 - 2 * CLAIM.as_millis() as i64);
+    let me = b.rt.instance.as_str();
+    let strand = |key: &'static str, claimed_at: Millis| async move {
+        queue(key, long_ago).await;
+        let claimed = store.claim_outbox(me, &[Platform::Console], claimed_at, CLAIM, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+    };
+    strand("stranded 2", now).await;
+    strand("stranded", long_ago).await;
+
+    b.rt.store.claim_at_commit(Some(wavelet::store::Claimer {
+        owner: b.rt.instance.clone(),
+        platforms: vec![Platform::Console],
+        clock: b.rt.clock.clone(),
+        lease: CLAIM,
+    }));
+    queue("first", now).await;
+    assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 2);
+    assert_eq!(sent(), ["first", "stranded"], "handed over at commit; then the pass claims, having none left");
+    // A pass claims at least every CLAIM_EVERY while it has handed-over messages to send.
+    tokio::time::sleep(CLAIM_EVERY).await;
+    queue("second", now).await;
+    let later = now.plus(CLAIM).plus(std::time::Duration::from_millis(1));
+    assert_eq!(deliver_pending(&b.rt, &b.adapters, later).await.unwrap(), 2);
+    assert_eq!(sent(), ["stranded 2", "second"], "claimed by the pass at once, oldest first");
+    assert!(store.pending_outbox(Millis(i64::MAX), 10).await.unwrap().is_empty());
 }
 
 /// A run started in a batch asks someone else; their answer, later in the same batch, is
