@@ -436,7 +436,8 @@ fn fingerprint(kind: EffectKind, args: &serde_json::Value) -> String {
     let mut h = Sha256::new();
     h.update(kind.as_str().as_bytes());
     h.update([0]);
-    h.update(args.to_string().as_bytes());
+    // Straight into the hash: the same bytes as `args.to_string()`, without the copy.
+    let _ = serde_json::to_writer(&mut h, args);
     hex::encode(&h.finalize()[..8])
 }
 

@@ -156,39 +156,47 @@ pub struct StoredEntry {
 
 /// Writes JSON with object keys sorted and no spaces: the one encoding hashes are over.
 pub fn canonical_json(v: &serde_json::Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(v, &mut out);
-    out
+    // serde_json writes UTF-8 only, so this never falls back.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn write_canonical(v: &serde_json::Value, out: &mut String) {
+/// Strings and scalars are written as serde_json writes them (the same bytes as their
+/// `to_string()`), straight into `out`.
+fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
     match v {
         serde_json::Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&serde_json::Value::String((*k).clone()).to_string());
-                out.push(':');
+                write_json(k, out);
+                out.push(b':');
                 write_canonical(&m[k.as_str()], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         serde_json::Value::Array(a) => {
-            out.push('[');
+            out.push(b'[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(x, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => write_json(other, out),
     }
+}
+
+fn write_json<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing a string or a scalar into memory cannot fail.
+    let _ = serde_json::to_writer(out, v);
 }
 
 pub fn content_hash(content: &serde_json::Value) -> String {
@@ -455,6 +463,24 @@ mod tests {
     fn canonical_json_sorts_keys_at_every_depth() {
         let v = json!({ "b": 1, "a": { "d": [1, {"z": 0, "y": "é"}], "c": null } });
         assert_eq!(canonical_json(&v), r#"{"a":{"c":null,"d":[1,{"y":"é","z":0}]},"b":1}"#);
+    }
+
+    #[test]
+    fn canonical_json_writes_strings_and_numbers_as_serde_json_does() {
+        // Stored chains hash these bytes: they must stay what `to_string()` gave.
+        let scalars = [
+            json!("a\"b\\c\n\u{0}\u{202e}\u{200b}é"),
+            json!(1.5),
+            json!(-7),
+            json!(u64::MAX),
+            json!(null),
+            json!(true),
+        ];
+        for v in scalars {
+            assert_eq!(canonical_json(&v), v.to_string());
+        }
+        let key = "k\"\u{1}é";
+        assert_eq!(canonical_json(&json!({ key: [1, "x"] })), format!("{{{}:[1,\"x\"]}}", json!(key)));
     }
 
     #[test]

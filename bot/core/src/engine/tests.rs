@@ -399,3 +399,13 @@ fn members_of_an_unknown_role_is_an_error_not_nobody() {
     let e = failure(r#"fn run(ctx) { members(ctx.group, "leed"); }"#);
     assert!(e.message.contains("no role `leed`"), "{e}");
 }
+
+#[test]
+fn a_fingerprint_is_over_the_effect_and_its_arguments_as_compact_json() {
+    // Stored histories hold fingerprints: the encoding must not change.
+    let args = serde_json::json!({ "prompt": "Child's \"initials\"\n", "choices": ["a", "é"], "n": 1.5 });
+    let mut h = Sha256::new();
+    h.update(b"ask\0");
+    h.update(args.to_string().as_bytes());
+    assert_eq!(fingerprint(EffectKind::Ask, &args), hex::encode(&h.finalize()[..8]));
+}
