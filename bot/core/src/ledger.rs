@@ -479,6 +479,12 @@ mod tests {
         for v in scalars {
             assert_eq!(canonical_json(&v), v.to_string());
         }
+        // Pinned, so that a change of serde_json's output shows here too.
+        let pinned = [(json!(0.1), "0.1"), (json!(1e21), "1e+21"), (json!(-0.0), "-0.0"), (json!(1e-7), "1e-7")];
+        for (v, text) in pinned {
+            assert_eq!(canonical_json(&v), text);
+        }
+        assert_eq!(canonical_json(&json!("\u{1}\u{7f}\"\t")), "\"\\u0001\u{7f}\\\"\\t\"");
         let key = "k\"\u{1}é";
         assert_eq!(canonical_json(&json!({ key: [1, "x"] })), format!("{{{}:[1,\"x\"]}}", json!(key)));
     }

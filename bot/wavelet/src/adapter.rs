@@ -115,7 +115,11 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
     let mut delivered = 0;
     // Platforms still inside a wait they asked for (in this pass or an earlier one).
     let slowed: Mutex<Vec<Platform>> = Mutex::new(rt.slowed_until(now).into_keys().collect());
+    let start = now;
     loop {
+        // A pass goes on while there is work: its time moves with the clock (claims that
+        // ran out meanwhile are claimed, waits are counted from when they are asked for).
+        let now = start.max(rt.clock.now());
         // What a commit claimed as it queued it is sent without claiming anything here:
         // that commit claimed the due messages nobody had claimed (oldest first, up to
         // 200). Else, and at least once every [`CLAIM_EVERY`] while commits keep handing
@@ -123,7 +127,7 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
         // claims of this process that ran out, which commits leave alone), with any a
         // commit handed over meanwhile, so a room's messages go oldest first.
         let mut batch = store.take_handed().await;
-        if rt.passes.claim_now(batch.len()) {
+        if rt.passes.claim_now(batch.len(), now) {
             let open: Vec<Platform> = platforms.iter().copied().filter(|p| !is_slowed(&slowed, *p)).collect();
             batch.extend(store.claim_outbox(&rt.instance, &open, now, CLAIM, CLAIM_BATCH).await?);
             batch.extend(store.take_handed().await);
@@ -227,6 +231,8 @@ async fn deliver_queue(
     let store = &rt.store;
     let mut out = QueueOutcome { delivered: 0, progressed: false };
     for c in queue {
+        // Sends take time: what is recorded, and how long to wait, counts from now.
+        let now = now.max(rt.clock.now());
         let platform = c.message.room.platform();
         let Some(adapter) = adapters.get(platform).filter(|_| !is_slowed(slowed, platform)) else {
             // Slowed down in this pass: hand it back for the next.
@@ -279,8 +285,8 @@ async fn deliver_queue(
 pub struct DeliveryPasses {
     /// The commit count the latest finished pass began after.
     finished: tokio::sync::watch::Sender<u64>,
-    /// When a pass last claimed from the outbox itself.
-    claimed_at: Mutex<Option<std::time::Instant>>,
+    /// When a pass last claimed from the outbox itself (by the runtime's clock).
+    claimed_at: Mutex<Option<Millis>>,
 }
 
 impl Default for DeliveryPasses {
@@ -292,10 +298,9 @@ impl Default for DeliveryPasses {
 impl DeliveryPasses {
     /// Whether a pass with `handed` messages to send should also claim from the outbox:
     /// always when it has none, else once every [`CLAIM_EVERY`]. Records the claim.
-    fn claim_now(&self, handed: usize) -> bool {
+    fn claim_now(&self, handed: usize, now: Millis) -> bool {
         let mut at = self.claimed_at.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let due = handed == 0 || at.is_none_or(|t| now.duration_since(t) >= CLAIM_EVERY);
+        let due = handed == 0 || at.is_none_or(|t| now >= t.plus(CLAIM_EVERY));
         if due {
             *at = Some(now);
         }

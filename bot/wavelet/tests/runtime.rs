@@ -31,6 +31,7 @@ on_both!(
     a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass,
     direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_long,
     a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over,
+    a_claim_that_runs_out_while_a_pass_is_busy_is_sent_in_that_pass,
 );
 
 /// Serves rooms side by side; a send to a direct room takes `direct_ms`, others 10 ms.
@@ -272,11 +273,70 @@ async fn a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over(backend
     assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 2);
     assert_eq!(sent(), ["first", "stranded"], "handed over at commit; then the pass claims, having none left");
     // A pass claims at least every CLAIM_EVERY while it has handed-over messages to send.
-    tokio::time::sleep(CLAIM_EVERY).await;
     queue("second", now).await;
-    let later = now.plus(CLAIM).plus(std::time::Duration::from_millis(1));
+    let later = now.plus(CLAIM).plus(CLAIM_EVERY);
     assert_eq!(deliver_pending(&b.rt, &b.adapters, later).await.unwrap(), 2);
     assert_eq!(sent(), ["stranded 2", "second"], "claimed by the pass at once, oldest first");
+    assert!(store.pending_outbox(Millis(i64::MAX), 10).await.unwrap().is_empty());
+}
+
+/// While sending `first`, the clock moves past a claim's end and a step queues `second`:
+/// the pass keeps going with what that commit hands over.
+struct BusyPass {
+    clock: Arc<ManualClock>,
+    store: wavelet::store::Store,
+    sent: Mutex<Vec<String>>,
+}
+
+impl ChatAdapter for BusyPass {
+    fn platform(&self) -> Platform {
+        Platform::Console
+    }
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.sent.lock().unwrap().push(m.idempotency_key.clone());
+            if m.idempotency_key == "first" {
+                self.clock.advance(wavelet::adapter::CLAIM + std::time::Duration::from_millis(1));
+                let second = text_to("second", RoomRef::Shared { platform: Platform::Console, id: "north".into() });
+                let mut tx = self.store.begin().await.unwrap();
+                tx.enqueue(&second, None, self.clock.now_millis()).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A pass that commits keep busy goes by the clock, not by when it began: a claim of this
+/// process that runs out meanwhile is claimed and sent in that pass, before the newer
+/// message of its room.
+async fn a_claim_that_runs_out_while_a_pass_is_busy_is_sent_in_that_pass(backend: &str) {
+    use wavelet::adapter::CLAIM;
+    let dir = tempfile::tempdir().unwrap();
+    let b = bot(&fresh(backend, dir.path()).await, None).await;
+    let store = &b.rt.store;
+    let now = b.rt.clock.now();
+    let north = || RoomRef::Shared { platform: Platform::Console, id: "north".into() };
+    // Claimed by this process just now, never sent: the claim runs out a minute later.
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&text_to("stranded", north()), None, now).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.claim_outbox(&b.rt.instance, &[Platform::Console], now, CLAIM, 10).await.unwrap().len(), 1);
+
+    store.claim_at_commit(Some(wavelet::store::Claimer {
+        owner: b.rt.instance.clone(),
+        platforms: vec![Platform::Console],
+        clock: b.rt.clock.clone(),
+        lease: CLAIM,
+    }));
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&text_to("first", north()), None, now).await.unwrap();
+    tx.commit().await.unwrap();
+    let busy = Arc::new(BusyPass { clock: b.clock.clone(), store: store.clone(), sent: Mutex::default() });
+    let mut adapters = Adapters::default();
+    adapters.add(busy.clone());
+    assert_eq!(deliver_pending(&b.rt, &adapters, now).await.unwrap(), 3);
+    assert_eq!(*busy.sent.lock().unwrap(), ["first", "stranded", "second"]);
     assert!(store.pending_outbox(Millis(i64::MAX), 10).await.unwrap().is_empty());
 }
 
