@@ -297,10 +297,11 @@ impl Default for DeliveryPasses {
 
 impl DeliveryPasses {
     /// Whether a pass with `handed` messages to send should also claim from the outbox:
-    /// always when it has none, else once every [`CLAIM_EVERY`]. Records the claim.
+    /// always when it has none, else once every [`CLAIM_EVERY`] (and at once if the clock
+    /// went back since the last claim). Records the claim.
     fn claim_now(&self, handed: usize, now: Millis) -> bool {
         let mut at = self.claimed_at.lock().unwrap_or_else(|e| e.into_inner());
-        let due = handed == 0 || at.is_none_or(|t| now >= t.plus(CLAIM_EVERY));
+        let due = handed == 0 || at.is_none_or(|t| now >= t.plus(CLAIM_EVERY) || now < t);
         if due {
             *at = Some(now);
         }
@@ -363,6 +364,25 @@ mod tests {
 
     fn ids(queues: &[Vec<ClaimedMessage>]) -> Vec<Vec<i64>> {
         queues.iter().map(|q| q.iter().map(|c| c.id).collect()).collect()
+    }
+
+    #[test]
+    fn a_pass_with_handed_over_messages_claims_once_a_second() {
+        let passes = DeliveryPasses::default();
+        let second = CLAIM_EVERY.as_millis() as i64;
+        // (handed-over messages, now, claims?) in order, each after the one before.
+        let cases = [
+            (3, 10_000, true),               // the first pass claims
+            (3, 10_000 + second - 1, false), // not yet a second since
+            (0, 10_000 + second - 1, true),  // nothing handed over: it claims
+            (3, 10_000 + second, false),     // a second since the first, not the last
+            (3, 10_000 + 2 * second, true),  // a second since the last
+            (3, 5_000, true),                // the clock went back
+            (3, 5_001, false),
+        ];
+        for (i, (handed, now, claims)) in cases.into_iter().enumerate() {
+            assert_eq!(passes.claim_now(handed, Millis(now)), claims, "case {i}");
+        }
     }
 
     #[tokio::test]
