@@ -348,11 +348,12 @@ pub fn describe(c: &ClaimedMessage) -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use wavelet_core::{MessageBody, RoomRef};
 
-    fn claimed(id: i64, room: &str) -> ClaimedMessage {
+    /// A claimed message with id `id` to the Matrix room `room` (also used by the store's tests).
+    pub(crate) fn claimed(id: i64, room: &str) -> ClaimedMessage {
         let message = OutboundMessage {
             idempotency_key: format!("k{id}"),
             room: RoomRef::Shared { platform: Platform::Matrix, id: room.into() },

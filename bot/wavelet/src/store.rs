@@ -221,7 +221,7 @@ pub const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 pub const CLAIM_BATCH: i64 = 200;
 
 /// Who runs a claim, which decides what it may take.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum ClaimBy {
     /// A delivery pass: every due message nobody holds a live claim on, its own lapsed
     /// claims included (a pass runs when the previous one is over, so nothing it claimed
@@ -2012,16 +2012,9 @@ impl Tx {
 mod tests {
     use super::{Arc, ClaimedMessage, Handoff, redact};
     use std::time::Duration;
-    use wavelet_core::{MessageBody, OutboundMessage, Platform, RoomRef};
 
     fn claimed(id: i64) -> ClaimedMessage {
-        let message = OutboundMessage {
-            idempotency_key: format!("k{id}"),
-            room: RoomRef::Shared { platform: Platform::Matrix, id: "north".into() },
-            person: None,
-            body: MessageBody::Text { text: String::new() },
-        };
-        ClaimedMessage { id, message, attempts: 0, run_id: None, share_case: None }
+        crate::adapter::tests::claimed(id, "north")
     }
 
     fn ids(taken: &[ClaimedMessage]) -> Vec<i64> {
