@@ -29,6 +29,8 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Workflows that start on their own (`[[schedule]]`).
     pub schedules: Vec<Schedule>,
+    /// The ledger's outside witness (`[audit]`), when configured.
+    pub witness: Option<WitnessConfig>,
     /// The Matrix connection (`[matrix]`), when Wavelet talks on Matrix.
     pub matrix: Option<MatrixConfig>,
     /// The Discord connection (`[discord]`), when Wavelet talks on Discord.
@@ -70,6 +72,33 @@ pub struct MatrixConfig {
     /// The session, sync position, state and crypto stores; resolved against the config
     /// file's folder. Default `matrix-state`.
     pub state_dir: PathBuf,
+}
+
+/// The id of Wavelet's own schedule that posts the ledger's head (see [`WitnessConfig`]);
+/// a `[[schedule]]` may not take it.
+pub const WITNESS_SCHEDULE: &str = "ledger-witness";
+
+/// The ledger's outside witness (`[audit]`): when `cron` (UTC) says, Wavelet posts the
+/// ledger's head (its last entry's number and hash) into `group`'s rooms. A copy of the
+/// chain made to verify after rewriting it (which a database superuser can do) no longer
+/// ends at, or passes through, a hash posted earlier: `wavelet audit verify --witness
+/// ENTRY:HASH` checks the chain against what was posted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessConfig {
+    pub group: String,
+    pub cron: crate::schedule::Cron,
+}
+
+impl WitnessConfig {
+    /// The schedule that fires the witness, kept in the store like a workflow's.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            id: WITNESS_SCHEDULE.to_string(),
+            workflow: String::new(),
+            cron: self.cron.clone(),
+            group: self.group.clone(),
+        }
+    }
 }
 
 /// A workflow started by the clock: `cron` (UTC) says when, for `group`.

@@ -73,6 +73,9 @@ pub enum EntryKind {
     /// One room's copy of a share reached the chat platform.
     #[serde(rename = "share.delivered")]
     ShareDelivered,
+    /// The chain's head was posted outside it, as a witness (`[audit]`).
+    #[serde(rename = "ledger.witnessed")]
+    LedgerWitnessed,
 }
 
 impl EntryKind {
@@ -107,6 +110,7 @@ impl EntryKind {
             EntryKind::DeliveryFailed => "delivery.failed",
             EntryKind::RefusedInvite => "refused.invite",
             EntryKind::ShareDelivered => "share.delivered",
+            EntryKind::LedgerWitnessed => "ledger.witnessed",
         }
     }
 }
@@ -284,6 +288,49 @@ pub struct VerifyReport {
     pub entries: i64,
     pub erased: i64,
     pub head: Head,
+    /// How many witnesses the chain was checked against (all matched).
+    pub witnessed: usize,
+}
+
+/// A chain head posted outside the chain (the ledger witness, `[audit]`): entry `seq`
+/// had `hash` when it was posted. Written `SEQ:HASH`, as the witness message gives it.
+///
+/// The chain alone proves only that it is consistent: whoever can write the database
+/// past its triggers (a superuser) can rewrite an entry and every hash after it, and the
+/// result verifies. It cannot also change what was posted in a chat room, so a rewritten
+/// (or shortened) chain no longer matches its witnesses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Witness {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl std::str::FromStr for Witness {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Witness, String> {
+        let bad = |why: &str| {
+            format!(
+                "`{s}` is not a witness ({why}): write ENTRY:HASH as the ledger witness posted it, \
+                e.g. 1234:{}",
+                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            )
+        };
+        let (seq, hash) = s.trim().split_once(':').ok_or_else(|| bad("no `:`"))?;
+        let seq =
+            seq.trim().parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| bad("entries are numbered from 1"))?;
+        let hash = hash.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("a hash is 64 hexadecimal digits"));
+        }
+        Ok(Witness { seq, hash })
+    }
+}
+
+impl fmt::Display for Witness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
 }
 
 /// Walks entries in sequence order and checks each link, each content hash, and that
@@ -292,6 +339,22 @@ pub struct VerifyReport {
 /// Content may be missing only where a later `content.erased` entry (itself chained)
 /// names the entry: an erasure nobody recorded is tampering.
 pub fn verify(entries: impl IntoIterator<Item = StoredEntry>, head: &Head) -> Result<VerifyReport, ChainFault> {
+    verify_witnessed(entries, head, &[])
+}
+
+/// [`verify`], and also that the chain passes through every witness: entry `seq` still
+/// has the hash that was posted for it, and the chain has not been cut short of it.
+pub fn verify_witnessed(
+    entries: impl IntoIterator<Item = StoredEntry>,
+    head: &Head,
+    witnesses: &[Witness],
+) -> Result<VerifyReport, ChainFault> {
+    let mut posted: std::collections::BTreeMap<i64, Vec<&str>> = std::collections::BTreeMap::new();
+    for w in witnesses {
+        posted.entry(w.seq).or_default().push(&w.hash);
+    }
+    // The last entry that matched its witness: the chain is as posted up to there.
+    let mut matched: Option<i64> = None;
     let entries: Vec<StoredEntry> = entries.into_iter().collect();
     let recorded_erasures: std::collections::HashSet<i64> = entries
         .iter()
@@ -330,6 +393,24 @@ pub fn verify(entries: impl IntoIterator<Item = StoredEntry>, head: &Head) -> Re
                 return Err(ChainFault { seq, problem: "its content is gone without a recorded erasure".into() });
             }
         }
+        if let Some(hashes) = posted.get(&seq) {
+            if let Some(other) = hashes.iter().find(|h| **h != l.hash) {
+                let since = match matched {
+                    Some(m) => format!(" and after entry {m}, which matches its witness"),
+                    None => String::new(),
+                };
+                return Err(ChainFault {
+                    seq,
+                    problem: format!(
+                        "differs from its witness: {} was posted for it, the chain now has {}; the chain was \
+                        rewritten at or before this entry{since}",
+                        short(other),
+                        short(&l.hash)
+                    ),
+                });
+            }
+            matched = Some(seq);
+        }
         expect = Head { seq: l.seq, hash: l.hash.clone() };
     }
     if expect != *head {
@@ -342,7 +423,23 @@ pub fn verify(entries: impl IntoIterator<Item = StoredEntry>, head: &Head) -> Re
         };
         return Err(ChainFault { seq: expect.seq.min(head.seq) + 1, problem });
     }
-    Ok(VerifyReport { entries: expect.seq, erased, head: expect })
+    if let Some((&seq, hashes)) = posted.range(expect.seq + 1..).next() {
+        return Err(ChainFault {
+            seq: expect.seq + 1,
+            problem: format!(
+                "missing: a witness posted entry {seq} ({}) but the chain ends at entry {}; entries were removed",
+                short(hashes[0]),
+                expect.seq
+            ),
+        });
+    }
+    Ok(VerifyReport { entries: expect.seq, erased, head: expect, witnessed: witnesses.len() })
+}
+
+/// The start of a hash, enough to tell two apart in a message (by characters: a hash
+/// read from a tampered store may hold anything).
+fn short(hash: &str) -> String {
+    format!("{}…", hash.chars().take(16).collect::<String>())
 }
 
 #[cfg(test)]
@@ -379,6 +476,91 @@ mod tests {
         let r = verify(e, &head).unwrap();
         assert_eq!(r.entries, 5);
         assert_eq!(verify(vec![], &Head::genesis()).unwrap().entries, 0);
+    }
+
+    /// The chain a superuser can make: entry `from`'s content changed and every hash from
+    /// there on recomputed, head included. It verifies on its own.
+    fn rewritten(entries: &[StoredEntry], from: usize) -> (Vec<StoredEntry>, Head) {
+        let mut head = Head { seq: from as i64 - 1, hash: entries[from - 2].link.hash.clone() };
+        let mut out = entries[..from - 1].to_vec();
+        for (i, e) in entries[from - 1..].iter().enumerate() {
+            let mut content = e.content.clone().unwrap();
+            if i == 0 {
+                content["answer"] = json!("a quieter version of events");
+            }
+            let d = Draft {
+                at: e.link.at,
+                kind: EntryKind::QuestionAnswered,
+                case_id: e.link.case_id.clone(),
+                run_id: e.link.run_id.clone(),
+                actor: e.link.actor.clone(),
+                script_hash: None,
+                content: content.clone(),
+            };
+            out.push(StoredEntry { link: head.append(&d), content: Some(content) });
+        }
+        (out, head)
+    }
+
+    fn witness(e: &StoredEntry) -> Witness {
+        Witness { seq: e.link.seq, hash: e.link.hash.clone() }
+    }
+
+    #[test]
+    fn witnesses_catch_a_rewritten_chain_that_verifies_on_its_own() {
+        let (e, head) = chain(8);
+        let posted = [witness(&e[2]), witness(&e[5])];
+        let r = verify_witnessed(e.clone(), &head, &posted).expect("the untouched chain passes its witnesses");
+        assert_eq!((r.entries, r.witnessed), (8, 2));
+
+        // Rewritten from entry 5: consistent, so it verifies without witnesses...
+        let (forged, forged_head) = rewritten(&e, 5);
+        assert_ne!(forged_head, head);
+        assert!(verify(forged.clone(), &forged_head).is_ok());
+        // ...but not against what was posted: entry 6's witness no longer matches, and
+        // entry 3's still does, which bounds where the rewrite began.
+        let f = verify_witnessed(forged.clone(), &forged_head, &posted).unwrap_err();
+        assert_eq!(f.seq, 6, "{f}");
+        assert!(f.problem.contains("differs from its witness"), "{f}");
+        assert!(f.problem.contains("after entry 3"), "{f}");
+        assert!(f.problem.contains(&e[5].link.hash[..16]), "names the posted hash: {f}");
+        // Witnesses before the rewrite still pass: they only see what was posted.
+        assert!(verify_witnessed(forged, &forged_head, &[witness(&e[2])]).is_ok());
+
+        // Cut short, with the head moved back to match: the witness of entry 6 is past the end.
+        let mut cut = e.clone();
+        cut.truncate(4);
+        let cut_head = Head { seq: 4, hash: cut[3].link.hash.clone() };
+        assert!(verify(cut.clone(), &cut_head).is_ok());
+        let f = verify_witnessed(cut, &cut_head, &posted).unwrap_err();
+        assert_eq!(f.seq, 5, "{f}");
+        assert!(f.problem.contains("a witness posted entry 6") && f.problem.contains("entries were removed"), "{f}");
+
+        // Two witnesses posted for one entry must both match.
+        let wrong = Witness { seq: 3, hash: "0".repeat(64) };
+        let f = verify_witnessed(e.clone(), &head, &[witness(&e[2]), wrong]).unwrap_err();
+        assert_eq!(f.seq, 3, "{f}");
+        assert!(!f.problem.contains("after entry"), "no earlier witness matched: {f}");
+    }
+
+    #[test]
+    fn a_witness_is_read_as_entry_colon_hash_and_bad_ones_say_how_to_write_it() {
+        let hash = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+        let w: Witness = format!(" 1234:{hash} ").parse().unwrap();
+        assert_eq!(w, Witness { seq: 1234, hash: hash.to_ascii_lowercase() });
+        assert_eq!(w.to_string().parse::<Witness>().unwrap(), w);
+        for (bad, why) in [
+            ("1234", "no `:`"),
+            (&format!("0:{hash}")[..], "numbered from 1"),
+            (&format!("-3:{hash}")[..], "numbered from 1"),
+            (&format!("x:{hash}")[..], "numbered from 1"),
+            ("12:abc", "64 hexadecimal digits"),
+            (&format!("12:{}", "g".repeat(64))[..], "64 hexadecimal digits"),
+            (&format!("12:{}", "é".repeat(32))[..], "64 hexadecimal digits"),
+        ] {
+            let e = bad.parse::<Witness>().unwrap_err();
+            assert!(e.contains(why) && e.contains("write ENTRY:HASH"), "{bad}: {e}");
+        }
     }
 
     #[test]

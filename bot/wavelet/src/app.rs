@@ -36,9 +36,13 @@ pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> an
     let dir = Arc::new(Directory::new(config));
     let runtime = Arc::new(Runtime::new(store, dir, Arc::new(RwLock::new(workflows)), engine, clock));
     let now = runtime.clock.now();
+    // The workflows' schedules, and the ledger witness's when `[audit]` asks for one.
+    let config = runtime.dir.config();
+    let schedules: Vec<_> =
+        config.schedules.iter().cloned().chain(config.witness.as_ref().map(|w| w.schedule())).collect();
     runtime
         .store
-        .sync_schedules(&runtime.dir.config().schedules, now)
+        .sync_schedules(&schedules, now)
         .await
         .context("cannot bring the schedules up to date in the store")?;
     Ok(Parts { runtime, load })

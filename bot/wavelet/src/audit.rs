@@ -5,11 +5,19 @@ use crate::runtime::Runtime;
 use crate::store::{self, Store};
 use serde_json::json;
 use std::io::Write;
-use wavelet_core::ledger::{ChainFault, Draft, EntryKind, StoredEntry, VerifyReport, verify};
+use wavelet_core::ledger::{ChainFault, Draft, EntryKind, StoredEntry, VerifyReport, Witness, verify_witnessed};
 use wavelet_core::{Directory, roles, text};
 
 /// Walks the whole chain, a page at a time.
 pub async fn verify_store(store: &Store) -> store::Result<Result<VerifyReport, ChainFault>> {
+    verify_store_witnessed(store, &[]).await
+}
+
+/// [`verify_store`], and checks the chain against ledger witnesses (what was posted).
+pub async fn verify_store_witnessed(
+    store: &Store,
+    witnesses: &[Witness],
+) -> store::Result<Result<VerifyReport, ChainFault>> {
     // The chain up to the head read now: entries appended meanwhile (a running Wavelet)
     // belong to the next verification, not to this one's "beyond the head".
     let head = store.ledger_head().await?;
@@ -21,7 +29,7 @@ pub async fn verify_store(store: &Store) -> store::Result<Result<VerifyReport, C
         after = last.link.seq;
         all.extend(page);
     }
-    Ok(verify(all, &head))
+    Ok(verify_witnessed(all, &head, witnesses))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -68,7 +68,12 @@ struct InputArgs {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain; exit non-zero and name the first bad entry.
-    Verify,
+    Verify {
+        /// A ledger witness, ENTRY:HASH as posted in the witness group's rooms: the chain
+        /// must still pass through it (repeat for each witness kept).
+        #[arg(long = "witness", value_name = "ENTRY:HASH")]
+        witnesses: Vec<wavelet_core::ledger::Witness>,
+    },
     /// A case's timeline (recorded in the ledger as read by --as).
     Show {
         #[arg(long)]
@@ -176,6 +181,14 @@ fn check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
                 sch.workflow
             );
         }
+    }
+    match &config.witness {
+        Some(w) => {
+            println!("  ok  ledger witness: the ledger's head is posted to group `{}` at `{}` (UTC)", w.group, w.cron)
+        }
+        None => println!(
+            "  note  no ledger witness: add [audit] witness_group = \"…\" so the ledger's head is posted outside the database each day (README, \"The ledger witness\")"
+        ),
     }
     Ok(if report.refused.is_empty() && unscheduled == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -304,9 +317,17 @@ async fn audit_command(config_path: &std::path::Path, a: AuditCommand) -> anyhow
     let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
     let rt = parts.runtime;
     match a {
-        AuditCommand::Verify => match audit::verify_store(&rt.store).await? {
+        AuditCommand::Verify { witnesses } => match audit::verify_store_witnessed(&rt.store, &witnesses).await? {
             Ok(r) => {
-                println!("ledger verified: {} entries, {} erased, head {}", r.entries, r.erased, r.head.hash);
+                let witnessed = match r.witnessed {
+                    0 => String::new(),
+                    1 => ", and it matches its witness".to_string(),
+                    n => format!(", and it matches all {n} witnesses"),
+                };
+                println!(
+                    "ledger verified: {} entries, {} erased, head {} (entry {}){witnessed}",
+                    r.entries, r.erased, r.head.hash, r.head.seq
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(fault) => {

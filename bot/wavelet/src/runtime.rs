@@ -7,11 +7,12 @@ use crate::store::{self, CaseRow, Due, DueTimer, EscalationRow, EscalationStatus
 use crate::workflows::Workflows;
 use serde_json::json;
 use std::sync::{Arc, Mutex, RwLock};
+use wavelet_core::config::WITNESS_SCHEDULE;
 use wavelet_core::engine::{
     ACK_TIMED_OUT, Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine,
 };
 use wavelet_core::escalation::{self, CaseSummary};
-use wavelet_core::ledger::{Draft, EntryKind};
+use wavelet_core::ledger::{Draft, EntryKind, Witness};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{
     Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag, render, roles, text,
@@ -322,8 +323,58 @@ impl Runtime {
         match due {
             Due::Timer(t) => self.fire_timer(tx, t, now).await,
             Due::Escalation(e) => self.next_stage(tx, (**e).clone(), now).await.map(|()| true),
+            Due::Schedule(s) if s.id == WITNESS_SCHEDULE => self.post_witness(tx, s, now).await.map(|()| true),
             Due::Schedule(s) => self.start_scheduled(tx, s, now).await.map(|()| true),
         }
+    }
+
+    /// The ledger witness (`[audit]`): posts the chain's head, as this transaction sees it,
+    /// into the witness group's rooms, and records that it did (an entry after the one
+    /// posted). The message goes out only if this transaction commits, so what it names is
+    /// in the chain.
+    async fn post_witness(&self, tx: &mut Tx, s: &crate::store::DueSchedule, now: Millis) -> store::Result<()> {
+        let next = wavelet_core::schedule::Cron::parse(&s.cron).ok().and_then(|c| c.next_after(now));
+        tx.schedule_fired(&s.id, now, next).await?;
+        let head = tx.head().clone();
+        if head.seq == 0 {
+            // Nothing to witness yet (a running Wavelet records its workflows first, so
+            // only a store used by nothing else).
+            return Ok(());
+        }
+        let witness = Witness { seq: head.seq, hash: head.hash.clone() };
+        let text = format!(
+            "Ledger witness, {}: entry {} has hash {}.\nKeep this message. Reviewers can check the ledger \
+            still holds what it held now with `wavelet audit verify --witness {witness}`.",
+            now.rfc3339(),
+            head.seq,
+            head.hash,
+        );
+        let rooms = self.group_rooms(&s.group_id);
+        for room in &rooms {
+            let m = OutboundMessage {
+                idempotency_key: format!("witness:{}:{room}", s.due_at.0),
+                room: room.clone(),
+                person: None,
+                body: MessageBody::Text { text: text.clone() },
+            };
+            tx.enqueue(&m, None, now).await?;
+        }
+        tx.append(Draft {
+            at: now,
+            kind: EntryKind::LedgerWitnessed,
+            case_id: None,
+            run_id: None,
+            actor: WAVELET.to_string(),
+            script_hash: None,
+            content: json!({
+                "seq": head.seq,
+                "hash": head.hash,
+                "group": s.group_id,
+                "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            }),
+        });
+        tracing::info!(seq = head.seq, group = %s.group_id, "ledger witness posted");
+        Ok(())
     }
 
     /// Starts a scheduled workflow once and sets the schedule's next time (after now: a

@@ -1311,6 +1311,12 @@ impl Tx {
         }
     }
 
+    /// The chain's head as this transaction sees it: the last entry committed before it
+    /// began, or the last it appended.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
     /// How much this transaction holds in view (runs and inbound events): what a
     /// transaction carried on from it starts with.
     pub fn view_size(&self) -> usize {

@@ -46,6 +46,19 @@ fn the_piped_example_raises_a_concern_and_leaves_a_ledger_that_verifies() {
     let (code, out) = wavelet(&config, &["audit", "verify"], None);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ledger verified"), "{out}");
+    // What a witness would have posted: the head, as ENTRY:HASH.
+    let (hash, entry) = out.split_once(", head ").unwrap().1.split_once(" (entry ").unwrap();
+    let head = format!("{}:{hash}", entry.split_once(')').unwrap().0);
+    let (code, out) = wavelet(&config, &["audit", "verify", "--witness", &head], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("matches its witness"), "{out}");
+    let other = format!("{}:{}", head.split_once(':').unwrap().0, "ab".repeat(32));
+    let (code, out) = wavelet(&config, &["audit", "verify", "--witness", &head, "--witness", &other], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("LEDGER DOES NOT VERIFY") && out.contains("differs from its witness"), "{out}");
+    let (code, out) = wavelet(&config, &["audit", "verify", "--witness", "yesterday's"], None);
+    assert_eq!(code, 2, "a witness that is not ENTRY:HASH is a usage error: {out}");
+    assert!(out.contains("write ENTRY:HASH"), "{out}");
     let (code, out) = wavelet(&config, &["audit", "show", "--case", "C-1", "--as", "rey"], None);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("share") && out.contains("protect a child from harm"), "{out}");

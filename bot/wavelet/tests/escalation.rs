@@ -12,6 +12,7 @@ use wavelet::store::{EscalationStatus, RunStatus};
 on_both!(
     two_processes_fire_each_due_stage_once,
     a_schedule_fires_once_across_processes_and_once_after_downtime,
+    the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chain_against_it,
     overdue_stages_fire_at_once_in_due_order_and_say_how_late,
     a_run_waits_for_an_acknowledgement_until_its_deadline,
     closing_a_case_stops_its_escalation,
@@ -324,6 +325,63 @@ async fn a_schedule_fires_once_across_processes_and_once_after_downtime(backend:
     assert!(scheduled[1]["late_ms"].as_i64().unwrap() > 14 * 86_400_000, "{:?}", scheduled[1]);
     assert_eq!(digests(fire(&mut b).await), ["bea", "carl"]);
     a.verify().await;
+}
+
+async fn the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chain_against_it(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    // The example posts at 07:00 UTC to the reviewers' room; the clock starts at 16:00.
+    let mut a = bot(&url, None).await;
+    let mut b = bot(&url, None).await;
+    raise(&mut a, "alice").await;
+    let witnessed = |sent: &[OutboundMessage]| -> Vec<String> {
+        sent.iter()
+            .filter(|m| m.room == RoomRef::Shared { platform: Platform::Console, id: "reviewers".into() })
+            .map(|m| m.body.plain())
+            .collect()
+    };
+    for bot in [&a, &b] {
+        bot.clock.advance(Duration::from_secs(14 * 3600));
+    }
+    assert!(witnessed(&fire(&mut a).await).is_empty(), "not before 07:00");
+    let head_before = a.rt.store.ledger_head().await.unwrap();
+    for bot in [&a, &b] {
+        bot.clock.advance(Duration::from_secs(3600 + 60));
+    }
+    let (fa, fb) = tokio::join!(fire(&mut a), fire(&mut b));
+    let posted = witnessed(&[fa, fb].concat());
+    assert_eq!(posted.len(), 1, "once between two processes: {posted:?}");
+    // It names the head as it was, and says how to check against it.
+    let text = &posted[0];
+    assert!(text.starts_with("Ledger witness, 2025-11-25T07:01:00.000Z: entry "), "{text}");
+    let arg = text.split("--witness ").nth(1).unwrap().trim_end_matches("`.");
+    let w: wavelet_core::ledger::Witness = arg.parse().unwrap();
+    assert!(text.contains(&format!("entry {} has hash {}", w.seq, w.hash)), "{text}");
+    // The head when it fired: the stored entry it names, at or after the head before the
+    // day's due work, and the ledger records the witness as the entry after it.
+    let entries = a.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    assert!(w.seq >= head_before.seq, "{w:?} before {head_before:?}");
+    assert_eq!(entries[w.seq as usize - 1].link.hash, w.hash);
+    let recorded: Vec<_> = entries.iter().filter(|e| e.link.kind == "ledger.witnessed").collect();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].link.seq, w.seq + 1);
+    let c = recorded[0].content.as_ref().unwrap();
+    assert_eq!((c["seq"].as_i64(), c["hash"].as_str()), (Some(w.seq), Some(w.hash.as_str())));
+    assert_eq!(c["rooms"], serde_json::json!(["console:reviewers"]));
+    let report = wavelet::audit::verify_store_witnessed(&a.rt.store, std::slice::from_ref(&w)).await.unwrap().unwrap();
+    assert_eq!(report.witnessed, 1);
+
+    // The next day, once more, naming the new head.
+    raise(&mut a, "dana").await;
+    for bot in [&a, &b] {
+        bot.clock.advance(Duration::from_secs(86_400));
+    }
+    let posted = witnessed(&fire(&mut b).await);
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let next: wavelet_core::ledger::Witness =
+        posted[0].split("--witness ").nth(1).unwrap().trim_end_matches("`.").parse().unwrap();
+    assert!(next.seq > w.seq + 1, "{next:?} after {w:?}");
+    wavelet::audit::verify_store_witnessed(&a.rt.store, &[w, next]).await.unwrap().expect("both witnesses match");
 }
 
 async fn a_case_closed_while_wavelet_was_down_is_not_escalated_further(backend: &str) {

@@ -16,7 +16,8 @@ fn root() -> PathBuf {
 }
 
 /// The example configuration with short escalation waits (level 1: 1 s, level 2: 60 s),
-/// and without its weekly schedule.
+/// and without what follows its first `[[schedule]]` (the weekly digest, the ledger
+/// witness): nothing is due once the input is handled.
 fn config(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(root().join("examples/wavelet.toml")).unwrap();
     let text = text.split("[[schedule]]").next().unwrap();

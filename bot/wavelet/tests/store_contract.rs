@@ -227,6 +227,9 @@ contract! {
     tampering_deleted_content_row_is_not_taken_for_an_erasure:
         sqlite_tampering_deleted_content_row_is_not_taken_for_an_erasure,
         postgres_tampering_deleted_content_row_is_not_taken_for_an_erasure;
+    tampering_rewritten_chain_is_found_by_its_witnesses:
+        sqlite_tampering_rewritten_chain_is_found_by_its_witnesses,
+        postgres_tampering_rewritten_chain_is_found_by_its_witnesses;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1302,6 +1305,59 @@ async fn tampering_deleted_content_row_is_not_taken_for_an_erasure(store: &Store
     let f = tamper(store, &[("DELETE FROM ledger_content WHERE seq = 4", 1)]).await;
     assert_eq!(f.seq, 4, "{f}");
     assert!(f.problem.contains("content was changed"), "{f}");
+}
+
+/// The attack the chain alone cannot see: entry 4's content changed and every hash from
+/// there on recomputed, the head moved to match. Only the witnesses posted before (entries
+/// 3 and 5) tell.
+async fn tampering_rewritten_chain_is_found_by_its_witnesses(store: &Store) {
+    let before = build_chain(store, 6).await;
+    let posted: Vec<ledger::Witness> = [&before[2], &before[4]]
+        .iter()
+        .map(|e| ledger::Witness { seq: e.link.seq, hash: e.link.hash.clone() })
+        .collect();
+    let ok = wavelet::audit::verify_store_witnessed(store, &posted).await.unwrap().expect("untouched, it matches");
+    assert_eq!(ok.witnessed, 2);
+
+    let mut head = Head { seq: 3, hash: before[2].link.hash.clone() };
+    let mut statements = Vec::new();
+    for e in &before[3..] {
+        let mut content = e.content.clone().unwrap();
+        if e.link.seq == 4 {
+            content["answer"] = json!("nothing happened");
+            statements.push(format!(
+                "UPDATE ledger_content SET content = '{}' WHERE seq = 4",
+                ledger::canonical_json(&content)
+            ));
+        }
+        let l = head.append(&Draft {
+            at: e.link.at,
+            kind: EntryKind::QuestionAnswered,
+            case_id: e.link.case_id.clone(),
+            run_id: e.link.run_id.clone(),
+            actor: e.link.actor.clone(),
+            script_hash: e.link.script_hash.clone(),
+            content,
+        });
+        statements.push(format!(
+            "UPDATE ledger SET content_hash = '{}', prev_hash = '{}', hash = '{}' WHERE seq = {}",
+            l.content_hash, l.prev_hash, l.hash, l.seq
+        ));
+    }
+    statements.push(format!("UPDATE ledger_head SET seq = {}, hash = '{}' WHERE id = 1", head.seq, head.hash));
+    let mut raw = Raw::connect(store).await;
+    raw.disable_ledger_guards().await;
+    for sql in &statements {
+        raw.must(sql, 1).await;
+    }
+    raw.close().await;
+
+    let rewritten = store.ledger_page(0, 100).await.unwrap();
+    assert_eq!(rewritten[3].content.as_ref().unwrap()["answer"], "nothing happened", "the rewrite happened");
+    assert!(wavelet::audit::verify_store(store).await.unwrap().is_ok(), "on its own the rewritten chain verifies");
+    let f = wavelet::audit::verify_store_witnessed(store, &posted).await.unwrap().expect_err("its witness tells");
+    assert_eq!(f.seq, 5, "{f}");
+    assert!(f.problem.contains("differs from its witness") && f.problem.contains("after entry 3"), "{f}");
 }
 
 /// SQLite only: `REPLACE` deletes the old row without firing DELETE triggers (unless

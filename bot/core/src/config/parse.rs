@@ -8,7 +8,8 @@
 
 use super::{
     Agency, Config, ConfigError, ConfigErrors, DATABASE_URL_ENV, DiscordConfig, EnvLookup, Group, Level, Limits,
-    MatrixConfig, Notify, Person, Policy, Role, Schedule, StoreConfig, WorkflowsConfig,
+    MatrixConfig, Notify, Person, Policy, Role, Schedule, StoreConfig, WITNESS_SCHEDULE, WitnessConfig,
+    WorkflowsConfig,
 };
 use crate::domain::{Account, Platform, RoomRef};
 use std::collections::HashMap;
@@ -27,8 +28,20 @@ const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ANSWER_CHARS_LIMIT: usize = 1_000_000;
 
-const TOP_KEYS: &[&str] =
-    &["store", "workflows", "limits", "role", "agency", "person", "group", "policy", "schedule", "matrix", "discord"];
+const TOP_KEYS: &[&str] = &[
+    "store",
+    "workflows",
+    "limits",
+    "audit",
+    "role",
+    "agency",
+    "person",
+    "group",
+    "policy",
+    "schedule",
+    "matrix",
+    "discord",
+];
 const MATRIX_KEYS: &[&str] = &["homeserver", "user", "state_dir"];
 const DISCORD_KEYS: &[&str] = &["api_base", "message_content"];
 /// The environment variable the Discord bot token is read from.
@@ -44,6 +57,9 @@ const MAX_REPEAT: i64 = 10;
 const STORE_KEYS: &[&str] = &["url"];
 const WORKFLOWS_KEYS: &[&str] = &["dir", "reload_interval"];
 const LIMITS_KEYS: &[&str] = &["max_answer_chars"];
+const AUDIT_KEYS: &[&str] = &["witness_group", "witness_cron"];
+/// When the witness posts by default: every day at 07:00 UTC.
+const DEFAULT_WITNESS_CRON: &str = "0 7 * * *";
 const ROLE_KEYS: &[&str] = &["id", "description"];
 const AGENCY_KEYS: &[&str] = &["id", "name"];
 const PERSON_KEYS: &[&str] = &["id", "name", "agency", "roles", "accounts"];
@@ -90,6 +106,7 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
     let store = read_store(&mut rep, &root, base_dir, env);
     let workflows = read_workflows(&mut rep, &root, base_dir);
     let limits = read_limits(&mut rep, &root);
+    let witness = read_audit(&mut rep, &root);
     let matrix = read_matrix(&mut rep, &root, base_dir);
     let discord = read_discord(&mut rep, &root);
 
@@ -108,7 +125,20 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
     let person_ids = unique_ids(&mut rep, "person", people.iter().map(|p| (&p.path, &p.id)));
     let group_ids = unique_ids(&mut rep, "group", groups.iter().map(|g| (&g.path, &g.id)));
     unique_ids(&mut rep, "schedule", schedules.iter().map(|s| (&s.path, &s.id)));
+    if let Some((group, _)) = &witness {
+        check_ref(&mut rep, group, "audit.witness_group", "group", &group_ids);
+    }
     for s in &schedules {
+        if let Some(id) = s.id.as_ref().filter(|id| id.v == WITNESS_SCHEDULE) {
+            rep.error(
+                &id.span,
+                format!("{}.id", s.path),
+                format!(
+                    "`{WITNESS_SCHEDULE}` is the id of Wavelet's own schedule (the ledger witness, set in \
+                    [audit]); give this schedule another id"
+                ),
+            );
+        }
         if let Some(g) = &s.group {
             check_ref(&mut rep, g, &format!("{}.group", s.path), "group", &group_ids);
         }
@@ -203,6 +233,7 @@ pub(super) fn parse(path: &Path, source: &str, env: EnvLookup<'_>) -> Result<Con
             .into_iter()
             .filter_map(|s| Some(Schedule { id: s.id?.v, workflow: s.workflow?.v, cron: s.cron?, group: s.group?.v }))
             .collect(),
+        witness: witness.and_then(|(group, cron)| Some(WitnessConfig { group: group.v, cron: cron? })),
         policies: policies
             .into_iter()
             .filter_map(|p| {
@@ -700,6 +731,37 @@ fn read_limits(rep: &mut Report<'_>, root: &Table<'_, '_>) -> Limits {
         }
     }
     limits
+}
+
+/// `[audit]`: the witness's group (to check against the groups) and its time.
+fn read_audit(rep: &mut Report<'_>, root: &Table<'_, '_>) -> Option<(Sp<String>, Option<crate::schedule::Cron>)> {
+    let t = section(rep, root, "audit")?;
+    t.check_keys(rep, AUDIT_KEYS, "key");
+    let cron = match t.string(rep, "witness_cron", r#"witness_cron = "0 7 * * *""#) {
+        Some(c) => match crate::schedule::Cron::parse(&c.v) {
+            Ok(cron) => Some(cron),
+            Err(e) => {
+                rep.error(&c.span, t.key("witness_cron"), e);
+                None
+            }
+        },
+        None => crate::schedule::Cron::parse(DEFAULT_WITNESS_CRON).ok(),
+    };
+    let group = match t.string(rep, "witness_group", r#"witness_group = "reviewers""#) {
+        Some(g) => g,
+        None => {
+            if t.get("witness_group").is_none() {
+                t.missing(
+                    rep,
+                    "witness_group",
+                    "add a line like witness_group = \"reviewers\": the group whose rooms receive the \
+                    ledger's head each day",
+                );
+            }
+            return None;
+        }
+    };
+    Some((group, cron))
 }
 
 struct RawRole {

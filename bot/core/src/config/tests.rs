@@ -181,6 +181,7 @@ fn a_full_example_parses_to_the_expected_config() {
             final_notify: vec![Notify::Room(RoomRef::Shared { platform: Platform::Console, id: "north".into() })],
         }],
         schedules: vec![],
+        witness: None,
         matrix: None,
         discord: None,
     };
@@ -801,6 +802,72 @@ fn schedule_mistakes_are_reported() {
             ("8:6 schedule[2].id", "already used on line 2"),
             ("10:9 schedule[2].group", "no [[group]]"),
         ],
+    );
+}
+
+#[test]
+fn the_ledger_witness_takes_a_group_and_a_time_defaulting_to_seven_each_morning() {
+    let group = r#"
+        [[agency]]
+        id = "csc"
+        name = "Children's Social Care"
+
+        [[group]]
+        id = "reviewers"
+        name = "Audit reviewers"
+        agencies = ["csc"]
+        rooms = ["console:reviewers"]
+        "#;
+    let config = parse_ok(&format!("{group}\n[audit]\nwitness_group = \"reviewers\"\n"));
+    let witness = config.witness.expect("a witness");
+    assert_eq!(witness.group, "reviewers");
+    assert_eq!(witness.cron, crate::schedule::Cron::parse("0 7 * * *").unwrap());
+    let schedule = witness.schedule();
+    assert_eq!((schedule.id.as_str(), schedule.group.as_str()), (WITNESS_SCHEDULE, "reviewers"));
+    let config =
+        parse_ok(&format!("{group}\n[audit]\nwitness_group = \"reviewers\"\nwitness_cron = \"30 18 * * FRI\"\n"));
+    assert_eq!(config.witness.unwrap().cron, crate::schedule::Cron::parse("30 18 * * FRI").unwrap());
+    assert_eq!(parse_ok(group).witness, None, "no [audit], no witness");
+}
+
+#[test]
+fn ledger_witness_mistakes_are_reported() {
+    check(
+        r#"
+        [audit]
+        witness_group = "reviewer"
+        witness_cron = "0 7 * *"
+        witness_room = "console:reviewers"
+
+        [[agency]]
+        id = "csc"
+        name = "Children's Social Care"
+
+        [[group]]
+        id = "reviewers"
+        name = "Audit reviewers"
+        agencies = ["csc"]
+        rooms = ["console:reviewers"]
+
+        [[schedule]]
+        id = "ledger-witness"
+        workflow = "digest"
+        cron = "0 9 * * MON"
+        group = "reviewers"
+        "#,
+        &[
+            ("2:17 audit.witness_group", "did you mean `reviewers`?"),
+            ("3:16 audit.witness_cron", "five fields"),
+            ("4:1 audit.witness_room", "unknown key `witness_room`"),
+            ("17:6 schedule[1].id", "the id of Wavelet's own schedule"),
+        ],
+    );
+    check(
+        r#"
+        [audit]
+        witness_cron = "0 7 * * *"
+        "#,
+        &[("1:1 audit.witness_group", "`witness_group` is missing")],
     );
 }
 
