@@ -26,15 +26,12 @@ pub struct Parts {
     pub load: LoadReport,
 }
 
-/// Builds the runtime for a configuration on the given store URL.
+/// Builds the runtime for a configuration on the given store URL, to serve: the store's
+/// schedules (the workflows' and the ledger witness's) are brought in line with the
+/// configuration.
 pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Parts> {
-    let store = Store::open(store_url)
-        .await
-        .with_context(|| format!("cannot open the store at {}", crate::store::redact(store_url)))?;
-    let engine = Arc::new(WorkflowEngine::new(SandboxLimits::default()));
-    let (workflows, load) = Workflows::load(&engine, &config.workflows.dir);
-    let dir = Arc::new(Directory::new(config));
-    let runtime = Arc::new(Runtime::new(store, dir, Arc::new(RwLock::new(workflows)), engine, clock));
+    let parts = open(config, store_url, clock).await?;
+    let runtime = &parts.runtime;
     let now = runtime.clock.now();
     // The workflows' schedules, and the ledger witness's when `[audit]` asks for one.
     let config = runtime.dir.config();
@@ -45,6 +42,20 @@ pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> an
         .sync_schedules(&schedules, now)
         .await
         .context("cannot bring the schedules up to date in the store")?;
+    Ok(parts)
+}
+
+/// Builds the runtime without touching the store's schedules: for reading the store (the
+/// audit commands), where a reviewer's copy of the configuration must not switch off
+/// what the serving one schedules, such as the ledger witness.
+pub async fn open(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Parts> {
+    let store = Store::open(store_url)
+        .await
+        .with_context(|| format!("cannot open the store at {}", crate::store::redact(store_url)))?;
+    let engine = Arc::new(WorkflowEngine::new(SandboxLimits::default()));
+    let (workflows, load) = Workflows::load(&engine, &config.workflows.dir);
+    let dir = Arc::new(Directory::new(config));
+    let runtime = Arc::new(Runtime::new(store, dir, Arc::new(RwLock::new(workflows)), engine, clock));
     Ok(Parts { runtime, load })
 }
 

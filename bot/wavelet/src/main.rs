@@ -52,6 +52,16 @@ enum Command {
     /// Read and verify the ledger.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Look after the store (PostgreSQL).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// As the database's owner: bring the schema up to date, and let ROLE run Wavelet
+    /// without the rights to change or remove what the ledger holds.
+    Grant { role: String },
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -155,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { input, .. } => serve(&cli.config, input.show_keys).await,
         Command::Audit(a) => audit_command(&cli.config, a).await,
+        Command::Store(StoreCommand::Grant { role }) => grant(&cli.config, &role).await,
     }
 }
 
@@ -311,10 +322,28 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     }
 }
 
+async fn grant(config_path: &std::path::Path, role: &str) -> anyhow::Result<ExitCode> {
+    let config = app::load_config(config_path, &env)?;
+    let url = config.store.url.clone();
+    // Opening migrates: the owner brings the schema up to date first.
+    let store = wavelet::store::Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the store at {}", wavelet::store::redact(&url)))?;
+    let statements = store.grant(role).await.with_context(|| format!("cannot grant to `{role}`"))?;
+    for sql in &statements {
+        println!("  {sql}");
+    }
+    println!(
+        "`{role}` may now run Wavelet on this store: point WAVELET_DATABASE_URL at it as `{role}`. It may append to \
+         the ledger and erase content, never change or remove entries."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn audit_command(config_path: &std::path::Path, a: AuditCommand) -> anyhow::Result<ExitCode> {
     let config = app::load_config(config_path, &env)?;
     let url = config.store.url.clone();
-    let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
+    let parts = app::open(config, &url, Arc::new(SystemClock)).await?;
     let rt = parts.runtime;
     match a {
         AuditCommand::Verify { witnesses } => match audit::verify_store_witnessed(&rt.store, &witnesses).await? {

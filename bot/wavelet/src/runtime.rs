@@ -310,6 +310,9 @@ impl Runtime {
             Due::Escalation(e) => {
                 tracing::error!(escalation = %e.id, error = %error, "escalation could not go on; retrying in a minute")
             }
+            Due::Schedule(s) if s.id == WITNESS_SCHEDULE => {
+                tracing::error!(error = %error, "ledger witness could not be posted; retrying in a minute")
+            }
             Due::Schedule(s) => {
                 tracing::error!(schedule = %s.id, error = %error, "scheduled workflow could not start; retrying in a minute")
             }
@@ -350,6 +353,19 @@ impl Runtime {
             head.hash,
         );
         let rooms = self.group_rooms(&s.group_id);
+        if rooms.is_empty() {
+            // The schedule came from another process's configuration, which names a group
+            // this one does not know: post nothing, and record nothing as posted.
+            tracing::error!(group = %s.group_id, "ledger witness not posted: its group is not in this directory; coordinators told");
+            let text = format!(
+                "The ledger witness was not posted: its group `{}` is not in this Wavelet's configuration. Check \
+                 [audit] witness_group in every Wavelet's configuration.",
+                s.group_id
+            );
+            let platform = self.group_platform(&s.group_id);
+            let key = format!("schedule:{}:{}", s.id, s.due_at.0);
+            return self.queue_for_coordinators(tx, &key, &text, |c| self.dm_room(&c.id, platform), None, now).await;
+        }
         for room in &rooms {
             let m = OutboundMessage {
                 idempotency_key: format!("witness:{}:{room}", s.due_at.0),

@@ -790,7 +790,24 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
+            // Migrating needs the right to change the schema, which an application role
+            // should not have (see [`Store::grant`]): skipped when there is nothing to do.
+            let migrator = sqlx::migrate!("../../migrations/postgres");
+            if !pg_up_to_date(&pool, &migrator).await {
+                migrator.run(&pool).await.map_err(|e| match &e {
+                    sqlx::migrate::MigrateError::Execute(d) | sqlx::migrate::MigrateError::ExecuteMigration(d, _)
+                        if insufficient_privilege(d) =>
+                    {
+                        Error::Refused(
+                            "the database's schema is not (yet) the one this Wavelet needs, and this database role \
+                             may not change it: run `wavelet store grant ROLE` once as the database's owner, which \
+                             brings the schema up to date (README, \"PostgreSQL roles\")"
+                                .into(),
+                        )
+                    }
+                    _ => Error::Migrate(e),
+                })?;
+            }
             Store {
                 pool: Pool::Postgres(pool),
                 commits: Arc::default(),
@@ -805,6 +822,52 @@ impl Store {
             return Err(Error::BadUrl(redact(url)));
         };
         Ok(store)
+    }
+
+    /// PostgreSQL: lets `role` run Wavelet on this store without the rights to change what
+    /// the ledger holds. Run as the database's owner (who has already migrated it, in
+    /// [`Store::open`]). The role may read and write the working tables (runs, outbox,
+    /// timers…); on the chain it may only read and append (`ledger`), read, append and
+    /// erase content (`ledger_content`: the erasure's three columns only, and the trigger
+    /// still allows nothing but an erasure) and move the head (`ledger_head`). It may not
+    /// UPDATE, DELETE or TRUNCATE the chain, nor disable its triggers (only an owner can).
+    /// Returns the statements run.
+    pub async fn grant(&self, role: &str) -> Result<Vec<String>> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Err(Error::Refused(
+                "grants are for PostgreSQL; a SQLite store is a file, readable and writable by its owner only".into(),
+            ));
+        };
+        if role.is_empty() || !role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            return Err(Error::Refused(format!(
+                "`{role}` is not a role name Wavelet grants to; use lowercase letters, digits and `_` (e.g. wavelet_app)"
+            )));
+        }
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1").bind(role).fetch_optional(pool).await?;
+        if exists.is_none() {
+            return Err(Error::Refused(format!(
+                "there is no database role `{role}`; create it first (CREATE ROLE {role} LOGIN PASSWORD '…')"
+            )));
+        }
+        // Wavelet's tables are in the schema it migrated into: the first on the search path.
+        let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(pool).await?;
+        let statements = grant_sql(role, &format!("\"{}\"", schema.replace('"', "\"\"")));
+        let mut tx = pool.begin().await?;
+        for sql in &statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut *tx).await.map_err(|e| {
+                if insufficient_privilege(&e) {
+                    Error::Refused(format!(
+                        "this database role may not grant on Wavelet's tables; run `wavelet store grant {role}` as \
+                         the role that owns them (the one that created the schema)"
+                    ))
+                } else {
+                    Error::Database(e)
+                }
+            })?;
+        }
+        tx.commit().await?;
+        Ok(statements)
     }
 
     /// Brings the schedules table in line with the configuration: new schedules (and ones
@@ -1247,6 +1310,50 @@ pub fn redact(url: &str) -> String {
             format!("{base}?{}", kept.join("&"))
         }
     }
+}
+
+/// Whether the database holds exactly the migrations this build carries, each applied
+/// whole and unchanged: then opening the store needs no right to change its schema.
+/// Anything else (behind, a failed or edited migration, one this build does not know,
+/// which an older Wavelet must refuse to run beside, or nothing readable) goes to the
+/// migrator, which applies what is missing or says what is wrong.
+async fn pg_up_to_date(pool: &PgPool, migrator: &sqlx::migrate::Migrator) -> bool {
+    let Ok(applied) =
+        sqlx::query_as::<_, (i64, Vec<u8>, bool)>("SELECT version, checksum, success FROM _sqlx_migrations")
+            .fetch_all(pool)
+            .await
+    else {
+        return false;
+    };
+    let known: Vec<&sqlx::migrate::Migration> =
+        migrator.iter().filter(|m| !m.migration_type.is_down_migration()).collect();
+    applied.len() == known.len()
+        && known.iter().all(|m| applied.iter().any(|(v, c, ok)| *ok && *v == m.version && c[..] == m.checksum[..]))
+}
+
+/// PostgreSQL's "insufficient privilege" (42501).
+fn insufficient_privilege(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42501")
+}
+
+/// The working tables: the application reads and writes them freely.
+const WORKING_TABLES: &str = "inbox, scripts, runs, cases, timers, outbox, counters, escalations, schedules, ack_waits";
+
+/// What [`Store::grant`] runs for `role` (a checked name) on the tables in `schema` (a
+/// quoted identifier). Revokes first, so granting again after an upgrade leaves exactly
+/// this.
+fn grant_sql(role: &str, schema: &str) -> Vec<String> {
+    let chain = "ledger, ledger_content, ledger_head";
+    vec![
+        format!("REVOKE ALL ON {WORKING_TABLES}, {chain}, _sqlx_migrations FROM {role}"),
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {WORKING_TABLES} TO {role}"),
+        format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+        format!("GRANT SELECT, INSERT ON ledger, ledger_content TO {role}"),
+        format!("GRANT UPDATE (content, erased_at, erasure_reason) ON ledger_content TO {role}"),
+        format!("GRANT SELECT, UPDATE ON ledger_head TO {role}"),
+        format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
+    ]
 }
 
 fn redact_credentials(url: &str) -> String {

@@ -13,6 +13,7 @@ on_both!(
     two_processes_fire_each_due_stage_once,
     a_schedule_fires_once_across_processes_and_once_after_downtime,
     the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chain_against_it,
+    a_witness_for_a_group_this_process_does_not_know_is_not_posted_and_coordinators_are_told,
     overdue_stages_fire_at_once_in_due_order_and_say_how_late,
     a_run_waits_for_an_acknowledgement_until_its_deadline,
     closing_a_case_stops_its_escalation,
@@ -382,6 +383,30 @@ async fn the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chai
         posted[0].split("--witness ").nth(1).unwrap().trim_end_matches("`.").parse().unwrap();
     assert!(next.seq > w.seq + 1, "{next:?} after {w:?}");
     wavelet::audit::verify_store_witnessed(&a.rt.store, &[w, next]).await.unwrap().expect("both witnesses match");
+}
+
+async fn a_witness_for_a_group_this_process_does_not_know_is_not_posted_and_coordinators_are_told(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    let mut a = bot(&url, None).await;
+    // Another process, configured later with its own witness group, moves the schedule.
+    let _b = bot_with(&url, None, |c| {
+        let g = c.groups.iter_mut().find(|g| g.id == "reviewers").unwrap();
+        g.id = "auditors".into();
+        c.witness.as_mut().unwrap().group = "auditors".into();
+    })
+    .await;
+    // Something in the ledger to witness (an empty ledger has nothing to post).
+    a.say("mallory", "north", "!concern").await;
+    assert_eq!(ledger_kinds(&a, "refused.unknown_person").await.len(), 1);
+    a.clock.advance(Duration::from_secs(15 * 3600 + 60));
+    let sent = fire(&mut a).await;
+    let to_cora: Vec<String> =
+        sent.iter().filter(|m| m.person.as_deref() == Some("cora")).map(|m| m.body.plain()).collect();
+    assert_eq!(to_cora.len(), 1, "{sent:?}");
+    assert!(to_cora[0].contains("witness was not posted: its group `auditors`"), "{to_cora:?}");
+    assert!(ledger_kinds(&a, "ledger.witnessed").await.is_empty(), "nothing recorded as posted");
+    assert!(sent.iter().all(|m| !m.body.plain().starts_with("Ledger witness")), "{sent:?}");
 }
 
 async fn a_case_closed_while_wavelet_was_down_is_not_escalated_further(backend: &str) {

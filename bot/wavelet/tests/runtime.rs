@@ -826,3 +826,105 @@ async fn runs_keep_the_version_they_began_with(backend: &str) {
     b.say("dana", "north", "!ask").await;
     assert_eq!(b.say("dana", "dm", "z").await, ["version two"]);
 }
+
+/// `url` (PostgreSQL, trust authentication as in the tests) as another database user.
+fn as_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}@{host}")
+}
+
+/// Runs `sql` as whoever `url` connects as; the error's text if it is refused.
+async fn exec_as(url: &str, sql: &str) -> Result<u64, String> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await.map_err(|e| e.to_string())?;
+    let r = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await;
+    let _ = c.close().await;
+    r.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+}
+
+/// PostgreSQL: a role granted by `wavelet store grant` runs everything (a concern, its
+/// escalation and acknowledgement, delivery, an erasure, a witness, the audit) on a store
+/// its owner migrated, and can neither change nor remove the chain, nor switch off the
+/// triggers that guard it. Without the grant, opening says what to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner_url = fresh("postgres", dir.path()).await;
+    // As on PostgreSQL 15 and later whatever the version: only the owner creates tables.
+    exec_as(&owner_url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC").await.unwrap();
+    let role = format!("wavelet_app_{}_{}", std::process::id(), rand_suffix());
+    exec_as(&owner_url, &format!("CREATE ROLE {role} LOGIN")).await.unwrap();
+    let app_url = as_user(&owner_url, &role);
+
+    // Before the owner has migrated, the role cannot, and is told what to do.
+    let refused = wavelet::store::Store::open(&app_url).await.expect_err("the role may not create the schema");
+    assert!(refused.to_string().contains("wavelet store grant ROLE"), "{refused}");
+
+    let owner = wavelet::store::Store::open(&owner_url).await.unwrap();
+    let granted = owner.grant(&role).await.unwrap();
+    assert!(granted.iter().any(|s| s == &format!("GRANT SELECT, INSERT ON ledger, ledger_content TO {role}")));
+    assert!(owner.grant("Robert'); DROP TABLE ledger;--").await.is_err(), "only plain role names");
+    assert!(owner.grant("nobody_here").await.unwrap_err().to_string().contains("no database role"));
+    // Granting again (after an upgrade) is harmless.
+    assert_eq!(owner.grant(&role).await.unwrap(), granted);
+    owner.close().await;
+
+    let mut b = bot(&app_url, None).await;
+    b.say("alice", "north", "!concern").await;
+    for answer in ["AB 2015", "neglect", "yes", "Seen today."] {
+        b.say("alice", "dm", answer).await;
+    }
+    b.clock.advance(std::time::Duration::from_secs(15 * 60 + 1));
+    b.rt.fire_due_timers().await.unwrap();
+    let acked = b.say("bea", "north", "ack C-1").await;
+    assert!(acked.iter().any(|t| t.contains("you have acknowledged C-1")), "{acked:?}");
+    b.clock.advance(std::time::Duration::from_secs(24 * 3600));
+    b.rt.fire_due_timers().await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    let entries = b.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    assert!(entries.iter().any(|e| e.link.kind == "ledger.witnessed"), "the witness fired as the role");
+    let note = entries.iter().find(|e| e.link.kind == "case.note").unwrap().link.seq;
+    assert!(wavelet::audit::erase(&b.rt, "rey", note, "retention period ended").await.unwrap());
+    let entries_now = b.verify().await;
+    assert_eq!(entries_now, entries.len() as i64 + 1, "the erasure is chained");
+
+    // What the role may not do to the chain, even knowing how.
+    let denied = "permission denied";
+    for (sql, why) in [
+        ("UPDATE ledger SET actor = 'mallory' WHERE seq = 1", denied),
+        ("DELETE FROM ledger WHERE seq = 1", denied),
+        ("TRUNCATE ledger", denied),
+        ("DELETE FROM ledger_content WHERE seq = 1", denied),
+        ("UPDATE ledger_content SET seq = 999 WHERE seq = 1", denied),
+        ("INSERT INTO ledger_head (id, seq, hash) VALUES (2, 0, 'x')", denied),
+        ("ALTER TABLE ledger DISABLE TRIGGER ALL", "must be owner"),
+        ("ALTER TABLE ledger_content DISABLE TRIGGER ALL", "must be owner"),
+        ("DROP TABLE ledger", "must be owner"),
+        // The columns an erasure writes are granted; the trigger allows only an erasure.
+        ("UPDATE ledger_content SET content = '{\"answer\":\"all fine\"}' WHERE seq = 3", "can only be erased"),
+    ] {
+        let e = exec_as(&app_url, sql).await.expect_err(sql);
+        assert!(e.contains(why), "`{sql}` was refused, but not for `{why}`: {e}");
+    }
+    assert_eq!(b.verify().await, entries_now, "nothing changed");
+    b.rt.store.close().await;
+
+    // A database a newer Wavelet migrated further is not opened by this one, owner or not
+    // (the two must not run side by side).
+    exec_as(
+        &owner_url,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from a newer wavelet', true, '\\x00', 0)",
+    )
+    .await
+    .unwrap();
+    let e = wavelet::store::Store::open(&owner_url).await.expect_err("an older Wavelet refuses a newer schema");
+    assert!(e.to_string().contains("99990101000000"), "{e}");
+    let e = wavelet::store::Store::open(&app_url).await.expect_err("as the role too");
+    assert!(e.to_string().contains("not (yet) the one this Wavelet needs"), "{e}");
+
+    // Tidy the cluster: a role is not dropped with the test's database.
+    let _ = exec_as(&owner_url, &format!("DROP OWNED BY {role}")).await;
+    let _ = exec_as(&owner_url, &format!("DROP ROLE {role}")).await;
+}

@@ -739,6 +739,17 @@ fn read_audit(rep: &mut Report<'_>, root: &Table<'_, '_>) -> Option<(Sp<String>,
     t.check_keys(rep, AUDIT_KEYS, "key");
     let cron = match t.string(rep, "witness_cron", r#"witness_cron = "0 7 * * *""#) {
         Some(c) => match crate::schedule::Cron::parse(&c.v) {
+            Ok(cron) if cron.next_after(crate::domain::Millis(0)).is_none() => {
+                rep.error(
+                    &c.span,
+                    t.key("witness_cron"),
+                    format!(
+                        "`{}` names a day that never comes; the witness should post daily, like \"0 7 * * *\"",
+                        c.v
+                    ),
+                );
+                None
+            }
             Ok(cron) => Some(cron),
             Err(e) => {
                 rep.error(&c.span, t.key("witness_cron"), e);
@@ -918,6 +929,17 @@ fn read_schedule(rep: &mut Report<'_>, t: &Table<'_, '_>) -> RawSchedule {
     let cron =
         t.required_string(rep, "cron", r#"cron = "0 9 * * MON""#).and_then(|c| {
             match crate::schedule::Cron::parse(&c.v) {
+                Ok(cron) if cron.next_after(crate::domain::Millis(0)).is_none() => {
+                    rep.error(
+                    &c.span,
+                    t.key("cron"),
+                    format!(
+                        "`{}` names a day that never comes, so the schedule would never fire; check the day and month",
+                        c.v
+                    ),
+                );
+                    None
+                }
                 Ok(cron) => Some(cron),
                 Err(e) => {
                     rep.error(&c.span, t.key("cron"), e);

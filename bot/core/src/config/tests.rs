@@ -794,6 +794,12 @@ fn schedule_mistakes_are_reported() {
         id = "digest"
         cron = "0 9 * * MON"
         group = "south"
+
+        [[schedule]]
+        id = "leap"
+        workflow = "digest"
+        cron = "0 9 30 2 *"
+        group = "north"
         "#,
         &[
             ("4:8 schedule[1].cron", "the hour `25` is outside 0-23"),
@@ -801,6 +807,8 @@ fn schedule_mistakes_are_reported() {
             ("7:1 schedule[2].workflow", "`workflow` is missing"),
             ("8:6 schedule[2].id", "already used on line 2"),
             ("10:9 schedule[2].group", "no [[group]]"),
+            ("15:8 schedule[3].cron", "never comes"),
+            ("16:9 schedule[3].group", "no [[group]]"),
         ],
     );
 }
@@ -865,9 +873,9 @@ fn ledger_witness_mistakes_are_reported() {
     check(
         r#"
         [audit]
-        witness_cron = "0 7 * * *"
+        witness_cron = "0 7 31 2 *"
         "#,
-        &[("1:1 audit.witness_group", "`witness_group` is missing")],
+        &[("1:1 audit.witness_group", "`witness_group` is missing"), ("2:16 audit.witness_cron", "never comes")],
     );
 }
 
