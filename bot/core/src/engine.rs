@@ -143,6 +143,7 @@ pub enum EffectKind {
     Tell,
     Send,
     Share,
+    DeclineShare,
     OpenCase,
     CloseCase,
     Note,
@@ -163,6 +164,7 @@ impl EffectKind {
             EffectKind::Tell => "tell",
             EffectKind::Send => "send",
             EffectKind::Share => "share",
+            EffectKind::DeclineShare => "decline_share",
             EffectKind::OpenCase => "open_case",
             EffectKind::CloseCase => "close_case",
             EffectKind::Note => "note",
@@ -215,6 +217,14 @@ pub enum Effect {
         text: String,
         purpose: String,
         basis: String,
+        consent: Option<String>,
+    },
+    /// A decision not to share with a group, and why: recorded as a share is, nothing sent.
+    DeclineShare {
+        step: usize,
+        group: String,
+        case_id: String,
+        reason: String,
         consent: Option<String>,
     },
     OpenCase {
@@ -721,6 +731,45 @@ fn register_effects(engine: &mut Engine) {
                         text: text.into(),
                         purpose: purpose.clone(),
                         basis: basis.clone(),
+                        consent: consent.clone(),
+                    });
+                    Ok(DONE)
+                })
+            })?;
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "decline_share",
+        |ctx: NativeCallContext, group: &str, case: Dynamic, why: Map| -> RhaiResult<()> {
+            let pos = ctx.call_position();
+            let case_id = case_id_of(&case, "decline_share", pos)?;
+            for k in why.keys() {
+                if !matches!(k.as_str(), "reason" | "consent") {
+                    return Err(script_error(
+                        format!("decline_share: unknown field `{k}`; a decision not to share takes reason and consent"),
+                        pos,
+                    ));
+                }
+            }
+            let Some(reason) = map_str(&why, "reason").filter(|s| !s.trim().is_empty()) else {
+                return Err(script_error(
+                    "decline_share: every decision not to share needs its reason, e.g. #{ reason: \"no risk of harm; \
+                     the family is supported by the school\" }",
+                    pos,
+                ));
+            };
+            check_text(&reason, "decline_share", pos)?;
+            let consent = map_str(&why, "consent");
+            with_replay(pos, |r| {
+                check_group(r, group, "decline_share", pos)?;
+                let args = serde_json::json!({ "group": group, "case": case_id, "reason": reason, "consent": consent });
+                r.effect(EffectKind::DeclineShare, args, pos, None, |r, step| {
+                    r.effects.push(Effect::DeclineShare {
+                        step,
+                        group: group.into(),
+                        case_id: case_id.clone(),
+                        reason: reason.clone(),
                         consent: consent.clone(),
                     });
                     Ok(DONE)

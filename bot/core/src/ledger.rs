@@ -34,6 +34,9 @@ pub enum EntryKind {
     MessageSent,
     #[serde(rename = "share")]
     Share,
+    /// A decision not to share, with its reason (nothing was sent).
+    #[serde(rename = "share.declined")]
+    ShareDeclined,
     #[serde(rename = "case.opened")]
     CaseOpened,
     #[serde(rename = "case.closed")]
@@ -91,6 +94,7 @@ impl EntryKind {
             EntryKind::MessageTold => "message.told",
             EntryKind::MessageSent => "message.sent",
             EntryKind::Share => "share",
+            EntryKind::ShareDeclined => "share.declined",
             EntryKind::CaseOpened => "case.opened",
             EntryKind::CaseClosed => "case.closed",
             EntryKind::CaseNote => "case.note",

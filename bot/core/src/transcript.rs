@@ -12,6 +12,7 @@
 //! alice: AB 2015                        <- alice answers in her private room with the bot
 //! bot in north: New neglect concern C-1, risk: no
 //! shared with north: New neglect concern C-1, risk: no
+//! not shared with police: ...           <- a recorded decision not to share, and its reason
 //! after 15m                             <- the clock moves on; due timers fire
 //! ```
 //!
@@ -57,8 +58,19 @@ pub enum Action {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expectation {
-    Message { to: Target, text: String },
-    Share { group: String, text: String },
+    Message {
+        to: Target,
+        text: String,
+    },
+    Share {
+        group: String,
+        text: String,
+    },
+    /// A recorded decision not to share with `group`, for `reason`.
+    NotShared {
+        group: String,
+        reason: String,
+    },
 }
 
 /// Where a bot message goes: privately to a person, or into a room.
@@ -82,6 +94,7 @@ impl fmt::Display for Target {
 pub enum Observed {
     Message { to: Target, text: String },
     Share { group: String, text: String },
+    NotShared { group: String, reason: String },
 }
 
 impl fmt::Display for Observed {
@@ -89,6 +102,7 @@ impl fmt::Display for Observed {
         match self {
             Observed::Message { to, text } => write!(f, "{to}: {}", indent(text)),
             Observed::Share { group, text } => write!(f, "shared with {group}: {}", indent(text)),
+            Observed::NotShared { group, reason } => write!(f, "not shared with {group}: {}", indent(reason)),
         }
     }
 }
@@ -98,6 +112,7 @@ impl fmt::Display for Expectation {
         match self {
             Expectation::Message { to, text } => write!(f, "{to}: {}", indent(text)),
             Expectation::Share { group, text } => write!(f, "shared with {group}: {}", indent(text)),
+            Expectation::NotShared { group, reason } => write!(f, "not shared with {group}: {}", indent(reason)),
         }
     }
 }
@@ -173,7 +188,7 @@ impl Transcript {
             let Some((head, text)) = l.split_once(':') else {
                 return Err(err(
                     line,
-                    "expected `person: text`, `person in room: text`, `bot to person: text`, `bot in room: text`, `shared with group: text` or `after 15m`".into(),
+                    "expected `person: text`, `person in room: text`, `bot to person: text`, `bot in room: text`, `shared with group: text`, `not shared with group: reason` or `after 15m`".into(),
                 ));
             };
             let text = text.strip_prefix(' ').unwrap_or(text).to_string();
@@ -187,6 +202,9 @@ impl Transcript {
                 }
                 ["shared", "with", g] if is_name(g) => {
                     Action::Expect(Expectation::Share { group: g.to_string(), text })
+                }
+                ["not", "shared", "with", g] if is_name(g) => {
+                    Action::Expect(Expectation::NotShared { group: g.to_string(), reason: text })
                 }
                 [p, "in", r] if is_name(p) && is_name(r) && *p != "bot" => {
                     Action::Say { person: p.to_string(), room: Some(r.to_string()), text }
@@ -261,14 +279,15 @@ impl Checker {
     pub fn observe(&mut self, o: Observed) {
         match o {
             Observed::Message { .. } => self.messages.push_back(o),
-            Observed::Share { .. } => self.shares.push_back(o),
+            // Decisions to share and not to share, in the order they were made.
+            Observed::Share { .. } | Observed::NotShared { .. } => self.shares.push_back(o),
         }
     }
 
     pub fn expect(&mut self, e: &Expectation, line: usize) -> Result<(), Failure> {
         let queue = match e {
             Expectation::Message { .. } => &mut self.messages,
-            Expectation::Share { .. } => &mut self.shares,
+            Expectation::Share { .. } | Expectation::NotShared { .. } => &mut self.shares,
         };
         let Some(next) = queue.front() else {
             return Err(Failure {
@@ -282,6 +301,9 @@ impl Checker {
             (Expectation::Message { to, text }, Observed::Message { to: t2, text: x2 }) => to == t2 && fits(text, x2),
             (Expectation::Share { group, text }, Observed::Share { group: g2, text: x2 }) => {
                 group == g2 && fits(text, x2)
+            }
+            (Expectation::NotShared { group, reason }, Observed::NotShared { group: g2, reason: r2 }) => {
+                group == g2 && fits(reason, r2)
             }
             _ => false,
         };

@@ -82,6 +82,11 @@ fn summary(e: &StoredEntry) -> String {
             field("lawful_basis").unwrap_or_default(),
             field("what").unwrap_or_default()
         )),
+        "share.declined" => Some(format!(
+            "decided not to share with {}: {}",
+            field("group").unwrap_or_default(),
+            field("reason").unwrap_or_default()
+        )),
         "case.note" => field("text").map(|t| format!("note: {t}")),
         "message.told" => field("text").map(|t| format!("told {}: {t}", field("to").unwrap_or_default())),
         _ => c.map(|c| text::one_line(&c.to_string())),

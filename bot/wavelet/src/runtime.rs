@@ -1030,6 +1030,7 @@ impl Runtime {
                     None
                 }
                 Effect::Share { case_id, .. }
+                | Effect::DeclineShare { case_id, .. }
                 | Effect::Note { case_id, .. }
                 | Effect::CloseCase { case_id, .. }
                 | Effect::Escalate { case_id, .. }
@@ -1045,7 +1046,7 @@ impl Runtime {
                     line: 0,
                     column: 0,
                     message: format!(
-                        "there is no case `{}`: share, note, close_case, escalate and wait_for_ack need a case that was opened",
+                        "there is no case `{}`: share, decline_share, note, close_case, escalate and wait_for_ack need a case that was opened",
                         text::one_line(id)
                     ),
                 });
@@ -1245,6 +1246,32 @@ impl Runtime {
                     }),
                 ));
                 self.post_to_rooms(tx, run, *step, &rooms, text, Some(case_id), now).await?;
+            }
+            Effect::DeclineShare { step, group, case_id, reason, consent } => {
+                // Recorded as a share would be (with whom it would have gone), and nothing
+                // is sent: a decision not to share is accountable too.
+                let recipients: Vec<serde_json::Value> = self
+                    .dir
+                    .group(group)
+                    .map(|g| self.dir.members(g).map(|p| json!({ "person": p.id, "agency": p.agency })).collect())
+                    .unwrap_or_default();
+                let rooms = self.group_rooms(group);
+                tx.append(self.draft(
+                    run,
+                    EntryKind::ShareDeclined,
+                    Some(case_id.clone()),
+                    now,
+                    json!({
+                        "step": step,
+                        "group": group,
+                        "recipients": recipients,
+                        "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                        "reason": reason,
+                        "consent": consent,
+                        "decided_by": run.starter,
+                        "workflow": run.workflow,
+                    }),
+                ));
             }
             Effect::OpenCase { step, case } => {
                 tx.insert_case(&CaseRow {

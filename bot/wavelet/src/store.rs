@@ -793,8 +793,16 @@ impl Store {
             // Migrating needs the right to change the schema, which an application role
             // should not have (see [`Store::grant`]): skipped when there is nothing to do.
             let migrator = sqlx::migrate!("../../migrations/postgres");
-            if !pg_up_to_date(&pool, &migrator).await {
-                migrator.run(&pool).await.map_err(|e| match &e {
+            match pg_schema(&pool, &migrator).await {
+                Schema::UpToDate => {}
+                // Old and new must not run side by side (README, upgrading).
+                Schema::Newer(v) => {
+                    return Err(Error::Refused(format!(
+                        "the database was migrated by a newer Wavelet (its migration {v} is unknown to this one); \
+                         run that version, or a later one"
+                    )));
+                }
+                Schema::Other => migrator.run(&pool).await.map_err(|e| match &e {
                     sqlx::migrate::MigrateError::Execute(d) | sqlx::migrate::MigrateError::ExecuteMigration(d, _)
                         if insufficient_privilege(d) =>
                     {
@@ -806,7 +814,7 @@ impl Store {
                         )
                     }
                     _ => Error::Migrate(e),
-                })?;
+                })?,
             }
             Store {
                 pool: Pool::Postgres(pool),
@@ -852,7 +860,44 @@ impl Store {
         }
         // Wavelet's tables are in the schema it migrated into: the first on the search path.
         let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(pool).await?;
-        let statements = grant_sql(role, &format!("\"{}\"", schema.replace('"', "\"\"")));
+        // Who runs this must own the tables (else PostgreSQL grants nothing, with a
+        // warning only), and the role must be able to do no more than it is granted.
+        let (owner, granter_owns, is_owner, superuser, member, creates): (String, bool, bool, bool, bool, bool) =
+            sqlx::query_as(
+                "SELECT t.tableowner::text, pg_has_role(current_user, t.tableowner, 'USAGE'), \
+                        $1 = current_user::text, r.rolsuper, pg_has_role($1, t.tableowner, 'USAGE'), \
+                        has_schema_privilege($1, t.schemaname, 'CREATE') \
+                 FROM pg_tables t, pg_roles r WHERE t.schemaname = current_schema() AND t.tablename = 'ledger' \
+                 AND r.rolname = $1",
+            )
+            .bind(role)
+            .fetch_one(pool)
+            .await?;
+        if !granter_owns {
+            return Err(Error::Refused(format!(
+                "Wavelet's tables belong to `{owner}`; run `wavelet store grant {role}` connected as `{owner}`"
+            )));
+        }
+        let too_strong = if is_owner {
+            Some("it is the role running this command, which owns the tables")
+        } else if superuser {
+            Some("it is a superuser, which no grant limits")
+        } else if member {
+            Some("it is a member of the role that owns the tables")
+        } else if creates {
+            Some(
+                "it may create tables in the schema (on PostgreSQL 14 and older everyone may: REVOKE CREATE ON SCHEMA public FROM PUBLIC)",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = too_strong {
+            return Err(Error::Refused(format!(
+                "`{role}` cannot be held to what the grants allow: {why}; grant to a role of its own (CREATE ROLE \
+                 wavelet_app LOGIN PASSWORD '…')"
+            )));
+        }
+        let statements = grant_sql(&format!("\"{role}\""), &format!("\"{}\"", schema.replace('"', "\"\"")));
         let mut tx = pool.begin().await?;
         for sql in &statements {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut *tx).await.map_err(|e| {
@@ -1312,23 +1357,34 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Whether the database holds exactly the migrations this build carries, each applied
-/// whole and unchanged: then opening the store needs no right to change its schema.
-/// Anything else (behind, a failed or edited migration, one this build does not know,
-/// which an older Wavelet must refuse to run beside, or nothing readable) goes to the
-/// migrator, which applies what is missing or says what is wrong.
-async fn pg_up_to_date(pool: &PgPool, migrator: &sqlx::migrate::Migrator) -> bool {
+/// What the database's migrations table says of its schema, against this build's.
+enum Schema {
+    /// Exactly this build's migrations, each applied whole and unchanged: opening the
+    /// store needs no right to change the schema.
+    UpToDate,
+    /// A migration this build does not know: a newer Wavelet migrated it.
+    Newer(i64),
+    /// Behind, a failed or edited migration, or nothing readable: for the migrator, which
+    /// applies what is missing or says what is wrong.
+    Other,
+}
+
+async fn pg_schema(pool: &PgPool, migrator: &sqlx::migrate::Migrator) -> Schema {
     let Ok(applied) =
         sqlx::query_as::<_, (i64, Vec<u8>, bool)>("SELECT version, checksum, success FROM _sqlx_migrations")
             .fetch_all(pool)
             .await
     else {
-        return false;
+        return Schema::Other;
     };
     let known: Vec<&sqlx::migrate::Migration> =
         migrator.iter().filter(|m| !m.migration_type.is_down_migration()).collect();
-    applied.len() == known.len()
-        && known.iter().all(|m| applied.iter().any(|(v, c, ok)| *ok && *v == m.version && c[..] == m.checksum[..]))
+    if let Some((v, _, _)) = applied.iter().find(|(v, _, _)| !known.iter().any(|m| m.version == *v)) {
+        return Schema::Newer(*v);
+    }
+    let whole = applied.len() == known.len()
+        && known.iter().all(|m| applied.iter().any(|(v, c, ok)| *ok && *v == m.version && c[..] == m.checksum[..]));
+    if whole { Schema::UpToDate } else { Schema::Other }
 }
 
 /// PostgreSQL's "insufficient privilege" (42501).
@@ -1339,8 +1395,8 @@ fn insufficient_privilege(e: &sqlx::Error) -> bool {
 /// The working tables: the application reads and writes them freely.
 const WORKING_TABLES: &str = "inbox, scripts, runs, cases, timers, outbox, counters, escalations, schedules, ack_waits";
 
-/// What [`Store::grant`] runs for `role` (a checked name) on the tables in `schema` (a
-/// quoted identifier). Revokes first, so granting again after an upgrade leaves exactly
+/// What [`Store::grant`] runs for `role` and on the tables in `schema` (both quoted
+/// identifiers). Revokes first, so granting again after an upgrade leaves exactly
 /// this.
 fn grant_sql(role: &str, schema: &str) -> Vec<String> {
     let chain = "ledger, ledger_content, ledger_head";

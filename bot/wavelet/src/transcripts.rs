@@ -129,12 +129,14 @@ async fn observe_shares(rt: &Runtime, checker: &mut Checker, after: i64) -> crat
     let mut last = after;
     for e in rt.store.ledger_page(after, i64::MAX).await? {
         last = e.link.seq;
-        if e.link.kind == "share"
-            && let Some(c) = &e.content
-        {
-            let group = c["group"].as_str().unwrap_or_default().to_string();
-            let text = c["what"].as_str().unwrap_or_default().to_string();
-            checker.observe(Observed::Share { group, text });
+        let Some(c) = &e.content else { continue };
+        let group = c["group"].as_str().unwrap_or_default().to_string();
+        match e.link.kind.as_str() {
+            "share" => checker.observe(Observed::Share { group, text: c["what"].as_str().unwrap_or_default().into() }),
+            "share.declined" => {
+                checker.observe(Observed::NotShared { group, reason: c["reason"].as_str().unwrap_or_default().into() })
+            }
+            _ => {}
         }
     }
     Ok(last)

@@ -20,6 +20,7 @@ on_both!(
     a_message_with_nothing_waiting_gets_a_reply,
     a_message_sent_before_the_question_is_not_taken_as_its_answer,
     sharing_under_a_case_that_does_not_exist_fails_the_run,
+    a_decision_not_to_share_is_recorded_like_a_share_and_sends_nothing,
     concurrent_delivery_passes_send_each_message_once,
     a_run_whose_stored_version_replays_differently_is_stopped_and_sends_nothing,
     a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators,
@@ -665,6 +666,49 @@ async fn sharing_under_a_case_that_does_not_exist_fails_the_run(backend: &str) {
     assert!(!entries.iter().any(|e| e.link.kind == "share"));
 }
 
+async fn a_decision_not_to_share_is_recorded_like_a_share_and_sends_nothing(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflows(
+        dir.path(),
+        &[
+            (
+                "noshare",
+                "const COMMAND = \"noshare\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {\n    let c = open_case(#{ subject: \"AB 2015\", category: \"other\", risk: \"no\" });\n    decline_share(ctx.group, c, #{ reason: \"no risk of harm; the school supports the family\", consent: \"not sought\" });\n    tell(ctx.starter, `Recorded ${c.id}`);\n}\n",
+            ),
+            (
+                "strayno",
+                "const COMMAND = \"strayno\";\nconst ALLOWED_ROLES = [\"practitioner\"];\nfn run(ctx) {\n    decline_share(ctx.group, \"C-999\", #{ reason: \"r\" });\n}\n",
+            ),
+        ],
+    );
+    let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
+    let said = b.say("alice", "north", "!noshare").await;
+    assert_eq!(said, ["Recorded C-1"], "only the starter hears back; nothing reaches the group");
+    let entries = b.rt.store.ledger_page(0, 100).await.unwrap();
+    let declined: Vec<_> = entries.iter().filter(|e| e.link.kind == "share.declined").collect();
+    assert_eq!(declined.len(), 1);
+    assert_eq!(declined[0].link.case_id.as_deref(), Some("C-1"));
+    let c = declined[0].content.as_ref().unwrap();
+    assert_eq!(c["group"], "north");
+    assert_eq!(c["reason"], "no risk of harm; the school supports the family");
+    assert_eq!((c["consent"].as_str(), c["decided_by"].as_str()), (Some("not sought"), Some("alice")));
+    let recipients: Vec<&str> =
+        c["recipients"].as_array().unwrap().iter().map(|r| r["person"].as_str().unwrap()).collect();
+    assert_eq!(recipients, ["alice", "bea", "carl", "dana", "eve"], "with whom it would have gone");
+    assert!(!entries.iter().any(|e| e.link.kind == "share"));
+    let mut shown = Vec::new();
+    wavelet::audit::show_case(&b.rt, "rey", "C-1", &mut shown).await.unwrap();
+    let shown = String::from_utf8(shown).unwrap();
+    assert!(shown.contains("decided not to share with north: no risk of harm"), "{shown}");
+
+    // Like a share, it needs a case that exists.
+    b.say("alice", "north", "!strayno").await;
+    let run = b.rt.store.run("R-2").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("no case `C-999`"));
+    b.verify().await;
+}
+
 /// Sends slowly, so passes overlap.
 struct Slow(Mutex<Vec<String>>);
 
@@ -862,13 +906,40 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
     assert!(refused.to_string().contains("wavelet store grant ROLE"), "{refused}");
 
     let owner = wavelet::store::Store::open(&owner_url).await.unwrap();
+    // Roles no grant could hold are refused, each saying why.
+    let refusal = |e: wavelet::store::Error| e.to_string();
+    assert!(refusal(owner.grant("Robert'); DROP TABLE ledger;--").await.unwrap_err()).contains("not a role name"));
+    assert!(refusal(owner.grant("nobody_here").await.unwrap_err()).contains("no database role"));
+    let me = owner_url.split("://").nth(1).unwrap().split('@').next().unwrap().split(':').next().unwrap();
+    assert!(refusal(owner.grant(me).await.unwrap_err()).contains("cannot be held"), "the owner itself");
+    exec_as(&owner_url, &format!("GRANT CREATE ON SCHEMA public TO {role}")).await.unwrap();
+    assert!(refusal(owner.grant(&role).await.unwrap_err()).contains("may create tables"));
+    exec_as(&owner_url, &format!("REVOKE CREATE ON SCHEMA public FROM {role}")).await.unwrap();
     let granted = owner.grant(&role).await.unwrap();
-    assert!(granted.iter().any(|s| s == &format!("GRANT SELECT, INSERT ON ledger, ledger_content TO {role}")));
-    assert!(owner.grant("Robert'); DROP TABLE ledger;--").await.is_err(), "only plain role names");
-    assert!(owner.grant("nobody_here").await.unwrap_err().to_string().contains("no database role"));
-    // Granting again (after an upgrade) is harmless.
-    assert_eq!(owner.grant(&role).await.unwrap(), granted);
+    assert!(granted.iter().any(|s| s == &format!("GRANT SELECT, INSERT ON ledger, ledger_content TO \"{role}\"")));
+    // Granting again (after an upgrade) is harmless: the rest runs as the role after it.
+    owner.grant(&role).await.unwrap();
     owner.close().await;
+    // Only the role's own grantor can grant: the role cannot grant itself more.
+    let by_role = wavelet::store::Store::open(&app_url).await.unwrap();
+    assert!(refusal(by_role.grant(&role).await.unwrap_err()).contains("run `wavelet store grant"));
+    by_role.close().await;
+    // Every table Wavelet has is granted to it (a table a later migration adds must be).
+    let ungranted: Vec<String> = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&owner_url).await.unwrap();
+        let tables = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
+             AND NOT has_table_privilege($1, format('%I.%I', schemaname, tablename), 'SELECT')",
+        )
+        .bind(&role)
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+        tables
+    };
+    assert!(ungranted.is_empty(), "tables the role cannot read: {ungranted:?}");
 
     let mut b = bot(&app_url, None).await;
     b.say("alice", "north", "!concern").await;
@@ -901,6 +972,7 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
         ("ALTER TABLE ledger DISABLE TRIGGER ALL", "must be owner"),
         ("ALTER TABLE ledger_content DISABLE TRIGGER ALL", "must be owner"),
         ("DROP TABLE ledger", "must be owner"),
+        ("DELETE FROM _sqlx_migrations", denied),
         // The columns an erasure writes are granted; the trigger allows only an erasure.
         ("UPDATE ledger_content SET content = '{\"answer\":\"all fine\"}' WHERE seq = 3", "can only be erased"),
     ] {
@@ -919,10 +991,10 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
     )
     .await
     .unwrap();
-    let e = wavelet::store::Store::open(&owner_url).await.expect_err("an older Wavelet refuses a newer schema");
-    assert!(e.to_string().contains("99990101000000"), "{e}");
-    let e = wavelet::store::Store::open(&app_url).await.expect_err("as the role too");
-    assert!(e.to_string().contains("not (yet) the one this Wavelet needs"), "{e}");
+    for url in [&owner_url, &app_url] {
+        let e = wavelet::store::Store::open(url).await.expect_err("an older Wavelet refuses a newer schema");
+        assert!(e.to_string().contains("migrated by a newer Wavelet (its migration 99990101000000"), "{e}");
+    }
 
     // Tidy the cluster: a role is not dropped with the test's database.
     let _ = exec_as(&owner_url, &format!("DROP OWNED BY {role}")).await;

@@ -125,6 +125,44 @@ fn a_run_suspends_at_each_question_and_replays_to_the_end() {
 }
 
 #[test]
+fn a_decision_not_to_share_is_an_effect_with_its_reason_and_needs_one() {
+    let wf = compile(
+        r#"
+        fn run(ctx) {
+            let c = open_case(#{ subject: "AB 2015", category: "neglect", risk: "no" });
+            decline_share("north", c, #{ reason: "no risk of harm; the school supports the family", consent: "not sought" });
+            tell(ctx.starter, "Recorded");
+        }
+        "#,
+    );
+    let (effects, outcome, history) = drive(&wf, &[]);
+    assert_eq!(outcome, Outcome::Finished);
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["open_case", "decline_share", "tell"]);
+    assert_eq!(
+        effects[1],
+        Effect::DeclineShare {
+            step: 1,
+            group: "north".into(),
+            case_id: "C-1".into(),
+            reason: "no risk of harm; the school supports the family".into(),
+            consent: Some("not sought".into()),
+        }
+    );
+    let case = "let c = open_case(#{ subject: \"AB\", category: \"other\", risk: \"no\" });";
+    for (call, says) in [
+        ("decline_share(\"north\", c, #{})", "needs its reason"),
+        ("decline_share(\"north\", c, #{ reason: \"  \" })", "needs its reason"),
+        ("decline_share(\"north\", c, #{ reason: \"r\", purpose: \"p\" })", "unknown field `purpose`"),
+        ("decline_share(\"south\", c, #{ reason: \"r\" })", "south"),
+    ] {
+        let e = failure(&format!("fn run(ctx) {{ {case} {call}; }}"));
+        assert!(e.message.contains(says), "{call}: {}", e.message);
+        assert_eq!(e.line, 2, "{call}: the line of the call (the header is line 1)");
+    }
+}
+
+#[test]
 fn suspension_passes_through_try_catch_functions_and_closures() {
     let wf = compile(
         r#"
