@@ -12,7 +12,7 @@
 //! alice: AB 2015                        <- alice answers in her private room with the bot
 //! bot in north: New neglect concern C-1, risk: no
 //! shared with north: New neglect concern C-1, risk: no
-//! not shared with police: ...           <- a recorded decision not to share, and its reason
+//! not shared with north: ...            <- a recorded decision not to share, and its reason
 //! after 15m                             <- the clock moves on; due timers fire
 //! ```
 //!
@@ -154,7 +154,8 @@ impl Transcript {
                 match t.steps.last_mut().map(|s| &mut s.action) {
                     Some(Action::Say { text, .. })
                     | Some(Action::Expect(Expectation::Message { text, .. }))
-                    | Some(Action::Expect(Expectation::Share { text, .. })) => {
+                    | Some(Action::Expect(Expectation::Share { text, .. }))
+                    | Some(Action::Expect(Expectation::NotShared { reason: text, .. })) => {
                         text.push('\n');
                         text.push_str(more);
                     }
@@ -338,6 +339,16 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decision_not_to_share_is_read_with_its_reason_over_several_lines() {
+        let t = Transcript::parse(Path::new("t.transcript"), "not shared with north: no risk\n  of harm\n").unwrap();
+        assert_eq!(
+            t.steps[0].action,
+            Action::Expect(Expectation::NotShared { group: "north".into(), reason: "no risk\nof harm".into() })
+        );
+        assert!(Transcript::parse(Path::new("t.transcript"), "not shared with north\n").is_err());
+    }
 
     #[test]
     fn transcripts_parse_into_steps() {

@@ -83,9 +83,10 @@ fn summary(e: &StoredEntry) -> String {
             field("what").unwrap_or_default()
         )),
         "share.declined" => Some(format!(
-            "decided not to share with {}: {}",
+            "decided not to share with {}: {} (consent: {})",
             field("group").unwrap_or_default(),
-            field("reason").unwrap_or_default()
+            field("reason").unwrap_or_default(),
+            field("consent").unwrap_or_else(|| "not recorded".into())
         )),
         "case.note" => field("text").map(|t| format!("note: {t}")),
         "message.told" => field("text").map(|t| format!("told {}: {t}", field("to").unwrap_or_default())),

@@ -798,8 +798,8 @@ impl Store {
                 // Old and new must not run side by side (README, upgrading).
                 Schema::Newer(v) => {
                     return Err(Error::Refused(format!(
-                        "the database was migrated by a newer Wavelet (its migration {v} is unknown to this one); \
-                         run that version, or a later one"
+                        "the database holds migration {v}, which this Wavelet does not know (a newer Wavelet \
+                         migrated it?); run that version, or a later one"
                     )));
                 }
                 Schema::Other => migrator.run(&pool).await.map_err(|e| match &e {
@@ -858,21 +858,27 @@ impl Store {
                 "there is no database role `{role}`; create it first (CREATE ROLE {role} LOGIN PASSWORD '…')"
             )));
         }
-        // Wavelet's tables are in the schema it migrated into: the first on the search path.
-        let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(pool).await?;
-        // Who runs this must own the tables (else PostgreSQL grants nothing, with a
-        // warning only), and the role must be able to do no more than it is granted.
-        let (owner, granter_owns, is_owner, superuser, member, creates): (String, bool, bool, bool, bool, bool) =
-            sqlx::query_as(
-                "SELECT t.tableowner::text, pg_has_role(current_user, t.tableowner, 'USAGE'), \
-                        $1 = current_user::text, r.rolsuper, pg_has_role($1, t.tableowner, 'USAGE'), \
-                        has_schema_privilege($1, t.schemaname, 'CREATE') \
-                 FROM pg_tables t, pg_roles r WHERE t.schemaname = current_schema() AND t.tablename = 'ledger' \
-                 AND r.rolname = $1",
-            )
-            .bind(role)
-            .fetch_one(pool)
-            .await?;
+        // Wavelet's tables are where this connection finds its ledger; their owner, and
+        // what the role could do beyond any grant.
+        type Facts = (String, String, bool, bool, bool, bool, bool, bool);
+        let facts: Option<Facts> = sqlx::query_as(
+            "SELECT n.nspname::text, pg_get_userbyid(c.relowner)::text, \
+                    pg_has_role(current_user, c.relowner, 'USAGE'), $1 = current_user::text, \
+                    r.rolsuper, r.rolcreaterole, pg_has_role($1, c.relowner, 'MEMBER'), \
+                    has_schema_privilege($1, n.oid, 'CREATE') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, pg_roles r \
+             WHERE c.oid = to_regclass('ledger') AND r.rolname = $1",
+        )
+        .bind(role)
+        .fetch_optional(pool)
+        .await?;
+        let Some((schema, owner, granter_owns, is_owner, superuser, creates_roles, member, creates)) = facts else {
+            return Err(Error::Refused(
+                "no Wavelet ledger on this connection's search path; connect to Wavelet's database (as its owner) \
+                 with the search path it was migrated with"
+                    .into(),
+            ));
+        };
         if !granter_owns {
             return Err(Error::Refused(format!(
                 "Wavelet's tables belong to `{owner}`; run `wavelet store grant {role}` connected as `{owner}`"
@@ -884,6 +890,8 @@ impl Store {
             Some("it is a superuser, which no grant limits")
         } else if member {
             Some("it is a member of the role that owns the tables")
+        } else if creates_roles {
+            Some("it may create roles, and so make itself a member of the owner's")
         } else if creates {
             Some(
                 "it may create tables in the schema (on PostgreSQL 14 and older everyone may: REVOKE CREATE ON SCHEMA public FROM PUBLIC)",
@@ -1393,22 +1401,26 @@ fn insufficient_privilege(e: &sqlx::Error) -> bool {
 }
 
 /// The working tables: the application reads and writes them freely.
-const WORKING_TABLES: &str = "inbox, scripts, runs, cases, timers, outbox, counters, escalations, schedules, ack_waits";
+const WORKING_TABLES: &[&str] =
+    &["inbox", "scripts", "runs", "cases", "timers", "outbox", "counters", "escalations", "schedules", "ack_waits"];
 
 /// What [`Store::grant`] runs for `role` and on the tables in `schema` (both quoted
 /// identifiers). Revokes first, so granting again after an upgrade leaves exactly
 /// this.
 fn grant_sql(role: &str, schema: &str) -> Vec<String> {
-    let chain = "ledger, ledger_content, ledger_head";
+    let q = |tables: &[&str]| tables.iter().map(|t| format!("{schema}.{t}")).collect::<Vec<_>>().join(", ");
+    let working = q(WORKING_TABLES);
+    let (ledger, content, head, migrations) =
+        (q(&["ledger"]), q(&["ledger_content"]), q(&["ledger_head"]), q(&["_sqlx_migrations"]));
     vec![
-        format!("REVOKE ALL ON {WORKING_TABLES}, {chain}, _sqlx_migrations FROM {role}"),
+        format!("REVOKE ALL ON {working}, {ledger}, {content}, {head}, {migrations} FROM {role}"),
         format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {WORKING_TABLES} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {working} TO {role}"),
         format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
-        format!("GRANT SELECT, INSERT ON ledger, ledger_content TO {role}"),
-        format!("GRANT UPDATE (content, erased_at, erasure_reason) ON ledger_content TO {role}"),
-        format!("GRANT SELECT, UPDATE ON ledger_head TO {role}"),
-        format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
+        format!("GRANT SELECT, INSERT ON {ledger}, {content} TO {role}"),
+        format!("GRANT UPDATE (content, erased_at, erasure_reason) ON {content} TO {role}"),
+        format!("GRANT SELECT, UPDATE ON {head} TO {role}"),
+        format!("GRANT SELECT ON {migrations} TO {role}"),
     ]
 }
 
