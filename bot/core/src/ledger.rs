@@ -79,6 +79,9 @@ pub enum EntryKind {
     /// The chain's head was posted outside it, as a witness (`[audit]`).
     #[serde(rename = "ledger.witnessed")]
     LedgerWitnessed,
+    /// The witness found the chain broken since the last one, and posted an alarm instead.
+    #[serde(rename = "ledger.witness_withheld")]
+    LedgerWitnessWithheld,
 }
 
 impl EntryKind {
@@ -115,6 +118,7 @@ impl EntryKind {
             EntryKind::RefusedInvite => "refused.invite",
             EntryKind::ShareDelivered => "share.delivered",
             EntryKind::LedgerWitnessed => "ledger.witnessed",
+            EntryKind::LedgerWitnessWithheld => "ledger.witness_withheld",
         }
     }
 }
@@ -353,19 +357,34 @@ pub fn verify_witnessed(
     head: &Head,
     witnesses: &[Witness],
 ) -> Result<VerifyReport, ChainFault> {
+    walk(Head::genesis(), entries.into_iter().collect(), Some(head), witnesses)
+}
+
+/// The entries after `start` (an entry known good, such as the last one witnessed), up
+/// to the newest: each links to the one before it, from `start` on, and holds its
+/// content. Says nothing of the entries before `start`, nor of the stored head.
+pub fn verify_since(start: &Head, entries: impl IntoIterator<Item = StoredEntry>) -> Result<VerifyReport, ChainFault> {
+    walk(start.clone(), entries.into_iter().collect(), None, &[])
+}
+
+fn walk(
+    start: Head,
+    entries: Vec<StoredEntry>,
+    head: Option<&Head>,
+    witnesses: &[Witness],
+) -> Result<VerifyReport, ChainFault> {
     let mut posted: std::collections::BTreeMap<i64, Vec<&str>> = std::collections::BTreeMap::new();
     for w in witnesses {
         posted.entry(w.seq).or_default().push(&w.hash);
     }
     // The last entry that matched its witness: the chain is as posted up to there.
     let mut matched: Option<i64> = None;
-    let entries: Vec<StoredEntry> = entries.into_iter().collect();
     let recorded_erasures: std::collections::HashSet<i64> = entries
         .iter()
         .filter(|e| e.link.kind == EntryKind::ContentErased.as_str())
         .filter_map(|e| e.content.as_ref()?.get("seq")?.as_i64())
         .collect();
-    let mut expect = Head::genesis();
+    let mut expect = start;
     let mut erased = 0;
     for e in entries {
         let l = &e.link;
@@ -417,7 +436,9 @@ pub fn verify_witnessed(
         }
         expect = Head { seq: l.seq, hash: l.hash.clone() };
     }
-    if expect != *head {
+    if let Some(head) = head
+        && expect != *head
+    {
         let problem = if head.seq > expect.seq {
             format!("missing: the chain ends at entry {} but its head says {}", expect.seq, head.seq)
         } else if head.seq < expect.seq {
@@ -545,6 +566,23 @@ mod tests {
         let f = verify_witnessed(e.clone(), &head, &[witness(&e[2]), wrong]).unwrap_err();
         assert_eq!(f.seq, 3, "{f}");
         assert!(!f.problem.contains("after entry"), "no earlier witness matched: {f}");
+    }
+
+    #[test]
+    fn a_chain_is_checked_from_a_known_entry_on() {
+        let (e, head) = chain(8);
+        let third = Head { seq: 3, hash: e[2].link.hash.clone() };
+        let r = verify_since(&third, e[3..].to_vec()).unwrap();
+        assert_eq!(r.head, head);
+        assert_eq!(verify_since(&head, vec![]).unwrap().head, head, "nothing since");
+        let mut changed = e[3..].to_vec();
+        changed[1].content = Some(json!({ "answer": "something else", "step": 4 }));
+        assert_eq!(verify_since(&third, changed).unwrap_err().seq, 5);
+        // Whatever came before was rewritten: the first entry since no longer links to it.
+        let moved = Head { seq: 3, hash: "0".repeat(64) };
+        let f = verify_since(&moved, e[3..].to_vec()).unwrap_err();
+        assert_eq!(f.seq, 4, "{f}");
+        assert!(f.problem.contains("prev_hash differs"), "{f}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use wavelet_core::engine::{
     ACK_TIMED_OUT, Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine,
 };
 use wavelet_core::escalation::{self, CaseSummary};
-use wavelet_core::ledger::{Draft, EntryKind, Witness};
+use wavelet_core::ledger::{Draft, EntryKind, Head, Witness, verify_since};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{
     Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag, render, roles, text,
@@ -334,7 +334,9 @@ impl Runtime {
     /// The ledger witness (`[audit]`): posts the chain's head, as this transaction sees it,
     /// into the witness group's rooms, and records that it did (an entry after the one
     /// posted). The message goes out only if this transaction commits, so what it names is
-    /// in the chain.
+    /// in the chain. It first checks the chain since the last witness; if that does not
+    /// verify, it posts an alarm to the group and the coordinators instead, and records it
+    /// (`ledger.witness_withheld`), each time it falls due until the chain is mended.
     async fn post_witness(&self, tx: &mut Tx, s: &crate::store::DueSchedule, now: Millis) -> store::Result<()> {
         let next = wavelet_core::schedule::Cron::parse(&s.cron).ok().and_then(|c| c.next_after(now));
         tx.schedule_fired(&s.id, now, next).await?;
@@ -342,6 +344,51 @@ impl Runtime {
         if head.seq == 0 {
             // Nothing to witness yet (a running Wavelet records its workflows first, so
             // only a store used by nothing else).
+            return Ok(());
+        }
+        let rooms = self.group_rooms(&s.group_id);
+        let platform = self.group_platform(&s.group_id);
+        if rooms.is_empty() {
+            // The schedule came from another process's configuration, which names a group
+            // this one does not know: post nothing, and record nothing as posted.
+            tracing::error!(group = %s.group_id, "ledger witness not posted: its group is not in this directory; coordinators told");
+            let text = format!(
+                "The ledger witness was not posted: its group `{}` is not in this Wavelet's configuration. Check \
+                 [audit] witness_group in every Wavelet's configuration.",
+                s.group_id
+            );
+            let key = format!("schedule:{}:{}", s.id, s.due_at.0);
+            return self.queue_for_coordinators(tx, &key, &text, |c| self.dm_room(&c.id, platform), None, now).await;
+        }
+        // A witness vouches for the chain it names: what came since the last one must
+        // verify, or it posts an alarm instead (each time it falls due, until mended).
+        let since = tx.last_witness().await?.unwrap_or_else(Head::genesis);
+        let entries = tx.ledger_since(since.seq).await?;
+        if let Err(fault) = verify_since(&since, entries) {
+            tracing::error!(
+                seq = fault.seq,
+                since = since.seq,
+                "ledger does not verify since the last witness; witness withheld, coordinators told"
+            );
+            let text = format!(
+                "Ledger witness WITHHELD, {}: the ledger does not verify since entry {} (the last witnessed): {fault}.\n\
+                 Nothing is witnessed until it is mended. Reviewers: run `wavelet audit verify` with the witnesses you \
+                 kept.",
+                now.rfc3339(),
+                since.seq,
+            );
+            self.queue_witness(tx, s, &rooms, &text, now).await?;
+            let key = format!("witness:{}:withheld", s.due_at.0);
+            self.queue_for_coordinators(tx, &key, &text, |c| self.dm_room(&c.id, platform), None, now).await?;
+            tx.append(Draft {
+                at: now,
+                kind: EntryKind::LedgerWitnessWithheld,
+                case_id: None,
+                run_id: None,
+                actor: WAVELET.to_string(),
+                script_hash: None,
+                content: json!({ "since": since.seq, "fault_seq": fault.seq, "problem": fault.problem, "group": s.group_id }),
+            });
             return Ok(());
         }
         let witness = Witness { seq: head.seq, hash: head.hash.clone() };
@@ -352,29 +399,7 @@ impl Runtime {
             head.seq,
             head.hash,
         );
-        let rooms = self.group_rooms(&s.group_id);
-        if rooms.is_empty() {
-            // The schedule came from another process's configuration, which names a group
-            // this one does not know: post nothing, and record nothing as posted.
-            tracing::error!(group = %s.group_id, "ledger witness not posted: its group is not in this directory; coordinators told");
-            let text = format!(
-                "The ledger witness was not posted: its group `{}` is not in this Wavelet's configuration. Check \
-                 [audit] witness_group in every Wavelet's configuration.",
-                s.group_id
-            );
-            let platform = self.group_platform(&s.group_id);
-            let key = format!("schedule:{}:{}", s.id, s.due_at.0);
-            return self.queue_for_coordinators(tx, &key, &text, |c| self.dm_room(&c.id, platform), None, now).await;
-        }
-        for room in &rooms {
-            let m = OutboundMessage {
-                idempotency_key: format!("witness:{}:{room}", s.due_at.0),
-                room: room.clone(),
-                person: None,
-                body: MessageBody::Text { text: text.clone() },
-            };
-            tx.enqueue(&m, None, now).await?;
-        }
+        self.queue_witness(tx, s, &rooms, &text, now).await?;
         tx.append(Draft {
             at: now,
             kind: EntryKind::LedgerWitnessed,
@@ -390,6 +415,27 @@ impl Runtime {
             }),
         });
         tracing::info!(seq = head.seq, group = %s.group_id, "ledger witness posted");
+        Ok(())
+    }
+
+    /// Queues the witness's `text` to each of its group's rooms.
+    async fn queue_witness(
+        &self,
+        tx: &mut Tx,
+        s: &crate::store::DueSchedule,
+        rooms: &[RoomRef],
+        text: &str,
+        now: Millis,
+    ) -> store::Result<()> {
+        for room in rooms {
+            let m = OutboundMessage {
+                idempotency_key: format!("witness:{}:{room}", s.due_at.0),
+                room: room.clone(),
+                person: None,
+                body: MessageBody::Text { text: text.to_string() },
+            };
+            tx.enqueue(&m, None, now).await?;
+        }
         Ok(())
     }
 

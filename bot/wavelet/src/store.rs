@@ -1486,6 +1486,27 @@ impl Tx {
         }
     }
 
+    /// The entry the last ledger witness named (`ledger.witnessed`), if one was posted and
+    /// its record reads as one.
+    pub async fn last_witness(&mut self) -> Result<Option<Head>> {
+        const SQL: &str = "SELECT c.content FROM ledger l JOIN ledger_content c ON c.seq = l.seq \
+                           WHERE l.kind = 'ledger.witnessed' ORDER BY l.seq DESC LIMIT 1";
+        let content: Option<Option<String>> = on_tx!(self, c => sqlx::query_scalar(SQL).fetch_optional(c).await)?;
+        let named = content
+            .flatten()
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+            .and_then(|v| Some(Head { seq: v.get("seq")?.as_i64()?, hash: v.get("hash")?.as_str()?.to_string() }));
+        Ok(named)
+    }
+
+    /// The committed ledger entries after `after`, in order, as this transaction reads them.
+    pub async fn ledger_since(&mut self, after: i64) -> Result<Vec<StoredEntry>> {
+        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content, c.erased_at \
+                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq WHERE l.seq > $1 ORDER BY l.seq";
+        let rows: Vec<EntryTuple> = on_tx!(self, c => sqlx::query_as(SQL).bind(after).fetch_all(c).await)?;
+        rows.into_iter().map(entry_from_tuple).collect()
+    }
+
     /// The chain's head as this transaction sees it: the last entry committed before it
     /// began, or the last it appended.
     pub fn head(&self) -> &Head {

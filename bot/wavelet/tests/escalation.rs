@@ -14,6 +14,7 @@ on_both!(
     a_schedule_fires_once_across_processes_and_once_after_downtime,
     the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chain_against_it,
     a_witness_for_a_group_this_process_does_not_know_is_not_posted_and_coordinators_are_told,
+    a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last_one_does_not_verify,
     overdue_stages_fire_at_once_in_due_order_and_say_how_late,
     a_run_waits_for_an_acknowledgement_until_its_deadline,
     closing_a_case_stops_its_escalation,
@@ -407,6 +408,62 @@ async fn a_witness_for_a_group_this_process_does_not_know_is_not_posted_and_coor
     assert!(to_cora[0].contains("witness was not posted: its group `auditors`"), "{to_cora:?}");
     assert!(ledger_kinds(&a, "ledger.witnessed").await.is_empty(), "nothing recorded as posted");
     assert!(sent.iter().all(|m| !m.body.plain().starts_with("Ledger witness")), "{sent:?}");
+}
+
+async fn a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last_one_does_not_verify(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    let mut a = bot(&url, None).await;
+    raise(&mut a, "alice").await;
+    a.clock.advance(Duration::from_secs(15 * 3600 + 60));
+    let first: Vec<String> = fire(&mut a).await.iter().map(|m| m.body.plain()).collect();
+    assert!(first.iter().any(|t| t.starts_with("Ledger witness, ")), "the untouched chain is witnessed: {first:?}");
+    let witnessed = ledger_kinds(&a, "ledger.witnessed").await[0]["seq"].as_i64().unwrap();
+
+    // After it, an answer is changed behind the guards' back.
+    raise(&mut a, "dana").await;
+    let answer =
+        a.rt.store
+            .ledger_page(witnessed, i64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.link.kind == "question.answered")
+            .unwrap()
+            .link
+            .seq;
+    let tamper = format!("UPDATE ledger_content SET content = '{{\"answer\":\"nothing\"}}' WHERE seq = {answer}");
+    if let Some(p) = a.rt.store.sqlite_pool() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe("DROP TRIGGER ledger_content_erase_only")).execute(p).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(tamper)).execute(p).await.unwrap();
+    } else {
+        let p = a.rt.store.postgres_pool().unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe("ALTER TABLE ledger_content DISABLE TRIGGER ALL")).execute(p).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(tamper)).execute(p).await.unwrap();
+    }
+
+    a.clock.advance(Duration::from_secs(86_400));
+    let sent = fire(&mut a).await;
+    let alarm =
+        format!("the ledger does not verify since entry {witnessed} (the last witnessed): ledger entry {answer}:");
+    let to_reviewers: Vec<String> = sent
+        .iter()
+        .filter(|m| m.room == RoomRef::Shared { platform: Platform::Console, id: "reviewers".into() })
+        .map(|m| m.body.plain())
+        .collect();
+    assert_eq!(to_reviewers.len(), 1, "{sent:?}");
+    assert!(
+        to_reviewers[0].starts_with("Ledger witness WITHHELD") && to_reviewers[0].contains(&alarm),
+        "{to_reviewers:?}"
+    );
+    assert!(
+        sent.iter().any(|m| m.person.as_deref() == Some("cora") && m.body.plain().contains(&alarm)),
+        "the coordinators are told: {sent:?}"
+    );
+    assert_eq!(ledger_kinds(&a, "ledger.witnessed").await.len(), 1, "nothing more witnessed");
+    let withheld = ledger_kinds(&a, "ledger.witness_withheld").await;
+    assert_eq!(withheld.len(), 1);
+    assert_eq!((withheld[0]["since"].as_i64(), withheld[0]["fault_seq"].as_i64()), (Some(witnessed), Some(answer)));
 }
 
 async fn a_case_closed_while_wavelet_was_down_is_not_escalated_further(backend: &str) {
