@@ -293,6 +293,7 @@ pub struct ChainFault {
 /// What a clean verification saw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
+    /// The number of the last entry checked (the whole chain's length, from genesis).
     pub entries: i64,
     pub erased: i64,
     pub head: Head,
@@ -360,11 +361,15 @@ pub fn verify_witnessed(
     walk(Head::genesis(), entries.into_iter().collect(), Some(head), witnesses)
 }
 
-/// The entries after `start` (an entry known good, such as the last one witnessed), up
-/// to the newest: each links to the one before it, from `start` on, and holds its
-/// content. Says nothing of the entries before `start`, nor of the stored head.
-pub fn verify_since(start: &Head, entries: impl IntoIterator<Item = StoredEntry>) -> Result<VerifyReport, ChainFault> {
-    walk(start.clone(), entries.into_iter().collect(), None, &[])
+/// The entries after `start` (an entry known good), up to `head`: each links to the one
+/// before it from `start` on, holds its content, and the last is `head`. Says nothing of
+/// the entries before `start`. (All in memory; [`ChainCheck`] takes them a page at a time.)
+pub fn verify_since(
+    start: &Head,
+    entries: impl IntoIterator<Item = StoredEntry>,
+    head: &Head,
+) -> Result<VerifyReport, ChainFault> {
+    walk(start.clone(), entries.into_iter().collect(), Some(head), &[])
 }
 
 fn walk(
@@ -373,31 +378,60 @@ fn walk(
     head: Option<&Head>,
     witnesses: &[Witness],
 ) -> Result<VerifyReport, ChainFault> {
-    let mut posted: std::collections::BTreeMap<i64, Vec<&str>> = std::collections::BTreeMap::new();
-    for w in witnesses {
-        posted.entry(w.seq).or_default().push(&w.hash);
+    let erasures = recorded_erasures(&entries);
+    let mut check = ChainCheck::new(start, erasures, witnesses);
+    for e in &entries {
+        check.next(e)?;
     }
-    // The last entry that matched its witness: the chain is as posted up to there.
-    let mut matched: Option<i64> = None;
-    let recorded_erasures: std::collections::HashSet<i64> = entries
+    check.finish(head)
+}
+
+/// The entries whose erasure `entries` record (`content.erased`): the only ones whose
+/// content may be missing.
+pub fn recorded_erasures(entries: &[StoredEntry]) -> std::collections::HashSet<i64> {
+    entries
         .iter()
         .filter(|e| e.link.kind == EntryKind::ContentErased.as_str())
         .filter_map(|e| e.content.as_ref()?.get("seq")?.as_i64())
-        .collect();
-    let mut expect = start;
-    let mut erased = 0;
-    for e in entries {
+        .collect()
+}
+
+/// A chain checked one entry at a time, from a known entry on, so a long chain need not
+/// be held in memory: give it the erasures recorded anywhere after `start` (see
+/// [`recorded_erasures`]; an erasure is recorded after the entry it erases), feed it the
+/// entries in order, then finish at the head.
+pub struct ChainCheck<'w> {
+    expect: Head,
+    erasures: std::collections::HashSet<i64>,
+    erased: i64,
+    posted: std::collections::BTreeMap<i64, Vec<&'w str>>,
+    witnesses: usize,
+    /// The last entry that matched its witness: the chain is as posted up to there.
+    matched: Option<i64>,
+}
+
+impl<'w> ChainCheck<'w> {
+    pub fn new(start: Head, erasures: std::collections::HashSet<i64>, witnesses: &'w [Witness]) -> ChainCheck<'w> {
+        let mut posted: std::collections::BTreeMap<i64, Vec<&str>> = std::collections::BTreeMap::new();
+        for w in witnesses {
+            posted.entry(w.seq).or_default().push(&w.hash);
+        }
+        ChainCheck { expect: start, erasures, erased: 0, posted, witnesses: witnesses.len(), matched: None }
+    }
+
+    /// The next entry: it must link to the one before and be unchanged.
+    pub fn next(&mut self, e: &StoredEntry) -> Result<(), ChainFault> {
         let l = &e.link;
-        let seq = expect.seq + 1;
+        let seq = self.expect.seq + 1;
         if l.seq != seq {
             let problem = if l.seq > seq {
-                format!("missing: the chain jumps from entry {} to entry {}", expect.seq, l.seq)
+                format!("missing: the chain jumps from entry {} to entry {}", self.expect.seq, l.seq)
             } else {
-                format!("out of order: entry {} appears after entry {}", l.seq, expect.seq)
+                format!("out of order: entry {} appears after entry {}", l.seq, self.expect.seq)
             };
             return Err(ChainFault { seq, problem });
         }
-        if l.prev_hash != expect.hash {
+        if l.prev_hash != self.expect.hash {
             return Err(ChainFault { seq, problem: "does not link to the entry before it (prev_hash differs)".into() });
         }
         if link_hash(l) != l.hash {
@@ -411,14 +445,14 @@ fn walk(
                 return Err(ChainFault { seq, problem: "its content was changed after it was written".into() });
             }
             Some(_) => {}
-            None if recorded_erasures.contains(&seq) => erased += 1,
+            None if self.erasures.contains(&seq) => self.erased += 1,
             None => {
                 return Err(ChainFault { seq, problem: "its content is gone without a recorded erasure".into() });
             }
         }
-        if let Some(hashes) = posted.get(&seq) {
+        if let Some(hashes) = self.posted.get(&seq) {
             if let Some(other) = hashes.iter().find(|h| **h != l.hash) {
-                let since = match matched {
+                let since = match self.matched {
                     Some(m) => format!(" and after entry {m}, which matches its witness"),
                     None => String::new(),
                 };
@@ -432,33 +466,40 @@ fn walk(
                     ),
                 });
             }
-            matched = Some(seq);
+            self.matched = Some(seq);
         }
-        expect = Head { seq: l.seq, hash: l.hash.clone() };
+        self.expect = Head { seq: l.seq, hash: l.hash.clone() };
+        Ok(())
     }
-    if let Some(head) = head
-        && expect != *head
-    {
-        let problem = if head.seq > expect.seq {
-            format!("missing: the chain ends at entry {} but its head says {}", expect.seq, head.seq)
-        } else if head.seq < expect.seq {
-            format!("added: entries after {} are beyond the recorded head", head.seq)
-        } else {
-            "the last entry differs from the recorded head".to_string()
-        };
-        return Err(ChainFault { seq: expect.seq.min(head.seq) + 1, problem });
+
+    /// After the last entry: the chain must end at `head` (when given: the stored head)
+    /// and reach every witness.
+    pub fn finish(self, head: Option<&Head>) -> Result<VerifyReport, ChainFault> {
+        let expect = self.expect;
+        if let Some(head) = head
+            && expect != *head
+        {
+            let problem = if head.seq > expect.seq {
+                format!("missing: the chain ends at entry {} but its head says {}", expect.seq, head.seq)
+            } else if head.seq < expect.seq {
+                format!("added: entries after {} are beyond the recorded head", head.seq)
+            } else {
+                "the last entry differs from the recorded head".to_string()
+            };
+            return Err(ChainFault { seq: expect.seq.min(head.seq) + 1, problem });
+        }
+        if let Some((&seq, hashes)) = self.posted.range(expect.seq + 1..).next() {
+            return Err(ChainFault {
+                seq: expect.seq + 1,
+                problem: format!(
+                    "missing: a witness posted entry {seq} ({}) but the chain ends at entry {}; entries were removed",
+                    short(hashes[0]),
+                    expect.seq
+                ),
+            });
+        }
+        Ok(VerifyReport { entries: expect.seq, erased: self.erased, head: expect, witnessed: self.witnesses })
     }
-    if let Some((&seq, hashes)) = posted.range(expect.seq + 1..).next() {
-        return Err(ChainFault {
-            seq: expect.seq + 1,
-            problem: format!(
-                "missing: a witness posted entry {seq} ({}) but the chain ends at entry {}; entries were removed",
-                short(hashes[0]),
-                expect.seq
-            ),
-        });
-    }
-    Ok(VerifyReport { entries: expect.seq, erased, head: expect, witnessed: witnesses.len() })
 }
 
 /// The start of a hash, enough to tell two apart in a message (by characters: a hash
@@ -572,17 +613,45 @@ mod tests {
     fn a_chain_is_checked_from_a_known_entry_on() {
         let (e, head) = chain(8);
         let third = Head { seq: 3, hash: e[2].link.hash.clone() };
-        let r = verify_since(&third, e[3..].to_vec()).unwrap();
+        let r = verify_since(&third, e[3..].to_vec(), &head).unwrap();
         assert_eq!(r.head, head);
-        assert_eq!(verify_since(&head, vec![]).unwrap().head, head, "nothing since");
+        assert_eq!(verify_since(&head, vec![], &head).unwrap().head, head, "nothing since");
         let mut changed = e[3..].to_vec();
         changed[1].content = Some(json!({ "answer": "something else", "step": 4 }));
-        assert_eq!(verify_since(&third, changed).unwrap_err().seq, 5);
+        assert_eq!(verify_since(&third, changed, &head).unwrap_err().seq, 5);
         // Whatever came before was rewritten: the first entry since no longer links to it.
         let moved = Head { seq: 3, hash: "0".repeat(64) };
-        let f = verify_since(&moved, e[3..].to_vec()).unwrap_err();
+        let f = verify_since(&moved, e[3..].to_vec(), &head).unwrap_err();
         assert_eq!(f.seq, 4, "{f}");
         assert!(f.problem.contains("prev_hash differs"), "{f}");
+        // The last entries gone, the stored head left alone: the stretch ends short of it.
+        let f = verify_since(&third, e[3..6].to_vec(), &head).unwrap_err();
+        assert!(f.problem.contains("the chain ends at entry 6 but its head says 8"), "{f}");
+        // Fed a page at a time, with the erasures recorded anywhere after the start.
+        let mut erased = e.clone();
+        erased[4].content = None;
+        let mut h = head.clone();
+        let record = Draft {
+            at: Millis(9_000),
+            kind: EntryKind::ContentErased,
+            case_id: None,
+            run_id: None,
+            actor: "rey".into(),
+            script_hash: None,
+            content: json!({ "seq": 5, "reason": "retention" }),
+        };
+        erased.push(StoredEntry { link: h.append(&record), content: Some(record.content) });
+        let mut check = ChainCheck::new(third.clone(), recorded_erasures(&erased[3..]), &[]);
+        for page in erased[3..].chunks(2) {
+            for entry in page {
+                check.next(entry).unwrap();
+            }
+        }
+        let r = check.finish(Some(&h)).unwrap();
+        assert_eq!((r.entries, r.erased), (9, 1));
+        let mut check = ChainCheck::new(third, Default::default(), &[]);
+        let f = erased[3..].iter().try_for_each(|entry| check.next(entry)).unwrap_err();
+        assert!(f.problem.contains("gone without a recorded erasure"), "{f}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use wavelet_core::engine::{
     ACK_TIMED_OUT, Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine,
 };
 use wavelet_core::escalation::{self, CaseSummary};
-use wavelet_core::ledger::{Draft, EntryKind, Head, Witness, verify_since};
+use wavelet_core::ledger::{ChainCheck, Draft, EntryKind, Head, Witness};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{
     Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag, render, roles, text,
@@ -363,8 +363,7 @@ impl Runtime {
         // A witness vouches for the chain it names: what came since the last one must
         // verify, or it posts an alarm instead (each time it falls due, until mended).
         let since = tx.last_witness().await?.unwrap_or_else(Head::genesis);
-        let entries = tx.ledger_since(since.seq).await?;
-        if let Err(fault) = verify_since(&since, entries) {
+        if let Err(fault) = self.check_chain_since(tx, &since).await? {
             tracing::error!(
                 seq = fault.seq,
                 since = since.seq,
@@ -416,6 +415,28 @@ impl Runtime {
         });
         tracing::info!(seq = head.seq, group = %s.group_id, "ledger witness posted");
         Ok(())
+    }
+
+    /// Checks the committed chain from `since` to where it ended when `tx` began, a page at
+    /// a time (the first witness checks the whole chain, while holding the chain's lock).
+    async fn check_chain_since(
+        &self,
+        tx: &mut Tx,
+        since: &Head,
+    ) -> store::Result<Result<wavelet_core::ledger::VerifyReport, wavelet_core::ledger::ChainFault>> {
+        const PAGE: i64 = 10_000;
+        let end = tx.begun_at().clone();
+        let erasures = tx.erasures_since(since.seq).await?;
+        let mut check = ChainCheck::new(since.clone(), erasures, &[]);
+        let mut after = since.seq;
+        loop {
+            let page = tx.ledger_page(after, PAGE).await?;
+            let Some(last) = page.last() else { return Ok(check.finish(Some(&end))) };
+            after = last.link.seq;
+            if let Err(fault) = page.iter().try_for_each(|e| check.next(e)) {
+                return Ok(Err(fault));
+            }
+        }
     }
 
     /// Queues the witness's `text` to each of its group's rooms.

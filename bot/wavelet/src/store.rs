@@ -328,6 +328,8 @@ enum Pool {
 pub struct Tx {
     conn: TxConn,
     head: Head,
+    /// The chain's head when this transaction began (after the one it carries on from).
+    begun: Head,
     /// The chain-head row's commit count when this transaction took the lock; its commit
     /// writes one more.
     commits: i64,
@@ -1441,6 +1443,7 @@ impl Tx {
     fn new(store: Store, conn: TxConn, head: Head, commits: i64) -> Tx {
         Tx {
             conn,
+            begun: head.clone(),
             head,
             commits,
             done: None,
@@ -1486,25 +1489,40 @@ impl Tx {
         }
     }
 
-    /// The entry the last ledger witness named (`ledger.witnessed`), if one was posted and
-    /// its record reads as one.
+    /// Where the last ledger witness stands in the chain: the entry before its
+    /// `ledger.witnessed` record (the one it named), read from the record's own link, which
+    /// an erasure of its content cannot touch.
     pub async fn last_witness(&mut self) -> Result<Option<Head>> {
-        const SQL: &str = "SELECT c.content FROM ledger l JOIN ledger_content c ON c.seq = l.seq \
-                           WHERE l.kind = 'ledger.witnessed' ORDER BY l.seq DESC LIMIT 1";
-        let content: Option<Option<String>> = on_tx!(self, c => sqlx::query_scalar(SQL).fetch_optional(c).await)?;
-        let named = content
-            .flatten()
-            .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
-            .and_then(|v| Some(Head { seq: v.get("seq")?.as_i64()?, hash: v.get("hash")?.as_str()?.to_string() }));
-        Ok(named)
+        const SQL: &str = "SELECT seq, prev_hash FROM ledger WHERE kind = 'ledger.witnessed' ORDER BY seq DESC LIMIT 1";
+        let row: Option<(i64, String)> = on_tx!(self, c => sqlx::query_as(SQL).fetch_optional(c).await)?;
+        Ok(row.map(|(seq, prev_hash)| Head { seq: seq - 1, hash: prev_hash }))
     }
 
-    /// The committed ledger entries after `after`, in order, as this transaction reads them.
-    pub async fn ledger_since(&mut self, after: i64) -> Result<Vec<StoredEntry>> {
+    /// The entries whose erasure is recorded after `after` (see
+    /// [`wavelet_core::ledger::ChainCheck`]).
+    pub async fn erasures_since(&mut self, after: i64) -> Result<std::collections::HashSet<i64>> {
+        const SQL: &str = "SELECT c.content FROM ledger l JOIN ledger_content c ON c.seq = l.seq \
+                           WHERE l.kind = 'content.erased' AND l.seq > $1";
+        let rows: Vec<Option<String>> = on_tx!(self, c => sqlx::query_scalar(SQL).bind(after).fetch_all(c).await)?;
+        Ok(rows
+            .into_iter()
+            .flatten()
+            .filter_map(|c| serde_json::from_str::<serde_json::Value>(&c).ok()?.get("seq")?.as_i64())
+            .collect())
+    }
+
+    /// Committed ledger entries with `seq > after`, in order, at most `limit`, as this
+    /// transaction reads them.
+    pub async fn ledger_page(&mut self, after: i64, limit: i64) -> Result<Vec<StoredEntry>> {
         const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content, c.erased_at \
-                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq WHERE l.seq > $1 ORDER BY l.seq";
-        let rows: Vec<EntryTuple> = on_tx!(self, c => sqlx::query_as(SQL).bind(after).fetch_all(c).await)?;
+                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq WHERE l.seq > $1 ORDER BY l.seq LIMIT $2";
+        let rows: Vec<EntryTuple> = on_tx!(self, c => sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(c).await)?;
         rows.into_iter().map(entry_from_tuple).collect()
+    }
+
+    /// The chain's head when this transaction began: where the committed chain ends.
+    pub fn begun_at(&self) -> &Head {
+        &self.begun
     }
 
     /// The chain's head as this transaction sees it: the last entry committed before it

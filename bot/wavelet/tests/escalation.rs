@@ -15,6 +15,7 @@ on_both!(
     the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chain_against_it,
     a_witness_for_a_group_this_process_does_not_know_is_not_posted_and_coordinators_are_told,
     a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last_one_does_not_verify,
+    a_witness_is_withheld_when_the_newest_entries_are_gone,
     overdue_stages_fire_at_once_in_due_order_and_say_how_late,
     a_run_waits_for_an_acknowledgement_until_its_deadline,
     closing_a_case_stops_its_escalation,
@@ -373,8 +374,11 @@ async fn the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chai
     let report = wavelet::audit::verify_store_witnessed(&a.rt.store, std::slice::from_ref(&w)).await.unwrap().unwrap();
     assert_eq!(report.witnessed, 1);
 
-    // The next day, once more, naming the new head.
+    // The next day, once more, naming the new head; a lawful erasure meanwhile is no alarm.
     raise(&mut a, "dana").await;
+    let note = a.rt.store.ledger_page(w.seq, i64::MAX).await.unwrap().into_iter().find(|e| e.link.kind == "case.note");
+    let now = a.rt.clock.now();
+    assert!(a.rt.store.erase(note.unwrap().link.seq, "retention period ended", "rey", now).await.unwrap());
     for bot in [&a, &b] {
         bot.clock.advance(Duration::from_secs(86_400));
     }
@@ -432,15 +436,11 @@ async fn a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last
             .unwrap()
             .link
             .seq;
-    let tamper = format!("UPDATE ledger_content SET content = '{{\"answer\":\"nothing\"}}' WHERE seq = {answer}");
-    if let Some(p) = a.rt.store.sqlite_pool() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe("DROP TRIGGER ledger_content_erase_only")).execute(p).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(tamper)).execute(p).await.unwrap();
-    } else {
-        let p = a.rt.store.postgres_pool().unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe("ALTER TABLE ledger_content DISABLE TRIGGER ALL")).execute(p).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(tamper)).execute(p).await.unwrap();
-    }
+    tamper_ledger(
+        &a,
+        &[format!("UPDATE ledger_content SET content = '{{\"answer\":\"nothing\"}}' WHERE seq = {answer}")],
+    )
+    .await;
 
     a.clock.advance(Duration::from_secs(86_400));
     let sent = fire(&mut a).await;
@@ -464,6 +464,57 @@ async fn a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last
     let withheld = ledger_kinds(&a, "ledger.witness_withheld").await;
     assert_eq!(withheld.len(), 1);
     assert_eq!((withheld[0]["since"].as_i64(), withheld[0]["fault_seq"].as_i64()), (Some(witnessed), Some(answer)));
+    // And again the next day, until it is mended.
+    a.clock.advance(Duration::from_secs(86_400));
+    let sent = fire(&mut a).await;
+    assert!(sent.iter().any(|m| m.body.plain().starts_with("Ledger witness WITHHELD")), "{sent:?}");
+    assert_eq!(ledger_kinds(&a, "ledger.witness_withheld").await.len(), 2);
+    assert_eq!(ledger_kinds(&a, "ledger.witnessed").await.len(), 1);
+}
+
+/// Gets past the ledger's guards, as someone with the database's keys would, and runs
+/// `statements`.
+async fn tamper_ledger(b: &Bot, statements: &[String]) {
+    let run = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
+    if let Some(p) = b.rt.store.sqlite_pool() {
+        for t in ["ledger_no_delete", "ledger_content_erase_only", "ledger_content_no_delete"] {
+            run(format!("DROP TRIGGER {t}")).execute(p).await.unwrap();
+        }
+        for sql in statements {
+            run(sql.clone()).execute(p).await.unwrap();
+        }
+    } else {
+        let p = b.rt.store.postgres_pool().unwrap();
+        for t in ["ledger", "ledger_content"] {
+            run(format!("ALTER TABLE {t} DISABLE TRIGGER ALL")).execute(p).await.unwrap();
+        }
+        for sql in statements {
+            run(sql.clone()).execute(p).await.unwrap();
+        }
+    }
+}
+
+/// The newest entries removed and the stored head left as it was: the stretch since the
+/// last witness ends short of the head, so nothing is witnessed.
+async fn a_witness_is_withheld_when_the_newest_entries_are_gone(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    let mut a = bot(&url, None).await;
+    raise(&mut a, "alice").await;
+    let head = a.rt.store.ledger_head().await.unwrap();
+    tamper_ledger(
+        &a,
+        &[
+            format!("DELETE FROM ledger_content WHERE seq = {}", head.seq),
+            format!("DELETE FROM ledger WHERE seq = {}", head.seq),
+        ],
+    )
+    .await;
+    a.clock.advance(Duration::from_secs(15 * 3600 + 60));
+    let sent: Vec<String> = fire(&mut a).await.iter().map(|m| m.body.plain()).collect();
+    let alarm = format!("the chain ends at entry {} but its head says {}", head.seq - 1, head.seq);
+    assert!(sent.iter().any(|t| t.starts_with("Ledger witness WITHHELD") && t.contains(&alarm)), "{sent:?}");
+    assert!(ledger_kinds(&a, "ledger.witnessed").await.is_empty());
 }
 
 async fn a_case_closed_while_wavelet_was_down_is_not_escalated_further(backend: &str) {
