@@ -658,6 +658,14 @@ fn strings_of(a: &Array, what: &str, pos: Position) -> RhaiResult<Vec<String>> {
         .collect()
 }
 
+/// Refuses a field of `map` not in `allowed`: "`what`: unknown field `k`; `takes`".
+fn only_fields(map: &Map, allowed: &[&str], what: &str, takes: &str, pos: Position) -> RhaiResult<()> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(script_error(format!("{what}: unknown field `{k}`; {takes}"), pos)),
+        None => Ok(()),
+    }
+}
+
 fn register_effects(engine: &mut Engine) {
     engine.register_fn("ask", |ctx: NativeCallContext, who: &str, prompt: &str| {
         ask_impl(&ctx, who, prompt, AnswerSpec::default(), EffectKind::Ask)
@@ -706,14 +714,7 @@ fn register_effects(engine: &mut Engine) {
             let purpose = map_str(&why, "purpose").filter(|s| !s.trim().is_empty());
             let basis = map_str(&why, "basis").filter(|s| !s.trim().is_empty());
             let consent = map_str(&why, "consent");
-            for k in why.keys() {
-                if !matches!(k.as_str(), "purpose" | "basis" | "consent") {
-                    return Err(script_error(
-                        format!("share: unknown field `{k}`; a share takes purpose, basis and consent"),
-                        pos,
-                    ));
-                }
-            }
+            only_fields(&why, &["purpose", "basis", "consent"], "share", "a share takes purpose, basis and consent", pos)?;
             let (Some(purpose), Some(basis)) = (purpose, basis) else {
                 return Err(script_error(
                     "share: every share needs a purpose and a lawful basis, e.g. #{ purpose: \"protect a child from harm\", basis: \"public task\" }",
@@ -744,14 +745,13 @@ fn register_effects(engine: &mut Engine) {
         |ctx: NativeCallContext, group: &str, case: Dynamic, why: Map| -> RhaiResult<()> {
             let pos = ctx.call_position();
             let case_id = case_id_of(&case, "decline_share", pos)?;
-            for k in why.keys() {
-                if !matches!(k.as_str(), "reason" | "consent") {
-                    return Err(script_error(
-                        format!("decline_share: unknown field `{k}`; a decision not to share takes reason and consent"),
-                        pos,
-                    ));
-                }
-            }
+            only_fields(
+                &why,
+                &["reason", "consent"],
+                "decline_share",
+                "a decision not to share takes reason and consent",
+                pos,
+            )?;
             let Some(reason) = map_str(&why, "reason").filter(|s| !s.trim().is_empty()) else {
                 return Err(script_error(
                     "decline_share: every decision not to share needs its reason, e.g. #{ reason: \"no risk of harm; \
@@ -759,7 +759,6 @@ fn register_effects(engine: &mut Engine) {
                     pos,
                 ));
             };
-            check_text(&reason, "decline_share", pos)?;
             let consent = map_str(&why, "consent");
             with_replay(pos, |r| {
                 check_group(r, group, "decline_share", pos)?;
@@ -786,14 +785,13 @@ fn register_effects(engine: &mut Engine) {
             })
         };
         let (subject, category, risk) = (get("subject")?, get("category")?, get("risk")?);
-        for k in fields.keys() {
-            if !matches!(k.as_str(), "subject" | "category" | "risk") {
-                return Err(script_error(
-                    format!("open_case: unknown field `{k}`; a case takes subject, category and risk"),
-                    pos,
-                ));
-            }
-        }
+        only_fields(
+            &fields,
+            &["subject", "category", "risk"],
+            "open_case",
+            "a case takes subject, category and risk",
+            pos,
+        )?;
         let args = serde_json::json!({ "subject": subject, "category": category, "risk": risk });
         let v = with_replay(pos, |r| {
             r.effect(EffectKind::OpenCase, args, pos, None, |r, step| {

@@ -532,6 +532,19 @@ mod tests {
         (entries, head)
     }
 
+    /// The chained record of erasing entry `seq`'s content.
+    fn erasure_record(seq: i64, reason: &str) -> Draft {
+        Draft {
+            at: Millis(9_000),
+            kind: EntryKind::ContentErased,
+            case_id: None,
+            run_id: None,
+            actor: "rey".into(),
+            script_hash: None,
+            content: json!({ "seq": seq, "reason": reason }),
+        }
+    }
+
     fn fault(entries: Vec<StoredEntry>, head: &Head) -> ChainFault {
         verify(entries, head).expect_err("tampering must be found")
     }
@@ -631,15 +644,7 @@ mod tests {
         let mut erased = e.clone();
         erased[4].content = None;
         let mut h = head.clone();
-        let record = Draft {
-            at: Millis(9_000),
-            kind: EntryKind::ContentErased,
-            case_id: None,
-            run_id: None,
-            actor: "rey".into(),
-            script_hash: None,
-            content: json!({ "seq": 5, "reason": "retention" }),
-        };
+        let record = erasure_record(5, "retention");
         erased.push(StoredEntry { link: h.append(&record), content: Some(record.content) });
         let mut check = ChainCheck::new(third.clone(), recorded_erasures(&erased[3..]), &[]);
         for page in erased[3..].chunks(2) {
@@ -728,15 +733,7 @@ mod tests {
         e[1].content = None;
         let f = verify(e.clone(), &head).expect_err("an unrecorded erasure is tampering");
         assert_eq!(f.seq, 2, "{f}");
-        let d = Draft {
-            at: Millis(9_000),
-            kind: EntryKind::ContentErased,
-            case_id: None,
-            run_id: None,
-            actor: "rey".into(),
-            script_hash: None,
-            content: json!({ "seq": 2, "reason": "court order" }),
-        };
+        let d = erasure_record(2, "court order");
         e.push(StoredEntry { link: head.append(&d), content: Some(d.content) });
         let r = verify(e, &head).unwrap();
         assert_eq!(r.erased, 1);

@@ -326,8 +326,18 @@ impl Runtime {
         match due {
             Due::Timer(t) => self.fire_timer(tx, t, now).await,
             Due::Escalation(e) => self.next_stage(tx, (**e).clone(), now).await.map(|()| true),
-            Due::Schedule(s) if s.id == WITNESS_SCHEDULE => self.post_witness(tx, s, now).await.map(|()| true),
-            Due::Schedule(s) => self.start_scheduled(tx, s, now).await.map(|()| true),
+            Due::Schedule(s) => {
+                // Its next time (after now: a schedule missed while Wavelet was down fires
+                // once, late, not once per missed time), whatever it starts.
+                let next = wavelet_core::schedule::Cron::parse(&s.cron).ok().and_then(|c| c.next_after(now));
+                tx.schedule_fired(&s.id, now, next).await?;
+                if s.id == WITNESS_SCHEDULE {
+                    self.post_witness(tx, s, now).await?;
+                } else {
+                    self.start_scheduled(tx, s, now).await?;
+                }
+                Ok(true)
+            }
         }
     }
 
@@ -338,8 +348,6 @@ impl Runtime {
     /// verify, it posts an alarm to the group and the coordinators instead, and records it
     /// (`ledger.witness_withheld`), each time it falls due until the chain is mended.
     async fn post_witness(&self, tx: &mut Tx, s: &crate::store::DueSchedule, now: Millis) -> store::Result<()> {
-        let next = wavelet_core::schedule::Cron::parse(&s.cron).ok().and_then(|c| c.next_after(now));
-        tx.schedule_fired(&s.id, now, next).await?;
         let head = tx.head().clone();
         if head.seq == 0 {
             // Nothing to witness yet (a running Wavelet records its workflows first, so
@@ -460,11 +468,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Starts a scheduled workflow once and sets the schedule's next time (after now: a
-    /// schedule missed while Wavelet was down fires once, late, not once per missed time).
+    /// Starts a scheduled workflow, once (its next time is set by [`Runtime::fire`]).
     async fn start_scheduled(&self, tx: &mut Tx, s: &crate::store::DueSchedule, now: Millis) -> store::Result<()> {
-        let next = wavelet_core::schedule::Cron::parse(&s.cron).ok().and_then(|c| c.next_after(now));
-        tx.schedule_fired(&s.id, now, next).await?;
         let late_ms = (now.0 - s.due_at.0).max(0);
         let wf = self.workflows.read().ok().and_then(|w| w.by_command(&s.workflow));
         let room = self.dir.group(&s.group_id).and_then(|g| g.rooms.first().cloned());
@@ -1289,11 +1294,7 @@ impl Runtime {
             }
             Effect::Share { step, group, case_id, text, purpose, basis, consent } => {
                 let rooms = self.group_rooms(group);
-                let recipients: Vec<serde_json::Value> = self
-                    .dir
-                    .group(group)
-                    .map(|g| self.dir.members(g).map(|p| json!({ "person": p.id, "agency": p.agency })).collect())
-                    .unwrap_or_default();
+                let recipients = self.recipients(group);
                 tx.append(self.draft(
                     run,
                     EntryKind::Share,
@@ -1317,11 +1318,7 @@ impl Runtime {
             Effect::DeclineShare { step, group, case_id, reason, consent } => {
                 // Recorded as a share would be (with whom it would have gone), and nothing
                 // is sent: a decision not to share is accountable too.
-                let recipients: Vec<serde_json::Value> = self
-                    .dir
-                    .group(group)
-                    .map(|g| self.dir.members(g).map(|p| json!({ "person": p.id, "agency": p.agency })).collect())
-                    .unwrap_or_default();
+                let recipients = self.recipients(group);
                 let rooms = self.group_rooms(group);
                 tx.append(self.draft(
                     run,
@@ -1449,6 +1446,14 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Who a share with `group` reaches (or would have): each member and their agency.
+    fn recipients(&self, group: &str) -> Vec<serde_json::Value> {
+        self.dir
+            .group(group)
+            .map(|g| self.dir.members(g).map(|p| json!({ "person": p.id, "agency": p.agency })).collect())
+            .unwrap_or_default()
     }
 
     fn group_rooms(&self, group: &str) -> Vec<RoomRef> {

@@ -427,6 +427,20 @@ macro_rules! on_tx {
     };
 }
 
+/// Ledger entries with their content (see [`EntryTuple`]), then `$rest` (a WHERE and
+/// ORDER BY).
+macro_rules! entries_sql {
+    ($rest:literal) => {
+        concat!(
+            "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, \
+             l.hash, c.content, c.erased_at FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq ",
+            $rest
+        )
+    };
+}
+/// Entries with `seq > $1`, in order, at most `$2`.
+const ENTRY_PAGE_SQL: &str = entries_sql!("WHERE l.seq > $1 ORDER BY l.seq LIMIT $2");
+
 /// Runs the same expression against whichever pool the store has.
 macro_rules! on_pool {
     ($store:expr, $c:ident => $body:expr) => {
@@ -1103,18 +1117,15 @@ impl Store {
 
     /// Ledger entries with `seq > after`, in order, at most `limit`.
     pub async fn ledger_page(&self, after: i64, limit: i64) -> Result<Vec<StoredEntry>> {
-        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content, c.erased_at \
-                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq WHERE l.seq > $1 ORDER BY l.seq LIMIT $2";
         let rows: Vec<EntryTuple> =
-            on_pool!(self, p => sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(p).await)?;
+            on_pool!(self, p => sqlx::query_as(ENTRY_PAGE_SQL).bind(after).bind(limit).fetch_all(p).await)?;
         rows.into_iter().map(entry_from_tuple).collect()
     }
 
     /// Ledger entries about one case, in order.
     pub async fn ledger_for_case(&self, case_id: &str) -> Result<Vec<StoredEntry>> {
-        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content, c.erased_at \
-                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq \
-                           WHERE l.case_id = $1 OR l.run_id IN (SELECT run_id FROM cases WHERE id = $1) ORDER BY l.seq";
+        const SQL: &str =
+            entries_sql!("WHERE l.case_id = $1 OR l.run_id IN (SELECT run_id FROM cases WHERE id = $1) ORDER BY l.seq");
         let rows: Vec<EntryTuple> = on_pool!(self, p => sqlx::query_as(SQL).bind(case_id).fetch_all(p).await)?;
         rows.into_iter().map(entry_from_tuple).collect()
     }
@@ -1501,22 +1512,17 @@ impl Tx {
     /// The entries whose erasure is recorded after `after` (see
     /// [`wavelet_core::ledger::ChainCheck`]).
     pub async fn erasures_since(&mut self, after: i64) -> Result<std::collections::HashSet<i64>> {
-        const SQL: &str = "SELECT c.content FROM ledger l JOIN ledger_content c ON c.seq = l.seq \
-                           WHERE l.kind = 'content.erased' AND l.seq > $1";
-        let rows: Vec<Option<String>> = on_tx!(self, c => sqlx::query_scalar(SQL).bind(after).fetch_all(c).await)?;
-        Ok(rows
-            .into_iter()
-            .flatten()
-            .filter_map(|c| serde_json::from_str::<serde_json::Value>(&c).ok()?.get("seq")?.as_i64())
-            .collect())
+        const SQL: &str = entries_sql!("WHERE l.kind = 'content.erased' AND l.seq > $1 ORDER BY l.seq");
+        let rows: Vec<EntryTuple> = on_tx!(self, c => sqlx::query_as(SQL).bind(after).fetch_all(c).await)?;
+        let records = rows.into_iter().map(entry_from_tuple).collect::<Result<Vec<_>>>()?;
+        Ok(wavelet_core::ledger::recorded_erasures(&records))
     }
 
     /// Committed ledger entries with `seq > after`, in order, at most `limit`, as this
     /// transaction reads them.
     pub async fn ledger_page(&mut self, after: i64, limit: i64) -> Result<Vec<StoredEntry>> {
-        const SQL: &str = "SELECT l.seq, l.at, l.kind, l.case_id, l.run_id, l.actor, l.script_hash, l.content_hash, l.prev_hash, l.hash, c.content, c.erased_at \
-                           FROM ledger l LEFT JOIN ledger_content c ON c.seq = l.seq WHERE l.seq > $1 ORDER BY l.seq LIMIT $2";
-        let rows: Vec<EntryTuple> = on_tx!(self, c => sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(c).await)?;
+        let rows: Vec<EntryTuple> =
+            on_tx!(self, c => sqlx::query_as(ENTRY_PAGE_SQL).bind(after).bind(limit).fetch_all(c).await)?;
         rows.into_iter().map(entry_from_tuple).collect()
     }
 

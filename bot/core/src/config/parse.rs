@@ -738,24 +738,7 @@ fn read_audit(rep: &mut Report<'_>, root: &Table<'_, '_>) -> Option<(Sp<String>,
     let t = section(rep, root, "audit")?;
     t.check_keys(rep, AUDIT_KEYS, "key");
     let cron = match t.string(rep, "witness_cron", r#"witness_cron = "0 7 * * *""#) {
-        Some(c) => match crate::schedule::Cron::parse(&c.v) {
-            Ok(cron) if cron.next_after(crate::domain::Millis(0)).is_none() => {
-                rep.error(
-                    &c.span,
-                    t.key("witness_cron"),
-                    format!(
-                        "`{}` names a day that never comes; the witness should post daily, like \"0 7 * * *\"",
-                        c.v
-                    ),
-                );
-                None
-            }
-            Ok(cron) => Some(cron),
-            Err(e) => {
-                rep.error(&c.span, t.key("witness_cron"), e);
-                None
-            }
-        },
+        Some(c) => read_cron(rep, t.key("witness_cron"), &c, "the witness should post daily, like \"0 7 * * *\""),
         None => crate::schedule::Cron::parse(DEFAULT_WITNESS_CRON).ok(),
     };
     let group = match t.string(rep, "witness_group", r#"witness_group = "reviewers""#) {
@@ -926,28 +909,26 @@ fn read_schedule(rep: &mut Report<'_>, t: &Table<'_, '_>) -> RawSchedule {
     let id = read_id(rep, t, r#"id = "monday-digest""#);
     let workflow = t.required_string(rep, "workflow", r#"workflow = "digest""#);
     let group = t.required_string(rep, "group", r#"group = "north""#);
-    let cron =
-        t.required_string(rep, "cron", r#"cron = "0 9 * * MON""#).and_then(|c| {
-            match crate::schedule::Cron::parse(&c.v) {
-                Ok(cron) if cron.next_after(crate::domain::Millis(0)).is_none() => {
-                    rep.error(
-                    &c.span,
-                    t.key("cron"),
-                    format!(
-                        "`{}` names a day that never comes, so the schedule would never fire; check the day and month",
-                        c.v
-                    ),
-                );
-                    None
-                }
-                Ok(cron) => Some(cron),
-                Err(e) => {
-                    rep.error(&c.span, t.key("cron"), e);
-                    None
-                }
-            }
-        });
+    let cron = t
+        .required_string(rep, "cron", r#"cron = "0 9 * * MON""#)
+        .and_then(|c| read_cron(rep, t.key("cron"), &c, "the schedule would never fire; check the day and month"));
     RawSchedule { path: t.path.clone(), id, workflow, cron, group }
+}
+
+/// A cron expression at `key`, reported if it does not parse or names a day that never
+/// comes (`never`: what that means and what to do).
+fn read_cron(rep: &mut Report<'_>, key: String, c: &Sp<String>, never: &str) -> Option<crate::schedule::Cron> {
+    match crate::schedule::Cron::parse(&c.v) {
+        Ok(cron) if cron.next_after(crate::domain::Millis(0)).is_none() => {
+            rep.error(&c.span, key, format!("`{}` names a day that never comes; {never}", c.v));
+            None
+        }
+        Ok(cron) => Some(cron),
+        Err(e) => {
+            rep.error(&c.span, key, e);
+            None
+        }
+    }
 }
 
 struct RawPolicy {
