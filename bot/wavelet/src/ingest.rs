@@ -76,11 +76,6 @@ async fn off_the_workers<F: std::future::Future>(work: F) -> F::Output {
 /// Events taken from the queue, each with the submitter waiting for it.
 type Batch = Vec<(InboundEvent, Ack)>;
 
-/// How much a transaction may hold in view (runs and events) and still be carried on
-/// into the next batch; past it the next batch starts afresh from the database. Bounds
-/// the memory a long stream of batches can take.
-const MAX_CARRIED: usize = 1_024;
-
 /// The worker: a pipeline of batches. While one batch's transaction commits (in the
 /// background: writing its rows is mostly the database's work), the next batch is handled
 /// in a transaction that carries on from it (`Tx::commit_and_continue`), so handling and
@@ -118,7 +113,7 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
             redo(&rt, tx, batch, next).await;
             continue;
         }
-        if next.is_empty() || tx.view_size() > MAX_CARRIED {
+        if next.is_empty() {
             crate::faults::point("step.before_commit");
             let committed = tx.commit().await;
             finish(&rt, batch, committed).await;

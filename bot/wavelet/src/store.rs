@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wavelet_core::engine::{History, Wait};
@@ -90,6 +90,9 @@ pub struct Store {
     carried: Arc<AtomicU64>,
     /// Transactions carried on from another that were refused ([`Error::Superseded`]).
     superseded: Arc<AtomicU64>,
+    /// How much a carried-on transaction holds in view before it is narrowed
+    /// ([`MAX_CARRIED`] unless set).
+    max_carried: Arc<AtomicUsize>,
     /// Script versions known to be saved, so a run start does not write the source again.
     saved_scripts: Arc<Mutex<HashSet<String>>>,
     /// Held by the one delivery pass this process runs at a time.
@@ -351,6 +354,8 @@ pub struct Tx {
     waits_loaded: HashSet<(String, String)>,
     /// People all of whose waiting runs have been read into `runs`.
     persons_loaded: HashSet<String>,
+    /// What the last [`Tx::prefetch`] was for.
+    prefetched: Option<Prefetched>,
     /// Inbound events known to be recorded before this transaction, from a prefetch.
     inbox_known: Option<HashSet<(String, String)>>,
     inbox_prefetched: HashSet<(String, String)>,
@@ -366,6 +371,17 @@ pub struct Tx {
     timers: Vec<(String, i64, Millis)>,
     scripts: Vec<(String, String, String, Millis)>,
     store: Store,
+}
+
+/// How much a transaction carried on from another holds in view (runs and inbound
+/// events) before it is narrowed to what it needs (see [`Tx::commit_and_continue`]).
+/// Bounds the memory a long pipeline takes; carrying more saves reading runs again.
+pub const MAX_CARRIED: usize = 1_024;
+
+/// The inbound events (platform, event id) and people a prefetch read for.
+struct Prefetched {
+    events: HashSet<(String, String)>,
+    people: HashSet<String>,
 }
 
 /// A message queued in a transaction, written to the outbox at commit.
@@ -795,6 +811,7 @@ impl Store {
                 commit_micros: Arc::default(),
                 carried: Arc::default(),
                 superseded: Arc::default(),
+                max_carried: Arc::new(AtomicUsize::new(MAX_CARRIED)),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
                 handoff: Arc::default(),
@@ -838,6 +855,7 @@ impl Store {
                 commit_micros: Arc::default(),
                 carried: Arc::default(),
                 superseded: Arc::default(),
+                max_carried: Arc::new(AtomicUsize::new(MAX_CARRIED)),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
                 handoff: Arc::default(),
@@ -1016,6 +1034,13 @@ impl Store {
             }
         };
         Ok((conn, Head { seq: row.0, hash: row.1 }, row.2))
+    }
+
+    /// Sets how much a transaction carried on from another may hold in view before it is
+    /// narrowed to what the next batch needs ([`Tx::commit_and_continue`]); the default is
+    /// [`MAX_CARRIED`]. Less saves memory, more saves reading runs again.
+    pub fn set_max_carried(&self, runs_and_events: usize) {
+        self.max_carried.store(runs_and_events, Ordering::Relaxed);
     }
 
     /// Transactions committed through this handle (for benchmarks and metrics).
@@ -1466,6 +1491,7 @@ impl Tx {
             dirty_set: HashSet::new(),
             waits_loaded: HashSet::new(),
             persons_loaded: HashSet::new(),
+            prefetched: None,
             inbox_known: None,
             inbox_prefetched: HashSet::new(),
             inbox: Vec::new(),
@@ -1544,11 +1570,18 @@ impl Tx {
     }
 
     /// Commits this transaction and, without waiting for that, returns one that carries
-    /// on from it: it sees everything this one read and wrote (runs, waits, counters,
-    /// inbound events, the chain head), so work can go on in it while this one commits.
-    /// It takes the lock when it first needs the database, after this one has committed;
-    /// if this one failed, or any other transaction committed in between, it fails with
+    /// on from it: it sees what this one wrote (runs, counters, inbound events, queued
+    /// messages, the chain head), so work can go on in it while this one commits. It takes
+    /// the lock when it first needs the database, after this one has committed; if this
+    /// one failed, or any other transaction committed in between, it fails with
     /// [`Error::Superseded`] and nothing it did is kept.
+    ///
+    /// It also carries what this one read, up to [`MAX_CARRIED`] runs and events (see
+    /// [`Store::set_max_carried`]); past
+    /// that, only what its last [`Tx::prefetch`] read (for the batch to be handled next).
+    /// The rest is committed (a prefetch begins this transaction, so the one it carried on
+    /// from has committed), and is read from the database when needed. So along a
+    /// pipeline the view stays bounded, however long it runs.
     ///
     /// Rows this one wrote that the other does not carry (cases, escalations, timers) are
     /// read from the database, once it has begun. The returned future must be driven
@@ -1570,8 +1603,34 @@ impl Tx {
         next.inbox_prefetched = std::mem::take(&mut self.inbox_prefetched);
         next.inbox_seen = std::mem::take(&mut self.inbox_seen);
         next.outbox_keys = std::mem::take(&mut self.outbox_keys);
+        if let Some(read) = self.prefetched.take()
+            && next.view_size() > self.store.max_carried.load(Ordering::Relaxed)
+        {
+            self.narrow(&mut next, &read);
+        }
         self.done = Some(done);
         (self.commit(), next)
+    }
+
+    /// Leaves in `next`'s view only what this transaction writes and what `read` (its last
+    /// prefetch) read; see [`Tx::commit_and_continue`].
+    fn narrow(&self, next: &mut Tx, read: &Prefetched) {
+        let waits_on_read = |r: &RunRow| r.wait_person.as_ref().is_some_and(|p| read.people.contains(p));
+        next.runs.retain(|id, r| self.dirty_set.contains(id) || waits_on_read(r));
+        next.waits_by_person.clear();
+        for r in next.runs.values() {
+            if let Some(p) = &r.wait_person {
+                next.waits_by_person.entry(p.clone()).or_default().push(r.id.clone());
+            }
+        }
+        next.persons_loaded.retain(|p| read.people.contains(p));
+        next.waits_loaded.retain(|(p, _)| read.people.contains(p));
+        next.inbox_seen = self.inbox.iter().map(|(platform, id, _)| (platform.clone(), id.clone())).collect();
+        next.inbox_prefetched.retain(|e| read.events.contains(e));
+        if let Some(known) = &mut next.inbox_known {
+            known.retain(|e| read.events.contains(e));
+        }
+        next.outbox_keys = self.outbox.iter().map(|q| q.message.idempotency_key.clone()).collect();
     }
 
     /// Records an inbound event. `false` if it was recorded before (a redelivery). If
@@ -1658,17 +1717,31 @@ impl Tx {
     /// were recorded before (only these events are then looked up), and every run waiting
     /// on these people.
     pub async fn prefetch(&mut self, events: &[(String, String)], people: &[String]) -> Result<()> {
+        // Begins this transaction (a carried-on one once the one before has committed):
+        // what it carried from that one is then committed, which `narrow` relies on.
+        self.conn().await?;
+        self.prefetched =
+            Some(Prefetched { events: events.iter().cloned().collect(), people: people.iter().cloned().collect() });
         if !events.is_empty() {
-            let rows: Vec<(String, String)> = on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new("SELECT platform, event_id FROM inbox WHERE event_id IN (");
-                let mut list = q.separated(", ");
-                for (_, id) in events {
-                    list.push_bind(id.clone());
-                }
-                q.push(")");
-                q.build_query_as().fetch_all(&mut *c).await
-            })?;
-            let rows: HashSet<(String, String)> = rows.into_iter().collect();
+            // By platform, so each lookup is a search of the inbox's key (platform,
+            // event_id), not a scan of the whole inbox.
+            let mut platforms: Vec<&str> = events.iter().map(|(p, _)| p.as_str()).collect();
+            platforms.sort_unstable();
+            platforms.dedup();
+            let mut rows: HashSet<(String, String)> = HashSet::new();
+            for platform in platforms {
+                let found: Vec<(String, String)> = on_tx!(self, c => {
+                    let mut q = sqlx::QueryBuilder::new("SELECT platform, event_id FROM inbox WHERE platform = ");
+                    q.push_bind(platform).push(" AND event_id IN (");
+                    let mut list = q.separated(", ");
+                    for (_, id) in events.iter().filter(|(p, _)| p == platform) {
+                        list.push_bind(id.clone());
+                    }
+                    q.push(")");
+                    q.build_query_as().fetch_all(&mut *c).await
+                })?;
+                rows.extend(found);
+            }
             let mut known = self.inbox_known.take().unwrap_or_default();
             known.extend(events.iter().filter(|e| rows.contains(e)).cloned());
             // Events not in this prefetch are looked up on their own.

@@ -177,6 +177,9 @@ contract! {
     a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anything_came_between:
         sqlite_a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anything_came_between,
         postgres_a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anything_came_between;
+    a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched:
+        sqlite_a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched,
+        postgres_a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched;
     inbox_records_each_event_once: sqlite_inbox_records_each_event_once, postgres_inbox_records_each_event_once;
     scripts_are_kept_by_hash_and_first_write_wins:
         sqlite_scripts_are_kept_by_hash_and_first_write_wins, postgres_scripts_are_kept_by_hash_and_first_write_wins;
@@ -922,6 +925,58 @@ async fn a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anythi
     let head = store.ledger_head().await.unwrap();
     assert_eq!(head.seq, 3, "neither kept an entry");
     ledger::verify(store.ledger_page(0, 100).await.unwrap(), &head).expect("still one unbroken chain");
+}
+
+/// A carried-on transaction whose view would pass the store's limit keeps only what the
+/// one before wrote and what its last prefetch read (for the next batch); what it drops
+/// is committed, and is read from the database once the one before has committed. Under
+/// the limit it keeps everything.
+async fn a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched(store: &Store) {
+    save_fixture_script(store).await;
+    let bob = room("dm:console:bob");
+    let carol = room("dm:console:carol");
+    let dave = room("dm:console:dave");
+    let mut tx = store.begin().await.unwrap();
+    tx.put_run(&run_row("R-1", RunStatus::Waiting, Some(("bob", "dm:console:bob", 1)))).await.unwrap();
+    tx.put_run(&run_row("R-2", RunStatus::Waiting, Some(("carol", "dm:console:carol", 2)))).await.unwrap();
+    tx.commit().await.unwrap();
+    for (limit, kept) in [(None, 4), (Some(0), 3)] {
+        if let Some(limit) = limit {
+            store.set_max_carried(limit);
+        }
+        let mut tx = store.begin().await.unwrap();
+        // Read only: bob's and carol's waits. Written: an event and a run waiting on dave.
+        assert_eq!(tx.waiting_run("bob", &bob).await.unwrap().map(|r| r.id).as_deref(), Some("R-1"));
+        assert_eq!(tx.waiting_run("carol", &carol).await.unwrap().map(|r| r.id).as_deref(), Some("R-2"));
+        let event = format!("e-{kept}");
+        assert!(tx.record_inbox("console", &event, Millis(1)).await.unwrap());
+        let r3 = format!("R-3-{kept}");
+        tx.put_run(&run_row(&r3, RunStatus::Waiting, Some(("dave", "dm:console:dave", 3)))).await.unwrap();
+        // The next batch: bob answers.
+        let next_event = format!("next-{kept}");
+        tx.prefetch(&[("console".into(), next_event.clone())], &["bob".into()]).await.unwrap();
+        let (commit, mut next) = tx.commit_and_continue();
+        // Runs R-1, R-3 (and R-2 when not narrowed) and the recorded event.
+        assert_eq!(next.view_size(), kept, "limit {limit:?}");
+        // The first has not begun to commit: these are answered from the view alone.
+        let view = async {
+            assert!(!next.record_inbox("console", &event, Millis(2)).await.unwrap(), "written before: recorded");
+            assert!(next.record_inbox("console", &next_event, Millis(2)).await.unwrap(), "prefetched: new");
+            let waiting = next.waiting_run("bob", &bob).await.unwrap();
+            assert_eq!(waiting.map(|r| r.id).as_deref(), Some("R-1"));
+            assert_eq!(next.run(&r3).await.unwrap().map(|r| r.id), Some(r3.clone()));
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), view).await.expect("answered from the view");
+        commit.await.unwrap();
+        // What was dropped, or never prefetched, comes from the database, as committed.
+        assert_eq!(next.waiting_run("carol", &carol).await.unwrap().map(|r| r.id).as_deref(), Some("R-2"));
+        assert_eq!(next.waiting_run("dave", &dave).await.unwrap().map(|r| r.id), Some(r3.clone()));
+        next.put_run(&run_row(&r3, RunStatus::Finished, None)).await.unwrap();
+        next.commit().await.unwrap();
+        assert_eq!(store.run(&r3).await.unwrap().unwrap().status, RunStatus::Finished);
+    }
+    let mut tx = store.begin().await.unwrap();
+    assert!(!tx.record_inbox("console", "next-3", Millis(3)).await.unwrap(), "the carried-on one's event is kept");
 }
 
 async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &Store) {
