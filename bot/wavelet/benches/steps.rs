@@ -36,6 +36,9 @@ fn event(person: usize, step: usize, text: &str) -> InboundEvent {
 
 async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usize) {
     let rt = runtime(url, dir, practitioners).await;
+    if let Some(n) = std::env::var("BENCH_MAX_CARRIED").ok().and_then(|v| v.parse().ok()) {
+        rt.store.set_max_carried(n);
+    }
     let (ingest, _worker) = Ingest::spawn(rt.clone(), 256);
     let commits_before = rt.store.commits();
     let carried_before = rt.store.carried_on();

@@ -1724,22 +1724,38 @@ impl Tx {
             Some(Prefetched { events: events.iter().cloned().collect(), people: people.iter().cloned().collect() });
         if !events.is_empty() {
             // By platform, so each lookup is a search of the inbox's key (platform,
-            // event_id), not a scan of the whole inbox.
+            // event_id), not a scan of the whole inbox. On PostgreSQL the ids are one array
+            // the query is driven from: with a list of parameters (or `= ANY`), a prepared
+            // statement's generic plan could search by platform alone and compare every row
+            // of it with every id (BENCHMARKS.md, 2026-12-05).
             let mut platforms: Vec<&str> = events.iter().map(|(p, _)| p.as_str()).collect();
             platforms.sort_unstable();
             platforms.dedup();
             let mut rows: HashSet<(String, String)> = HashSet::new();
             for platform in platforms {
-                let found: Vec<(String, String)> = on_tx!(self, c => {
-                    let mut q = sqlx::QueryBuilder::new("SELECT platform, event_id FROM inbox WHERE platform = ");
-                    q.push_bind(platform).push(" AND event_id IN (");
-                    let mut list = q.separated(", ");
-                    for (_, id) in events.iter().filter(|(p, _)| p == platform) {
-                        list.push_bind(id.clone());
+                let ids: Vec<String> = events.iter().filter(|(p, _)| p == platform).map(|(_, id)| id.clone()).collect();
+                let found: Vec<(String, String)> = match self.conn().await? {
+                    ConnRef::Sqlite(c) => {
+                        let mut q = sqlx::QueryBuilder::new("SELECT platform, event_id FROM inbox WHERE platform = ");
+                        q.push_bind(platform).push(" AND event_id IN (");
+                        let mut list = q.separated(", ");
+                        for id in ids {
+                            list.push_bind(id);
+                        }
+                        q.push(")");
+                        q.build_query_as().fetch_all(&mut *c).await?
                     }
-                    q.push(")");
-                    q.build_query_as().fetch_all(&mut *c).await
-                })?;
+                    ConnRef::Postgres(c) => {
+                        sqlx::query_as(
+                            "SELECT i.platform, i.event_id FROM unnest($2::text[]) AS e(id) \
+                             JOIN inbox i ON i.platform = $1 AND i.event_id = e.id",
+                        )
+                        .bind(platform)
+                        .bind(ids)
+                        .fetch_all(&mut *c)
+                        .await?
+                    }
+                };
                 rows.extend(found);
             }
             let mut known = self.inbox_known.take().unwrap_or_default();
@@ -1750,15 +1766,26 @@ impl Tx {
         }
         let people: Vec<&String> = people.iter().filter(|p| !self.persons_loaded.contains(*p)).collect();
         if !people.is_empty() {
-            let rows: Vec<RunTuple> = on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person IN ("));
-                let mut list = q.separated(", ");
-                for p in &people {
-                    list.push_bind((*p).clone());
+            let rows: Vec<RunTuple> = match self.conn().await? {
+                ConnRef::Sqlite(c) => {
+                    let mut q = sqlx::QueryBuilder::new(format!(
+                        "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person IN ("
+                    ));
+                    let mut list = q.separated(", ");
+                    for p in &people {
+                        list.push_bind((*p).clone());
+                    }
+                    q.push(")");
+                    q.build_query_as().fetch_all(&mut *c).await?
                 }
-                q.push(")");
-                q.build_query_as().fetch_all(&mut *c).await
-            })?;
+                // One array, as for the inbox above.
+                ConnRef::Postgres(c) => {
+                    let sql =
+                        format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person = ANY($1)");
+                    let people: Vec<String> = people.iter().map(|p| (*p).clone()).collect();
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(people).fetch_all(&mut *c).await?
+                }
+            };
             for row in rows {
                 self.remember_read(run_from_tuple(row)?);
             }
