@@ -90,6 +90,8 @@ pub struct Store {
     carried: Arc<AtomicU64>,
     /// Transactions carried on from another that were refused ([`Error::Superseded`]).
     superseded: Arc<AtomicU64>,
+    /// Transactions whose commit failed (their work was rolled back).
+    failed_commits: Arc<AtomicU64>,
     /// How much a carried-on transaction holds in view before it is narrowed
     /// ([`MAX_CARRIED`] unless set).
     max_carried: Arc<AtomicUsize>,
@@ -811,6 +813,7 @@ impl Store {
                 commit_micros: Arc::default(),
                 carried: Arc::default(),
                 superseded: Arc::default(),
+                failed_commits: Arc::default(),
                 max_carried: Arc::new(AtomicUsize::new(MAX_CARRIED)),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
@@ -855,6 +858,7 @@ impl Store {
                 commit_micros: Arc::default(),
                 carried: Arc::default(),
                 superseded: Arc::default(),
+                failed_commits: Arc::default(),
                 max_carried: Arc::new(AtomicUsize::new(MAX_CARRIED)),
                 saved_scripts: Arc::default(),
                 delivery: Arc::default(),
@@ -1058,6 +1062,11 @@ impl Store {
     /// committed in between, or the other failed (their work was done again).
     pub fn superseded(&self) -> u64 {
         self.superseded.load(Ordering::Relaxed)
+    }
+
+    /// Transactions whose commit failed through this handle (for tests and metrics).
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits.load(Ordering::Relaxed)
     }
 
     /// Time spent in commits so far (writing the buffered rows and committing), for the
@@ -1563,8 +1572,9 @@ impl Tx {
         &self.head
     }
 
-    /// How much this transaction holds in view (runs and inbound events): what a
-    /// transaction carried on from it starts with.
+    /// How much this transaction holds in view: runs, and inbound events seen. What a
+    /// transaction carried on from it starts with, unless that is narrowed (see
+    /// [`Tx::commit_and_continue`]); the prefetch's sets and the queued keys grow with it.
     pub fn view_size(&self) -> usize {
         self.runs.len() + self.inbox_seen.len()
     }
@@ -1576,12 +1586,14 @@ impl Tx {
     /// one failed, or any other transaction committed in between, it fails with
     /// [`Error::Superseded`] and nothing it did is kept.
     ///
-    /// It also carries what this one read, up to [`MAX_CARRIED`] runs and events (see
-    /// [`Store::set_max_carried`]); past
-    /// that, only what its last [`Tx::prefetch`] read (for the batch to be handled next).
-    /// The rest is committed (a prefetch begins this transaction, so the one it carried on
-    /// from has committed), and is read from the database when needed. So along a
-    /// pipeline the view stays bounded, however long it runs.
+    /// It also carries what this one read. Past [`MAX_CARRIED`] runs and events (see
+    /// [`Store::set_max_carried`]), if this one made a [`Tx::prefetch`] (for the batch to
+    /// be handled next), the view is narrowed: to what this one wrote, the runs waiting on
+    /// the people that prefetch read for, and the events it looked up. The rest is
+    /// committed (the prefetch began this transaction, so the one it carried on from had
+    /// committed), and is read from the database when needed. The ingest prefetches every
+    /// batch, so along its pipeline the view stays bounded; without a prefetch everything
+    /// is carried.
     ///
     /// Rows this one wrote that the other does not carry (cases, escalations, timers) are
     /// read from the database, once it has begun. The returned future must be driven
@@ -1622,6 +1634,10 @@ impl Tx {
             if let Some(p) = &r.wait_person {
                 next.waits_by_person.entry(p.clone()).or_default().push(r.id.clone());
             }
+        }
+        // In a fixed order, whatever the map's.
+        for ids in next.waits_by_person.values_mut() {
+            ids.sort_unstable();
         }
         next.persons_loaded.retain(|p| read.people.contains(p));
         next.waits_loaded.retain(|(p, _)| read.people.contains(p));
@@ -1778,7 +1794,8 @@ impl Tx {
                     q.push(")");
                     q.build_query_as().fetch_all(&mut *c).await?
                 }
-                // One array, as for the inbox above.
+                // One array. `= ANY` searches the index here: the wait's person leads the
+                // index `runs_waiting`, where the inbox's key is led by the platform.
                 ConnRef::Postgres(c) => {
                     let sql =
                         format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person = ANY($1)");
@@ -2151,7 +2168,11 @@ impl Tx {
     /// Writes everything buffered, the ledger entries and the new chain head, then commits.
     pub async fn commit(mut self) -> Result<()> {
         let done = self.done.take();
+        let store = self.store.clone();
         let result = self.write_and_commit().await;
+        if result.is_err() {
+            store.failed_commits.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(done) = done {
             done.send_replace(Some(result.is_ok()));
         }

@@ -930,7 +930,8 @@ async fn a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anythi
 /// A carried-on transaction whose view would pass the store's limit keeps only what the
 /// one before wrote and what its last prefetch read (for the next batch); what it drops
 /// is committed, and is read from the database once the one before has committed. Under
-/// the limit it keeps everything.
+/// the limit it keeps everything. The same for one narrowed from a transaction that was
+/// itself carried on.
 async fn a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched(store: &Store) {
     save_fixture_script(store).await;
     let bob = room("dm:console:bob");
@@ -977,6 +978,29 @@ async fn a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched(
     }
     let mut tx = store.begin().await.unwrap();
     assert!(!tx.record_inbox("console", "next-3", Millis(3)).await.unwrap(), "the carried-on one's event is kept");
+    drop(tx);
+
+    // Narrowing one that is itself carried on: its prefetch waits for the one before to
+    // commit, so what it drops (that one's writes too) is read back as committed.
+    let erin = room("dm:console:erin");
+    let mut tx1 = store.begin().await.unwrap();
+    tx1.put_run(&run_row("R-5", RunStatus::Waiting, Some(("erin", "dm:console:erin", 5)))).await.unwrap();
+    assert!(tx1.record_inbox("console", "e-5", Millis(4)).await.unwrap());
+    let (commit1, mut tx2) = tx1.commit_and_continue();
+    let committing = tokio::spawn(commit1);
+    // The next batch: e-5 delivered again, and bob.
+    tx2.prefetch(&[("console".into(), "e-5".into())], &["bob".into()]).await.unwrap();
+    committing.await.unwrap().unwrap();
+    let (commit2, mut tx3) = tx2.commit_and_continue();
+    assert_eq!(tx3.view_size(), 1, "bob's run only: tx2 wrote nothing, and tx1's writes are committed");
+    let view = async {
+        assert!(!tx3.record_inbox("console", "e-5", Millis(5)).await.unwrap(), "prefetched: recorded before");
+        assert_eq!(tx3.waiting_run("bob", &bob).await.unwrap().map(|r| r.id).as_deref(), Some("R-1"));
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), view).await.expect("answered from the view");
+    commit2.await.unwrap();
+    assert_eq!(tx3.waiting_run("erin", &erin).await.unwrap().map(|r| r.id).as_deref(), Some("R-5"));
+    tx3.commit().await.unwrap();
 }
 
 async fn rollback_loses_nothing_committed_and_keeps_nothing_uncommitted(store: &Store) {
