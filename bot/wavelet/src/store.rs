@@ -380,6 +380,16 @@ pub struct Tx {
 /// Bounds the memory a long pipeline takes; carrying more saves reading runs again.
 pub const MAX_CARRIED: usize = 1_024;
 
+/// Notes in `index` (run ids by the person they wait on) that `r` waits on its person.
+fn index_wait(index: &mut HashMap<String, Vec<String>>, r: &RunRow) {
+    if let Some(p) = &r.wait_person {
+        let ids = index.entry(p.clone()).or_default();
+        if !ids.contains(&r.id) {
+            ids.push(r.id.clone());
+        }
+    }
+}
+
 /// The inbound events (platform, event id) and people a prefetch read for.
 struct Prefetched {
     events: HashSet<(String, String)>,
@@ -775,6 +785,22 @@ pub struct ClaimedMessage {
 }
 
 impl Store {
+    /// A store on `pool`, its counters at zero.
+    fn on(pool: Pool) -> Store {
+        Store {
+            pool,
+            commits: Arc::default(),
+            commit_micros: Arc::default(),
+            carried: Arc::default(),
+            superseded: Arc::default(),
+            failed_commits: Arc::default(),
+            max_carried: Arc::new(AtomicUsize::new(MAX_CARRIED)),
+            saved_scripts: Arc::default(),
+            delivery: Arc::default(),
+            handoff: Arc::default(),
+        }
+    }
+
     /// Opens (creating a SQLite file if needed) and migrates the store at `url`.
     pub async fn open(url: &str) -> Result<Store> {
         let store = if url.starts_with("sqlite:") {
@@ -807,18 +833,7 @@ impl Store {
                     let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
                 }
             }
-            Store {
-                pool: Pool::Sqlite(pool),
-                commits: Arc::default(),
-                commit_micros: Arc::default(),
-                carried: Arc::default(),
-                superseded: Arc::default(),
-                failed_commits: Arc::default(),
-                max_carried: Arc::new(AtomicUsize::new(MAX_CARRIED)),
-                saved_scripts: Arc::default(),
-                delivery: Arc::default(),
-                handoff: Arc::default(),
-            }
+            Store::on(Pool::Sqlite(pool))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact(url)))?;
             let pool = PgPoolOptions::new()
@@ -852,18 +867,7 @@ impl Store {
                     _ => Error::Migrate(e),
                 })?,
             }
-            Store {
-                pool: Pool::Postgres(pool),
-                commits: Arc::default(),
-                commit_micros: Arc::default(),
-                carried: Arc::default(),
-                superseded: Arc::default(),
-                failed_commits: Arc::default(),
-                max_carried: Arc::new(AtomicUsize::new(MAX_CARRIED)),
-                saved_scripts: Arc::default(),
-                delivery: Arc::default(),
-                handoff: Arc::default(),
-            }
+            Store::on(Pool::Postgres(pool))
         } else {
             return Err(Error::BadUrl(redact(url)));
         };
@@ -1631,9 +1635,7 @@ impl Tx {
         next.runs.retain(|id, r| self.dirty_set.contains(id) || waits_on_read(r));
         next.waits_by_person.clear();
         for r in next.runs.values() {
-            if let Some(p) = &r.wait_person {
-                next.waits_by_person.entry(p.clone()).or_default().push(r.id.clone());
-            }
+            index_wait(&mut next.waits_by_person, r);
         }
         // In a fixed order, whatever the map's.
         for ids in next.waits_by_person.values_mut() {
@@ -1838,12 +1840,7 @@ impl Tx {
     }
 
     fn index_wait(&mut self, r: &RunRow) {
-        if let Some(p) = &r.wait_person {
-            let ids = self.waits_by_person.entry(p.clone()).or_default();
-            if !ids.contains(&r.id) {
-                ids.push(r.id.clone());
-            }
-        }
+        index_wait(&mut self.waits_by_person, r);
     }
 
     /// The runs in view waiting on `person` in `room` (looked up by person, not by a scan
@@ -2168,10 +2165,10 @@ impl Tx {
     /// Writes everything buffered, the ledger entries and the new chain head, then commits.
     pub async fn commit(mut self) -> Result<()> {
         let done = self.done.take();
-        let store = self.store.clone();
+        let failed = self.store.failed_commits.clone();
         let result = self.write_and_commit().await;
         if result.is_err() {
-            store.failed_commits.fetch_add(1, Ordering::Relaxed);
+            failed.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(done) = done {
             done.send_replace(Some(result.is_ok()));
