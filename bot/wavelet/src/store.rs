@@ -1,7 +1,9 @@
 //! The store: SQLite (the embedded default) and PostgreSQL through sqlx, with the
 //! migrations in `migrations/`. Both backends run the same SQL (sqlx binds `$1` on
-//! both); the few differences are in [`Store::begin`]. Everything one step of Wavelet
-//! writes goes through one [`Tx`], and ledger appends lock the chain head row inside it.
+//! both) except where they differ on purpose, each place saying why: the chain head's
+//! lock ([`Store::begin`]), batch reads ([`Tx::prefetch`]) and batch writes
+//! (`Tx::insert_rows`). Everything one step of Wavelet writes goes through one [`Tx`],
+//! and ledger appends lock the chain head row inside it.
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -28,6 +30,9 @@ pub enum Error {
     BadUrl(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// A fault in Wavelet itself, refused before anything was written.
+    #[error("a fault in Wavelet (please report it): {0}")]
+    Internal(String),
     /// Refused for a reason a person can act on.
     #[error("{0}")]
     Refused(String),
@@ -394,6 +399,89 @@ fn index_wait(index: &mut HashMap<String, Vec<String>>, r: &RunRow) {
 struct Prefetched {
     events: HashSet<(String, String)>,
     people: HashSet<String>,
+}
+
+/// Rows per `INSERT … VALUES` statement on SQLite: at most 16 columns × 1,000 binds,
+/// under its limit of 32,766.
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// A value of a row written at commit (see [`Tx::insert_rows`]).
+enum Cell {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl From<String> for Cell {
+    fn from(v: String) -> Cell {
+        Cell::Text(Some(v))
+    }
+}
+
+impl From<Option<String>> for Cell {
+    fn from(v: Option<String>) -> Cell {
+        Cell::Text(v)
+    }
+}
+
+impl From<i64> for Cell {
+    fn from(v: i64) -> Cell {
+        Cell::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Cell {
+    fn from(v: Option<i64>) -> Cell {
+        Cell::Int(v)
+    }
+}
+
+/// One column of rows written at commit, as the array PostgreSQL takes it.
+enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+}
+
+impl Column {
+    /// The columns of `rows`, each typed by its values.
+    fn transpose(table: &str, rows: Vec<Vec<Cell>>) -> Result<Vec<Column>> {
+        let mut columns: Vec<Column> = Vec::new();
+        for (i, row) in rows.into_iter().enumerate() {
+            if i > 0 && row.len() != columns.len() {
+                return Err(Error::Internal(format!(
+                    "row {i} for {table} has {} values, not {}",
+                    row.len(),
+                    columns.len()
+                )));
+            }
+            for (j, cell) in row.into_iter().enumerate() {
+                if i == 0 {
+                    columns.push(match cell {
+                        Cell::Text(_) => Column::Text(Vec::new()),
+                        Cell::Int(_) => Column::Int(Vec::new()),
+                    });
+                }
+                match (columns.get_mut(j), cell) {
+                    (Some(Column::Text(c)), Cell::Text(v)) => c.push(v),
+                    (Some(Column::Int(c)), Cell::Int(v)) => c.push(v),
+                    // The rows of one table are built by one function: a mismatch is a
+                    // fault in Wavelet.
+                    _ => {
+                        return Err(Error::Internal(format!(
+                            "row {i} for {table} differs from the first in column {j}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(columns)
+    }
+
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Column::Text(_) => "text",
+            Column::Int(_) => "bigint",
+        }
+    }
 }
 
 /// A message queued in a transaction, written to the outbox at commit.
@@ -2162,6 +2250,58 @@ impl Tx {
         link
     }
 
+    /// Inserts `rows` (a value for each of `columns`, in order) into `table`, followed by
+    /// `tail` (an `ON CONFLICT` clause, or nothing), in the order of `rows`.
+    ///
+    /// On PostgreSQL, one statement whatever the number of rows, each column bound as one
+    /// array (`unnest`): its text is the same every time, so it is parsed and planned once
+    /// per connection. A `VALUES` list is a new statement for every number of rows, and
+    /// PostgreSQL spent more time planning those lists than inserting the rows
+    /// (BENCHMARKS.md, 2026-12-06). SQLite has no arrays, and compiling a list costs it
+    /// little: there, `VALUES` lists of at most [`ROWS_PER_STATEMENT`].
+    async fn insert_rows(&mut self, table: &str, columns: &str, rows: Vec<Vec<Cell>>, tail: &str) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        match self.conn().await? {
+            ConnRef::Sqlite(c) => {
+                let mut rows = rows.into_iter().peekable();
+                while rows.peek().is_some() {
+                    let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO {table} ({columns}) "));
+                    q.push_values(rows.by_ref().take(ROWS_PER_STATEMENT), |mut b, row| {
+                        for cell in row {
+                            match cell {
+                                Cell::Text(v) => b.push_bind(v),
+                                Cell::Int(v) => b.push_bind(v),
+                            };
+                        }
+                    });
+                    q.push(" ").push(tail);
+                    q.build().execute(&mut *c).await?;
+                }
+            }
+            ConnRef::Postgres(c) => {
+                let arrays = Column::transpose(table, rows)?;
+                let types: Vec<String> =
+                    arrays.iter().enumerate().map(|(i, a)| format!("${}::{}[]", i + 1, a.sql_type())).collect();
+                let sql = format!(
+                    "INSERT INTO {table} ({columns}) SELECT {columns} FROM unnest({}) WITH ORDINALITY \
+                     AS u({columns}, wavelet_row) ORDER BY wavelet_row {tail}",
+                    types.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for a in arrays {
+                    q = match a {
+                        Column::Text(v) => q.bind(v),
+                        Column::Int(v) => q.bind(v),
+                    };
+                }
+                q.execute(&mut *c).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes everything buffered, the ledger entries and the new chain head, then commits.
     pub async fn commit(mut self) -> Result<()> {
         let done = self.done.take();
@@ -2178,139 +2318,126 @@ impl Tx {
 
     async fn write_and_commit(mut self) -> Result<()> {
         let started = std::time::Instant::now();
-        // Rows per statement: at most 16 columns × 1,000 binds, under both databases' limits.
-        const CHUNK: usize = 1_000;
         let scripts = std::mem::take(&mut self.scripts);
-        for chunk in scripts.chunks(CHUNK) {
-            on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new("INSERT INTO scripts (hash, name, source, first_seen) ");
-                q.push_values(chunk, |mut b, (hash, name, source, at)| {
-                    b.push_bind(hash.clone()).push_bind(name.clone()).push_bind(source.clone()).push_bind(at.0);
-                });
-                q.push(" ON CONFLICT DO NOTHING");
-                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
-        }
-        let inbox = std::mem::take(&mut self.inbox);
-        for chunk in inbox.chunks(CHUNK) {
-            on_tx!(self, c => {
-                // No ON CONFLICT: a concurrent recording of the same event must fail this
-                // transaction, so the event is not handled twice.
-                let mut q = sqlx::QueryBuilder::new("INSERT INTO inbox (platform, event_id, received_at) ");
-                q.push_values(chunk, |mut b, (platform, id, at)| {
-                    b.push_bind(platform.clone()).push_bind(id.clone()).push_bind(at.0);
-                });
-                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
-        }
-        let dirty: Vec<RunRow> =
-            std::mem::take(&mut self.dirty_runs).iter().filter_map(|id| self.runs.get(id).cloned()).collect();
-        for chunk in dirty.chunks(CHUNK) {
-            on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO runs ({RUN_COLUMNS}) "));
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.id.clone())
-                        .push_bind(r.workflow.clone())
-                        .push_bind(r.script_hash.clone())
-                        .push_bind(r.status.as_str())
-                        .push_bind(r.starter.clone())
-                        .push_bind(r.group_id.clone())
-                        .push_bind(r.room.to_string())
-                        .push_bind(json(&r.history))
-                        .push_bind(r.wait.as_ref().map(json))
-                        .push_bind(r.wait_person.clone())
-                        .push_bind(r.wait_room.as_ref().map(|w| w.to_string()))
-                        .push_bind(r.wait_seq)
-                        .push_bind(r.error.clone())
-                        .push_bind(r.created_at.0)
-                        .push_bind(r.updated_at.0)
-                        .push_bind(r.wait_since.map(|m| m.0));
-                });
-                q.push(
-                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
-                     wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
-                     error = excluded.error, updated_at = excluded.updated_at, wait_since = excluded.wait_since",
-                );
-                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
-        }
-        let cases = std::mem::take(&mut self.cases);
-        for chunk in cases.chunks(CHUNK) {
-            on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new("INSERT INTO cases (id, run_id, group_id, subject, category, risk, status, opened_at, closed_at) ");
-                q.push_values(chunk, |mut b, k| {
-                    b.push_bind(k.id.clone()).push_bind(k.run_id.clone()).push_bind(k.group_id.clone())
-                        .push_bind(k.subject.clone()).push_bind(k.category.clone()).push_bind(k.risk.clone())
-                        .push_bind(k.status.clone()).push_bind(k.opened_at.0).push_bind(k.closed_at.map(|m| m.0));
-                });
-                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
-        }
-        let escalations = std::mem::take(&mut self.escalations);
-        for chunk in escalations.chunks(CHUNK) {
-            on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO escalations ({ESCALATION_COLUMNS}) "));
-                q.push_values(chunk, |mut b, e| {
-                    b.push_bind(e.id.clone()).push_bind(e.case_id.clone()).push_bind(e.policy.clone())
-                        .push_bind(e.run_id.clone()).push_bind(e.group_id.clone()).push_bind(json(&e.plan))
-                        .push_bind(e.stage as i64).push_bind(escalation_status(e.status))
-                        .push_bind(e.next_at.map(|m| m.0)).push_bind(json(&e.notified)).push_bind(e.started_at.0)
-                        .push_bind(e.acked_by.clone()).push_bind(e.acked_at.map(|m| m.0));
-                });
-                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
-        }
-        let timers = std::mem::take(&mut self.timers);
-        for chunk in timers.chunks(CHUNK) {
-            on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new("INSERT INTO timers (run_id, step, due_at) ");
-                q.push_values(chunk, |mut b, (run, step, due)| {
-                    b.push_bind(run.clone()).push_bind(*step).push_bind(due.0);
-                });
-                q.push(" ON CONFLICT DO NOTHING");
-                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
-        }
+        let rows = scripts.iter().map(|(hash, name, source, at)| {
+            vec![hash.clone().into(), name.clone().into(), source.clone().into(), at.0.into()]
+        });
+        self.insert_rows("scripts", "hash, name, source, first_seen", rows.collect(), "ON CONFLICT DO NOTHING").await?;
+        // No ON CONFLICT: a concurrent recording of the same event must fail this
+        // transaction, so the event is not handled twice.
+        let rows = std::mem::take(&mut self.inbox)
+            .into_iter()
+            .map(|(platform, id, at)| vec![platform.into(), id.into(), at.0.into()]);
+        self.insert_rows("inbox", "platform, event_id, received_at", rows.collect(), "").await?;
+        let dirty = std::mem::take(&mut self.dirty_runs);
+        let rows = dirty.iter().filter_map(|id| self.runs.get(id)).map(|r| {
+            vec![
+                r.id.clone().into(),
+                r.workflow.clone().into(),
+                r.script_hash.clone().into(),
+                r.status.as_str().to_string().into(),
+                r.starter.clone().into(),
+                r.group_id.clone().into(),
+                r.room.to_string().into(),
+                json(&r.history).into(),
+                r.wait.as_ref().map(json).into(),
+                r.wait_person.clone().into(),
+                r.wait_room.as_ref().map(|w| w.to_string()).into(),
+                r.wait_seq.into(),
+                r.error.clone().into(),
+                r.created_at.0.into(),
+                r.updated_at.0.into(),
+                r.wait_since.map(|m| m.0).into(),
+            ]
+        });
+        let rows = rows.collect();
+        self.insert_rows(
+            "runs",
+            RUN_COLUMNS,
+            rows,
+            "ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
+             wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
+             error = excluded.error, updated_at = excluded.updated_at, wait_since = excluded.wait_since",
+        )
+        .await?;
+        let rows = std::mem::take(&mut self.cases).into_iter().map(|k| {
+            vec![
+                k.id.into(),
+                k.run_id.into(),
+                k.group_id.into(),
+                k.subject.into(),
+                k.category.into(),
+                k.risk.into(),
+                k.status.into(),
+                k.opened_at.0.into(),
+                k.closed_at.map(|m| m.0).into(),
+            ]
+        });
+        let columns = "id, run_id, group_id, subject, category, risk, status, opened_at, closed_at";
+        self.insert_rows("cases", columns, rows.collect(), "").await?;
+        let rows = std::mem::take(&mut self.escalations).into_iter().map(|e| {
+            vec![
+                e.id.into(),
+                e.case_id.into(),
+                e.policy.into(),
+                e.run_id.into(),
+                e.group_id.into(),
+                json(&e.plan).into(),
+                (e.stage as i64).into(),
+                escalation_status(e.status).to_string().into(),
+                e.next_at.map(|m| m.0).into(),
+                json(&e.notified).into(),
+                e.started_at.0.into(),
+                e.acked_by.into(),
+                e.acked_at.map(|m| m.0).into(),
+            ]
+        });
+        self.insert_rows("escalations", ESCALATION_COLUMNS, rows.collect(), "").await?;
+        let rows = std::mem::take(&mut self.timers)
+            .into_iter()
+            .map(|(run, step, due)| vec![run.into(), step.into(), due.0.into()]);
+        self.insert_rows("timers", "run_id, step, due_at", rows.collect(), "ON CONFLICT DO NOTHING").await?;
         let outbox = std::mem::take(&mut self.outbox);
-        for chunk in outbox.chunks(CHUNK) {
-            on_tx!(self, c => {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO outbox (idempotency_key, run_id, room, person, body, created_at, next_attempt_at, share_case) ",
-                );
-                q.push_values(chunk, |mut b, Queued { message: m, run_id, share_case, at }| {
-                    b.push_bind(m.idempotency_key.clone()).push_bind(run_id.clone()).push_bind(m.room.to_string())
-                        .push_bind(m.person.clone()).push_bind(json(&m.body)).push_bind(at.0).push_bind(at.0)
-                        .push_bind(share_case.clone());
-                });
-                // A key queued in an earlier transaction keeps its first message.
-                q.push(" ON CONFLICT (idempotency_key) DO NOTHING");
-                q.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
-        }
+        let rows = outbox.iter().map(|Queued { message: m, run_id, share_case, at }| {
+            vec![
+                m.idempotency_key.clone().into(),
+                run_id.clone().into(),
+                m.room.to_string().into(),
+                m.person.clone().into(),
+                json(&m.body).into(),
+                at.0.into(),
+                at.0.into(),
+                share_case.clone().into(),
+            ]
+        });
+        // A key queued in an earlier transaction keeps its first message.
+        let columns = "idempotency_key, run_id, room, person, body, created_at, next_attempt_at, share_case";
+        self.insert_rows("outbox", columns, rows.collect(), "ON CONFLICT (idempotency_key) DO NOTHING").await?;
         let counters: Vec<(String, i64)> =
             self.counters.iter().filter(|(_, (_, dirty))| *dirty).map(|(k, (v, _))| (k.clone(), *v)).collect();
         for (name, v) in counters {
             on_tx!(self, c => sqlx::query("UPDATE counters SET value = $1 WHERE name = $2").bind(v).bind(&name).execute(c).await.map(|r| r.rows_affected()))?;
         }
-        let entries = std::mem::take(&mut self.ledger);
-        for chunk in entries.chunks(CHUNK) {
-            on_tx!(self, c => {
-                let mut links = sqlx::QueryBuilder::new(
-                    "INSERT INTO ledger (seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash) ",
-                );
-                links.push_values(chunk, |mut b, (l, _)| {
-                    b.push_bind(l.seq).push_bind(l.at.0).push_bind(l.kind.clone()).push_bind(l.case_id.clone())
-                        .push_bind(l.run_id.clone()).push_bind(l.actor.clone()).push_bind(l.script_hash.clone())
-                        .push_bind(l.content_hash.clone()).push_bind(l.prev_hash.clone()).push_bind(l.hash.clone());
-                });
-                links.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-                let mut contents = sqlx::QueryBuilder::new("INSERT INTO ledger_content (seq, content) ");
-                contents.push_values(chunk, |mut b, (l, content)| {
-                    b.push_bind(l.seq).push_bind(content.clone());
-                });
-                contents.build().execute(&mut *c).await.map(|r| r.rows_affected())?;
-            });
+        let mut links = Vec::with_capacity(self.ledger.len());
+        let mut contents = Vec::with_capacity(self.ledger.len());
+        for (l, content) in std::mem::take(&mut self.ledger) {
+            contents.push(vec![l.seq.into(), content.into()]);
+            links.push(vec![
+                l.seq.into(),
+                l.at.0.into(),
+                l.kind.into(),
+                l.case_id.into(),
+                l.run_id.into(),
+                l.actor.into(),
+                l.script_hash.into(),
+                l.content_hash.into(),
+                l.prev_hash.into(),
+                l.hash.into(),
+            ]);
         }
+        let columns = "seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash";
+        self.insert_rows("ledger", columns, links, "").await?;
+        self.insert_rows("ledger_content", "seq, content", contents, "").await?;
         // Every commit counts itself on the head row, so a transaction carried on from
         // this one can tell whether anything else committed in between.
         let (seq, hash, commits) = (self.head.seq, self.head.hash.clone(), self.commits + 1);

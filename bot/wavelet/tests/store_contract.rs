@@ -181,6 +181,9 @@ contract! {
         sqlite_a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched,
         postgres_a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched;
     inbox_records_each_event_once: sqlite_inbox_records_each_event_once, postgres_inbox_records_each_event_once;
+    a_commit_of_thousands_of_rows_keeps_every_row_in_order:
+        sqlite_a_commit_of_thousands_of_rows_keeps_every_row_in_order,
+        postgres_a_commit_of_thousands_of_rows_keeps_every_row_in_order;
     scripts_are_kept_by_hash_and_first_write_wins:
         sqlite_scripts_are_kept_by_hash_and_first_write_wins, postgres_scripts_are_kept_by_hash_and_first_write_wins;
     runs_round_trip_with_history_and_wait:
@@ -460,6 +463,60 @@ async fn inbox_records_each_event_once(store: &Store) {
     assert!(!tx.record_inbox("console", "e2", Millis(5)).await.unwrap());
     assert!(tx.record_inbox("console", "e3", Millis(5)).await.unwrap());
     tx.commit().await.unwrap();
+}
+
+/// More rows of each kind than one SQLite statement takes (they are split) and than any
+/// batch of the benchmark, with and without their optional values: every row is written,
+/// with its values, and messages are numbered in the order they were queued.
+async fn a_commit_of_thousands_of_rows_keeps_every_row_in_order(store: &Store) {
+    const N: usize = 2_500;
+    put_runs(store, &[]).await;
+    let mut tx = store.begin().await.unwrap();
+    let mut queued = Vec::new();
+    for i in 0..N {
+        assert!(tx.record_inbox("console", &format!("e{i}"), Millis(i as i64)).await.unwrap());
+        let mut m = message(&format!("k{i}"), &format!("message {i}"));
+        if i % 3 == 0 {
+            m.person = None;
+        }
+        let run = (i % 2 == 0).then_some("R-1");
+        tx.enqueue(&m, run, Millis(1_000)).await.unwrap();
+        queued.push(m);
+        let case = (i % 5 == 0).then_some("C-1");
+        tx.append(draft(10_000 + i as i64, EntryKind::QuestionAnswered, case, run, json!({ "step": i })));
+    }
+    let runs: Vec<RunRow> = (0..N)
+        .map(|i| {
+            let wait = (i % 2 == 0).then_some(("bob", "dm:console:bob", i as i64));
+            run_row(&format!("R-{}", i + 2), RunStatus::Waiting, wait)
+        })
+        .collect();
+    for r in &runs {
+        tx.put_run(r).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let due = store.pending_outbox(Millis(1_000), N as i64 + 1).await.unwrap();
+    assert_eq!(due.len(), N, "every message queued");
+    for (i, (p, m)) in due.iter().zip(&queued).enumerate() {
+        assert_eq!(&p.message, m, "message {i}, in the order queued");
+    }
+    assert!(due.windows(2).all(|w| w[0].id < w[1].id), "numbered in the order queued");
+    let mut tx = store.begin().await.unwrap();
+    for i in [0, 999, 1_000, 1_001, N - 1] {
+        assert!(!tx.record_inbox("console", &format!("e{i}"), Millis(0)).await.unwrap(), "event {i} was recorded");
+    }
+    drop(tx);
+    let entries = store.ledger_page(0, N as i64 + 1).await.unwrap();
+    assert_eq!(entries.len(), N);
+    ledger::verify(entries.clone(), &store.ledger_head().await.unwrap()).expect("the chain verifies");
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.link.case_id.as_deref(), (i % 5 == 0).then_some("C-1"), "entry {i}");
+        assert_eq!(e.content, Some(json!({ "step": i })), "entry {i}");
+    }
+    for r in [&runs[0], &runs[1], &runs[N - 1]] {
+        assert_eq!(store.run(&r.id).await.unwrap().as_ref(), Some(r));
+    }
 }
 
 async fn scripts_are_kept_by_hash_and_first_write_wins(store: &Store) {
