@@ -29,7 +29,18 @@ pub async fn verify_store_witnessed(
         after = last.link.seq;
         all.extend(page);
     }
-    Ok(verify_witnessed(all, &head, witnesses))
+    let report = verify_witnessed(all, &head, witnesses);
+    if report.is_ok()
+        && let Some(seq) = store.content_without_entry().await?
+    {
+        return Ok(Err(ChainFault {
+            seq,
+            problem: "content is stored for this entry, which is not in the chain (written around Wavelet, or its \
+                      entry deleted)"
+                .into(),
+        }));
+    }
+    Ok(report)
 }
 
 #[derive(Debug, thiserror::Error)]

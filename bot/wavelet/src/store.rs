@@ -1242,6 +1242,15 @@ impl Store {
     }
 
     /// Ledger entries with `seq > after`, in order, at most `limit`.
+    /// The first content row stored for an entry the chain does not hold, if any: written
+    /// around Wavelet, or left by an entry deleted past the guards. (Nothing in the schema
+    /// refuses one on PostgreSQL, see `migrations/postgres/0008_content_unlinked.sql`.)
+    pub async fn content_without_entry(&self) -> Result<Option<i64>> {
+        const SQL: &str =
+            "SELECT MIN(c.seq) FROM ledger_content c WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.seq = c.seq)";
+        Ok(on_pool!(self, p => sqlx::query_scalar(SQL).fetch_one(p).await)?)
+    }
+
     pub async fn ledger_page(&self, after: i64, limit: i64) -> Result<Vec<StoredEntry>> {
         let rows: Vec<EntryTuple> =
             on_pool!(self, p => sqlx::query_as(ENTRY_PAGE_SQL).bind(after).bind(limit).fetch_all(p).await)?;

@@ -236,6 +236,8 @@ contract! {
     tampering_rewritten_chain_is_found_by_its_witnesses:
         sqlite_tampering_rewritten_chain_is_found_by_its_witnesses,
         postgres_tampering_rewritten_chain_is_found_by_its_witnesses;
+    tampering_content_without_an_entry_is_found:
+        sqlite_tampering_content_without_an_entry_is_found, postgres_tampering_content_without_an_entry_is_found;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1289,9 +1291,7 @@ async fn ledger_refuses_update_and_delete_but_allows_erasure(store: &Store) {
             raw.refused(sql, content_why).await;
         }
         if pg {
-            // Plain `TRUNCATE ledger` is refused by the foreign key too, when not a replica;
-            // the others only the triggers can stop.
-            raw.refused("TRUNCATE ledger", "").await;
+            raw.refused("TRUNCATE ledger", "the Wavelet ledger is append-only").await;
             raw.refused("TRUNCATE ledger CASCADE", "the Wavelet ledger is append-only").await;
             raw.refused("TRUNCATE ledger, ledger_content", "the Wavelet ledger is append-only").await;
             raw.refused("TRUNCATE ledger_content", "the Wavelet ledger is append-only").await;
@@ -1435,6 +1435,21 @@ async fn tampering_deleted_last_entry_is_found(store: &Store) {
         .await;
     assert_eq!(f.seq, 6, "{f}");
     assert!(f.problem.contains("missing"), "{f}");
+}
+
+/// Content planted for an entry the chain does not hold (ahead of the head, so the entry
+/// Wavelet appends there later could not be written either): the chain itself is sound,
+/// and `verify` names the content's entry.
+async fn tampering_content_without_an_entry_is_found(store: &Store) {
+    build_chain(store, 6).await;
+    assert!(wavelet::audit::verify_store(store).await.unwrap().is_ok(), "sound before");
+    let mut raw = Raw::connect(store).await;
+    raw.must("INSERT INTO ledger_content (seq, content) VALUES (9, '{\"answer\":\"planted\"}')", 1).await;
+    raw.close().await;
+    assert_eq!(store.ledger_page(0, 100).await.unwrap().len(), 6, "the chain reads as before");
+    let f = wavelet::audit::verify_store(store).await.unwrap().expect_err("verify must find the planted content");
+    assert_eq!(f.seq, 9, "{f}");
+    assert!(f.problem.contains("not in the chain"), "{f}");
 }
 
 async fn tampering_deleted_content_row_is_not_taken_for_an_erasure(store: &Store) {
