@@ -68,7 +68,7 @@ async fn runtime(url: &str, dir: &Path) -> Arc<Runtime> {
 
 /// Every practitioner starts `command` once, through the ingest.
 async fn start_all(rt: &Arc<Runtime>, command: &str) {
-    let (ingest, _worker) = Ingest::spawn(rt.clone(), 256);
+    let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
     let mut tasks = Vec::new();
     for p in 0..TIMERS {
         let ingest = ingest.clone();

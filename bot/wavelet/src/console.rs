@@ -116,7 +116,7 @@ pub async fn run(
     // Timers fire and messages go out while the console is open.
     let background = crate::service::spawn(rt.clone(), adapters.clone());
     // Through the ingest, so a store that goes away holds the line until it is back.
-    let (ingest, worker) = crate::ingest::Ingest::spawn(rt.clone(), 64);
+    let (ingest, worker) = crate::ingest::Ingest::spawn(rt.clone(), crate::ingest::MAX_BATCH);
     let started = rt.clock.now().0;
     let mut n = 0u64;
     let mut line_number = 0u64;

@@ -277,7 +277,7 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
         let console = ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(show_keys);
         adapters.add(Arc::new(console));
     }
-    let (ingest, ingest_worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
+    let (ingest, ingest_worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
     let platforms = app::start_platforms(&rt, &mut adapters, &ingest).await?;
     for (platform, waiting) in rt.store.undelivered_by_platform().await? {
         if !adapters.platforms().iter().any(|p| p.as_str() == platform) {

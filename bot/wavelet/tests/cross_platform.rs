@@ -42,7 +42,7 @@ impl Bot {
         let mut adapters = Adapters::default();
         adapters.add(matrix.clone());
         adapters.add(discord.clone());
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
+        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
         let sync = tokio::spawn(matrix.run(ingest.clone()));
         let gateway = tokio::spawn({
             let discord = discord.clone();

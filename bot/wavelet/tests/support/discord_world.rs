@@ -123,7 +123,7 @@ impl Bot {
             DiscordAdapter::connect(cfg.discord.as_ref().unwrap(), Some(server.token()), rt.clone()).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(adapter.clone());
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
+        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
         let gateway = tokio::spawn(adapter.clone().run(ingest));
         let background = wavelet::service::spawn(rt.clone(), adapters);
         server.wait_for_stats(|s| s.identifies > identified, WAIT).await.unwrap();

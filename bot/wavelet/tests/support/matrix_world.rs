@@ -283,7 +283,7 @@ impl Bot {
         let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), rt.clone()).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(m.clone());
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 64);
+        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
         let m_ref = m.clone();
         let sync = tokio::spawn(m.run(ingest));
         let background = wavelet::service::spawn(rt.clone(), adapters);
