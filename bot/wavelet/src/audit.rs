@@ -33,12 +33,14 @@ pub async fn verify_store_witnessed(
     if report.is_ok()
         && let Some(seq) = store.content_without_entry().await?
     {
-        return Ok(Err(ChainFault {
-            seq,
-            problem: "content is stored for this entry, which is not in the chain (written around Wavelet, or its \
-                      entry deleted)"
-                .into(),
-        }));
+        let problem = if seq > head.seq {
+            "content is stored for this entry, ahead of the chain (written around Wavelet): Wavelet cannot append \
+             this entry until the database's owner removes that row (keep a copy for the investigation)"
+        } else {
+            "content is stored for this entry, which is not in the chain (written around Wavelet, or its entry \
+             deleted)"
+        };
+        return Ok(Err(ChainFault { seq, problem: problem.into() }));
     }
     Ok(report)
 }

@@ -15,8 +15,8 @@ type Ack = oneshot::Sender<Result<(), String>>;
 
 /// How many queued events share one transaction at most: what Wavelet and its console
 /// run with, and what the steps benchmark measures. Under load a batch this size is
-/// handled in a few milliseconds (BENCHMARKS.md); when little is queued, batches are as
-/// small as what is queued.
+/// handled and committed in tens of milliseconds (BENCHMARKS.md); when little is queued,
+/// a batch is what is queued.
 pub const MAX_BATCH: usize = 256;
 
 /// The handle adapters submit through. Cloning is cheap.

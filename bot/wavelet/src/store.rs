@@ -1,8 +1,8 @@
 //! The store: SQLite (the embedded default) and PostgreSQL through sqlx, with the
 //! migrations in `migrations/`. Both backends run the same SQL (sqlx binds `$1` on
 //! both) except where they differ on purpose, each place saying why: the chain head's
-//! lock ([`Store::begin`]), batch reads ([`Tx::prefetch`]) and batch writes
-//! (`Tx::insert_rows`). Everything one step of Wavelet writes goes through one [`Tx`],
+//! lock ([`Store::begin`]), row locks when claiming messages and timers (`FOR UPDATE`,
+//! `SKIP LOCKED`), batch reads ([`Tx::prefetch`]) and batch writes (`Tx::insert_rows`). Everything one step of Wavelet writes goes through one [`Tx`],
 //! and ledger appends lock the chain head row inside it.
 
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ pub enum Error {
     BadUrl(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
-    /// A fault in Wavelet itself, refused before anything was written.
+    /// A fault in Wavelet itself; the transaction it happened in does not commit.
     #[error("a fault in Wavelet (please report it): {0}")]
     Internal(String),
     /// Refused for a reason a person can act on.
@@ -1241,7 +1241,6 @@ impl Store {
         Ok(Head { seq, hash })
     }
 
-    /// Ledger entries with `seq > after`, in order, at most `limit`.
     /// The first content row stored for an entry the chain does not hold, if any: written
     /// around Wavelet, or left by an entry deleted past the guards. (Nothing in the schema
     /// refuses one on PostgreSQL, see `migrations/postgres/0008_content_unlinked.sql`.)
@@ -1251,6 +1250,7 @@ impl Store {
         Ok(on_pool!(self, p => sqlx::query_scalar(SQL).fetch_one(p).await)?)
     }
 
+    /// Ledger entries with `seq > after`, in order, at most `limit`.
     pub async fn ledger_page(&self, after: i64, limit: i64) -> Result<Vec<StoredEntry>> {
         let rows: Vec<EntryTuple> =
             on_pool!(self, p => sqlx::query_as(ENTRY_PAGE_SQL).bind(after).bind(limit).fetch_all(p).await)?;
@@ -2263,8 +2263,8 @@ impl Tx {
     /// `tail` (an `ON CONFLICT` clause, or nothing), in the order of `rows`.
     ///
     /// On PostgreSQL, one statement whatever the number of rows, each column bound as one
-    /// array (`unnest`): its text is the same every time, so it is parsed and planned once
-    /// per connection. A `VALUES` list is a new statement for every number of rows, and
+    /// array (`unnest`): its text is the same every time, so it is parsed once per
+    /// connection and its plan kept. A `VALUES` list is a new statement for every number of rows, and
     /// PostgreSQL spent more time planning those lists than inserting the rows
     /// (BENCHMARKS.md, 2026-12-06). SQLite has no arrays, and compiling a list costs it
     /// little: there, `VALUES` lists of at most [`ROWS_PER_STATEMENT`].

@@ -22,7 +22,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use wavelet::runtime::ManualClock;
-use wavelet::store::{CaseRow, ClaimedMessage, Claimer, DueTimer, RunRow, RunStatus, Store};
+use wavelet::store::{
+    CaseRow, ClaimedMessage, Claimer, DueTimer, EscalationRow, EscalationStatus, RunRow, RunStatus, Store,
+};
 use wavelet_core::engine::{AnswerSpec, EffectKind, HistoryEntry, Wait};
 use wavelet_core::ledger::{self, ChainFault, Draft, EntryKind, Head, StoredEntry};
 use wavelet_core::{MessageBody, Millis, OutboundMessage, Platform, RoomRef};
@@ -496,6 +498,39 @@ async fn a_commit_of_thousands_of_rows_keeps_every_row_in_order(store: &Store) {
     for r in &runs {
         tx.put_run(r).await.unwrap();
     }
+    // Each other kind of row, some with their optional values.
+    let cases: Vec<CaseRow> = (0..3)
+        .map(|i| CaseRow {
+            closed_at: (i == 1).then_some(Millis(3_000)),
+            ..case_row(&format!("C-{}", i + 2), &runs[i].id)
+        })
+        .collect();
+    let escalations: Vec<EscalationRow> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| EscalationRow {
+            id: format!("E-{i}"),
+            case_id: c.id.clone(),
+            policy: "prompt".into(),
+            run_id: c.run_id.clone(),
+            group_id: "north".into(),
+            plan: Vec::new(),
+            stage: i,
+            status: EscalationStatus::Active,
+            next_at: (i != 1).then_some(Millis(9_000 + i as i64)),
+            notified: vec![format!("lead{i}")],
+            started_at: Millis(2_000),
+            acked_by: (i == 2).then(|| "lead2".to_string()),
+            acked_at: (i == 2).then_some(Millis(4_000)),
+        })
+        .collect();
+    for (c, e) in cases.iter().zip(&escalations) {
+        tx.insert_case(c).await.unwrap();
+        tx.insert_escalation(e).await.unwrap();
+    }
+    for (i, r) in runs.iter().take(3).enumerate() {
+        tx.set_timer(&r.id, i as i64 + 1, Millis(5_000 + i as i64)).await.unwrap();
+    }
     tx.commit().await.unwrap();
 
     let due = store.pending_outbox(Millis(1_000), N as i64 + 1).await.unwrap();
@@ -503,7 +538,6 @@ async fn a_commit_of_thousands_of_rows_keeps_every_row_in_order(store: &Store) {
     for (i, (p, m)) in due.iter().zip(&queued).enumerate() {
         assert_eq!(&p.message, m, "message {i}, in the order queued");
     }
-    assert!(due.windows(2).all(|w| w[0].id < w[1].id), "numbered in the order queued");
     let mut tx = store.begin().await.unwrap();
     for i in [0, 999, 1_000, 1_001, N - 1] {
         assert!(!tx.record_inbox("console", &format!("e{i}"), Millis(0)).await.unwrap(), "event {i} was recorded");
@@ -519,6 +553,17 @@ async fn a_commit_of_thousands_of_rows_keeps_every_row_in_order(store: &Store) {
     for r in [&runs[0], &runs[1], &runs[N - 1]] {
         assert_eq!(store.run(&r.id).await.unwrap().as_ref(), Some(r));
     }
+    let mut tx = store.begin().await.unwrap();
+    for (c, e) in cases.iter().zip(&escalations) {
+        assert_eq!(store.case(&c.id).await.unwrap().as_ref(), Some(c));
+        assert_eq!(tx.escalation(&e.id).await.unwrap().as_ref(), Some(e));
+    }
+    drop(tx);
+    let timers = store.due_timers(Millis(10_000), 10).await.unwrap();
+    let expected: Vec<DueTimer> = (0..3)
+        .map(|i| DueTimer { run_id: runs[i].id.clone(), step: i as i64 + 1, due_at: Millis(5_000 + i as i64) })
+        .collect();
+    assert_eq!(timers, expected);
 }
 
 async fn scripts_are_kept_by_hash_and_first_write_wins(store: &Store) {
@@ -1449,7 +1494,17 @@ async fn tampering_content_without_an_entry_is_found(store: &Store) {
     assert_eq!(store.ledger_page(0, 100).await.unwrap().len(), 6, "the chain reads as before");
     let f = wavelet::audit::verify_store(store).await.unwrap().expect_err("verify must find the planted content");
     assert_eq!(f.seq, 9, "{f}");
-    assert!(f.problem.contains("not in the chain"), "{f}");
+    assert!(f.problem.contains("ahead of the chain") && f.problem.contains("owner removes"), "{f}");
+    // Wavelet does not take the planted row for entry 9's content: that append fails.
+    let mut tx = store.begin().await.unwrap();
+    tx.append(draft(20_007, EntryKind::QuestionAnswered, None, None, json!({ "step": 7 })));
+    tx.append(draft(20_008, EntryKind::QuestionAnswered, None, None, json!({ "step": 8 })));
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.append(draft(20_009, EntryKind::QuestionAnswered, None, None, json!({ "step": 9 })));
+    assert!(tx.commit().await.is_err(), "entry 9 cannot be appended over planted content");
+    assert_eq!(store.ledger_head().await.unwrap().seq, 8);
+    assert_eq!(wavelet::audit::verify_store(store).await.unwrap().expect_err("still found").seq, 9);
 }
 
 async fn tampering_deleted_content_row_is_not_taken_for_an_erasure(store: &Store) {
