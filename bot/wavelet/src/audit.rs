@@ -33,16 +33,28 @@ pub async fn verify_store_witnessed(
     if report.is_ok()
         && let Some(seq) = store.content_without_entry().await?
     {
-        let problem = if seq > head.seq {
-            "content is stored for this entry, ahead of the chain (written around Wavelet): Wavelet cannot append \
-             this entry until the database's owner removes that row (keep a copy for the investigation)"
+        return Ok(Err(if seq > head.seq {
+            content_ahead(seq)
         } else {
-            "content is stored for this entry, which is not in the chain (written around Wavelet, or its entry \
-             deleted)"
-        };
-        return Ok(Err(ChainFault { seq, problem: problem.into() }));
+            ChainFault {
+                seq,
+                problem: "content is stored for this entry, which is not in the chain (written around Wavelet, or \
+                          its entry deleted)"
+                    .into(),
+            }
+        }));
     }
     Ok(report)
+}
+
+/// Content stored for entry `seq`, ahead of the chain's head: written around Wavelet.
+pub fn content_ahead(seq: i64) -> ChainFault {
+    ChainFault {
+        seq,
+        problem: "content is stored for this entry, ahead of the chain (written around Wavelet): Wavelet cannot \
+                  append this entry until the database's owner removes that row (keep a copy for the investigation)"
+            .into(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -426,7 +426,8 @@ impl Runtime {
     }
 
     /// Checks the committed chain from `since` to where it ended when `tx` began, a page at
-    /// a time (the first witness checks the whole chain, while holding the chain's lock).
+    /// a time (the first witness checks the whole chain, while holding the chain's lock),
+    /// and that no content is stored past that end.
     async fn check_chain_since(
         &self,
         tx: &mut Tx,
@@ -439,7 +440,16 @@ impl Runtime {
         let mut after = since.seq;
         loop {
             let page = tx.ledger_page(after, PAGE).await?;
-            let Some(last) = page.last() else { return Ok(check.finish(Some(&end))) };
+            let Some(last) = page.last() else {
+                let report = check.finish(Some(&end));
+                // Content planted past the head would stop the append that reaches it.
+                if report.is_ok()
+                    && let Some(seq) = tx.content_after(end.seq).await?
+                {
+                    return Ok(Err(crate::audit::content_ahead(seq)));
+                }
+                return Ok(report);
+            };
             after = last.link.seq;
             if let Err(fault) = page.iter().try_for_each(|e| check.next(e)) {
                 return Ok(Err(fault));

@@ -1662,6 +1662,14 @@ impl Tx {
         rows.into_iter().map(entry_from_tuple).collect()
     }
 
+    /// The first content row after entry `seq`, if any. Content is written with its
+    /// entry, so past the chain's head there is none unless it was written around Wavelet.
+    pub async fn content_after(&mut self, seq: i64) -> Result<Option<i64>> {
+        Ok(
+            on_tx!(self, c => sqlx::query_scalar("SELECT MIN(seq) FROM ledger_content WHERE seq > $1").bind(seq).fetch_one(c).await)?,
+        )
+    }
+
     /// The chain's head when this transaction began: where the committed chain ends.
     pub fn begun_at(&self) -> &Head {
         &self.begun

@@ -16,6 +16,7 @@ on_both!(
     a_witness_for_a_group_this_process_does_not_know_is_not_posted_and_coordinators_are_told,
     a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last_one_does_not_verify,
     a_witness_is_withheld_when_the_newest_entries_are_gone,
+    a_witness_is_withheld_when_content_is_planted_ahead_of_the_chain,
     overdue_stages_fire_at_once_in_due_order_and_say_how_late,
     a_run_waits_for_an_acknowledgement_until_its_deadline,
     closing_a_case_stops_its_escalation,
@@ -513,6 +514,27 @@ async fn a_witness_is_withheld_when_the_newest_entries_are_gone(backend: &str) {
     a.clock.advance(Duration::from_secs(15 * 3600 + 60));
     let sent: Vec<String> = fire(&mut a).await.iter().map(|m| m.body.plain()).collect();
     let alarm = format!("the chain ends at entry {} but its head says {}", head.seq - 1, head.seq);
+    assert!(sent.iter().any(|t| t.starts_with("Ledger witness WITHHELD") && t.contains(&alarm)), "{sent:?}");
+    assert!(ledger_kinds(&a, "ledger.witnessed").await.is_empty());
+}
+
+/// Content written around Wavelet for an entry the chain has not reached: the chain
+/// verifies, but the append that reaches it would fail, so nothing is witnessed and the
+/// alarm names the entry.
+async fn a_witness_is_withheld_when_content_is_planted_ahead_of_the_chain(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh(backend, dir.path()).await;
+    let mut a = bot(&url, None).await;
+    raise(&mut a, "alice").await;
+    let planted = a.rt.store.ledger_head().await.unwrap().seq + 50;
+    // (SQLite's foreign key is per connection: off for this one, as an attacker would.)
+    let sql = format!("INSERT INTO ledger_content (seq, content) VALUES ({planted}, '{{\"answer\":\"planted\"}}')");
+    let sql =
+        if backend == "sqlite" { format!("PRAGMA foreign_keys = OFF; {sql}; PRAGMA foreign_keys = ON") } else { sql };
+    tamper_ledger(&a, &[sql]).await;
+    a.clock.advance(Duration::from_secs(15 * 3600 + 60));
+    let sent: Vec<String> = fire(&mut a).await.iter().map(|m| m.body.plain()).collect();
+    let alarm = format!("ledger entry {planted}: content is stored for this entry, ahead of the chain");
     assert!(sent.iter().any(|t| t.starts_with("Ledger witness WITHHELD") && t.contains(&alarm)), "{sent:?}");
     assert!(ledger_kinds(&a, "ledger.witnessed").await.is_empty());
 }
