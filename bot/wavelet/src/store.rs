@@ -2,8 +2,9 @@
 //! migrations in `migrations/`. Both backends run the same SQL (sqlx binds `$1` on
 //! both) except where they differ on purpose, each place saying why: the chain head's
 //! lock ([`Store::begin`]), row locks when claiming messages and timers (`FOR UPDATE`,
-//! `SKIP LOCKED`), batch reads ([`Tx::prefetch`]) and batch writes (`Tx::insert_rows`). Everything one step of Wavelet writes goes through one [`Tx`],
-//! and ledger appends lock the chain head row inside it.
+//! `SKIP LOCKED`), batch reads ([`Tx::prefetch`]) and batch writes (`Tx::insert_rows`).
+//! Everything one step of Wavelet writes goes through one [`Tx`], and ledger appends
+//! lock the chain head row inside it.
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -444,25 +445,27 @@ enum Column {
 impl Column {
     /// The columns of `rows`, each typed by its values.
     fn transpose(table: &str, rows: Vec<Vec<Cell>>) -> Result<Vec<Column>> {
-        let mut columns: Vec<Column> = Vec::new();
-        for (i, row) in rows.into_iter().enumerate() {
-            if i > 0 && row.len() != columns.len() {
+        let mut rows = rows.into_iter();
+        let Some(first) = rows.next() else { return Ok(Vec::new()) };
+        let mut columns: Vec<Column> = first
+            .into_iter()
+            .map(|cell| match cell {
+                Cell::Text(v) => Column::Text(vec![v]),
+                Cell::Int(v) => Column::Int(vec![v]),
+            })
+            .collect();
+        for (i, row) in rows.enumerate().map(|(i, row)| (i + 1, row)) {
+            if row.len() != columns.len() {
                 return Err(Error::Internal(format!(
                     "row {i} for {table} has {} values, not {}",
                     row.len(),
                     columns.len()
                 )));
             }
-            for (j, cell) in row.into_iter().enumerate() {
-                if i == 0 {
-                    columns.push(match cell {
-                        Cell::Text(_) => Column::Text(Vec::new()),
-                        Cell::Int(_) => Column::Int(Vec::new()),
-                    });
-                }
-                match (columns.get_mut(j), cell) {
-                    (Some(Column::Text(c)), Cell::Text(v)) => c.push(v),
-                    (Some(Column::Int(c)), Cell::Int(v)) => c.push(v),
+            for (j, (column, cell)) in columns.iter_mut().zip(row).enumerate() {
+                match (column, cell) {
+                    (Column::Text(c), Cell::Text(v)) => c.push(v),
+                    (Column::Int(c), Cell::Int(v)) => c.push(v),
                     // The rows of one table are built by one function: a mismatch is a
                     // fault in Wavelet.
                     _ => {
@@ -1241,13 +1244,15 @@ impl Store {
         Ok(Head { seq, hash })
     }
 
-    /// The first content row stored for an entry the chain does not hold, if any: written
-    /// around Wavelet, or left by an entry deleted past the guards. (Nothing in the schema
-    /// refuses one on PostgreSQL, see `migrations/postgres/0008_content_unlinked.sql`.)
-    pub async fn content_without_entry(&self) -> Result<Option<i64>> {
-        const SQL: &str =
-            "SELECT MIN(c.seq) FROM ledger_content c WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.seq = c.seq)";
-        Ok(on_pool!(self, p => sqlx::query_scalar(SQL).fetch_one(p).await)?)
+    /// The first content row outside entries 1 to `head` that is stored for an entry the
+    /// chain does not hold, if any: written around Wavelet. (Nothing in the schema refuses
+    /// one on PostgreSQL, see `migrations/postgres/0008_content_unlinked.sql`.) Inside
+    /// 1 to `head` every entry is there once the chain up to `head` verifies, so only the
+    /// rows outside are read: content appended meanwhile has its entry, and is not taken.
+    pub async fn content_without_entry(&self, head: i64) -> Result<Option<i64>> {
+        const SQL: &str = "SELECT MIN(c.seq) FROM ledger_content c WHERE (c.seq > $1 OR c.seq < 1) \
+                           AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.seq = c.seq)";
+        Ok(on_pool!(self, p => sqlx::query_scalar(SQL).bind(head).fetch_one(p).await)?)
     }
 
     /// Ledger entries with `seq > after`, in order, at most `limit`.
