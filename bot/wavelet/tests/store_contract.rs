@@ -1592,3 +1592,81 @@ async fn sqlite_ledger_refuses_insert_or_replace() {
     assert_eq!(store.ledger_page(0, 100).await.unwrap(), before, "nothing changed");
     db.finish().await;
 }
+
+/// SQLite only: a database from before migration 0008 (the chain's tables keyed by
+/// `BIGINT`, content with a foreign key to its entry) is upgraded in place when Wavelet
+/// opens it: every entry, its content and its erasure copied as they were, the chain still
+/// verifying, the guards in force again, and appending going on from the same head.
+#[tokio::test]
+async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intact() {
+    // The chain, written by today's Wavelet, with an erasure in it.
+    let source = TestDb::new(Backend::Sqlite).await;
+    let entries = build_chain(&source.store, 7).await;
+    assert!(source.store.erase(3, "retention period ended", "rey", Millis(30_000)).await.unwrap());
+    let before = source.store.ledger_page(0, 100).await.unwrap();
+    let head = source.store.ledger_head().await.unwrap();
+    assert_eq!((before.len(), before[2].content.as_ref()), (entries.len() + 1, None));
+    let source_file = source.store.sqlite_pool().unwrap().connect_options().get_filename().to_path_buf();
+
+    // A database as migrations 0001 to 0007 left it, holding the same rows.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&file).create_if_missing(true);
+    let mut old = SqliteConnection::connect_with(&opts).await.unwrap();
+    let mut migrator = sqlx::migrate!("../../migrations/sqlite");
+    migrator.migrations = migrator.migrations.iter().filter(|m| m.version < 8).cloned().collect::<Vec<_>>().into();
+    migrator.run(&mut old).await.unwrap();
+    let ddl: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'ledger'").fetch_one(&mut old).await.unwrap();
+    assert!(ddl.contains("BIGINT PRIMARY KEY"), "the old layout: {ddl}");
+    let copy = format!(
+        "ATTACH DATABASE '{}' AS src; \
+         INSERT INTO ledger SELECT * FROM src.ledger; \
+         INSERT INTO ledger_content SELECT * FROM src.ledger_content; \
+         UPDATE ledger_head SET seq = (SELECT seq FROM src.ledger_head), hash = (SELECT hash FROM src.ledger_head), \
+                commits = (SELECT commits FROM src.ledger_head); \
+         DETACH DATABASE src;",
+        source_file.display()
+    );
+    sqlx::raw_sql(AssertSqlSafe(copy)).execute(&mut old).await.unwrap();
+    old.close().await.unwrap();
+    source.finish().await;
+
+    // Opening it migrates it.
+    let store = Store::open(&format!("sqlite://{}", file.display())).await.unwrap();
+    assert_eq!(store.ledger_page(0, 100).await.unwrap(), before, "every entry, content and erasure as it was");
+    assert_eq!(store.ledger_head().await.unwrap(), head);
+    assert!(wavelet::audit::verify_store(&store).await.unwrap().is_ok(), "the chain verifies");
+    let mut raw = Raw::connect(&store).await;
+    let Raw::Sqlite(c) = &mut raw else { unreachable!("a SQLite store") };
+    for table in ["ledger", "ledger_content"] {
+        let ddl: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = $1")
+            .bind(table)
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert!(ddl.contains("seq") && ddl.contains("INTEGER PRIMARY KEY"), "{table} is keyed by its row id: {ddl}");
+        let keys: Vec<(i64,)> =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT id FROM pragma_foreign_key_list('{table}')")))
+                .fetch_all(&mut *c)
+                .await
+                .unwrap();
+        assert!(keys.is_empty(), "{table} has no foreign key");
+    }
+    // The guards are back.
+    raw.refused("UPDATE ledger SET actor = 'x' WHERE seq = 2", "append-only: UPDATE is refused").await;
+    raw.refused("DELETE FROM ledger WHERE seq = 7", "append-only: DELETE is refused").await;
+    raw.refused("REPLACE INTO ledger SELECT * FROM ledger WHERE seq = 2", "an entry cannot be replaced").await;
+    raw.refused("UPDATE ledger_content SET content = '{}' WHERE seq = 2", "can only be erased, once").await;
+    raw.refused("UPDATE ledger_content SET content = '{}' WHERE seq = 3", "can only be erased, once").await;
+    raw.refused("DELETE FROM ledger_content WHERE seq = 2", "can only be erased, not deleted").await;
+    raw.refused("INSERT OR REPLACE INTO ledger_content (seq, content) VALUES (2, '{}')", "not replaced").await;
+    raw.close().await;
+    // And the chain goes on from where it stood.
+    let mut tx = store.begin().await.unwrap();
+    tx.append(draft(40_000, EntryKind::QuestionAnswered, None, Some("R-1"), json!({ "answer": "after" })));
+    tx.commit().await.unwrap();
+    let report = ledger::verify(store.ledger_page(0, 100).await.unwrap(), &store.ledger_head().await.unwrap()).unwrap();
+    assert_eq!((report.entries, report.erased), (head.seq + 1, 1));
+    store.close().await;
+}
