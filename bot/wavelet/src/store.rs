@@ -350,8 +350,9 @@ pub struct Tx {
     ledger: Vec<(Link, String)>,
     /// Counters (`run`, `case`, `wait`): read once, written back at commit when changed.
     counters: HashMap<String, (i64, bool)>,
-    /// Runs read or written in this transaction: the newest state of each.
-    runs: HashMap<String, RunRow>,
+    /// Runs read or written in this transaction: the newest state of each. Shared, not
+    /// copied, with a transaction carried on from this one (see [`Tx::commit_and_continue`]).
+    runs: HashMap<String, Arc<RunRow>>,
     /// Run ids by the person they wait on, for every run put in `runs` with a wait: a
     /// superset (a run's wait may have moved on since), checked against the run itself.
     waits_by_person: HashMap<String, Vec<String>>,
@@ -434,6 +435,79 @@ impl From<Option<i64>> for Cell {
     fn from(v: Option<i64>) -> Cell {
         Cell::Int(v)
     }
+}
+
+/// One table's rows, written at commit by [`Tx::insert_all`]: made only when their turn
+/// comes, so that on SQLite they are made while the table before is written.
+struct Insert {
+    table: &'static str,
+    columns: &'static str,
+    /// An `ON CONFLICT` clause, or nothing.
+    tail: &'static str,
+    /// The rows: a value for each of `columns`, in order, in the order to insert them.
+    rows: Box<dyn FnOnce() -> Vec<Vec<Cell>> + Send>,
+}
+
+impl Insert {
+    fn new(
+        table: &'static str,
+        columns: &'static str,
+        tail: &'static str,
+        rows: impl FnOnce() -> Vec<Vec<Cell>> + Send + 'static,
+    ) -> Insert {
+        Insert { table, columns, tail, rows: Box::new(rows) }
+    }
+}
+
+/// SQLite's statements for one table's rows: `VALUES` lists of at most
+/// [`ROWS_PER_STATEMENT`] rows, each with its arguments.
+fn sqlite_statements(insert: Insert) -> Result<Vec<(String, sqlx::sqlite::SqliteArguments)>> {
+    use sqlx::Arguments;
+    let Insert { table, columns, tail, rows } = insert;
+    let mut rows = rows().into_iter().peekable();
+    let mut statements = Vec::new();
+    while rows.peek().is_some() {
+        let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
+        let mut args = sqlx::sqlite::SqliteArguments::default();
+        for (i, row) in rows.by_ref().take(ROWS_PER_STATEMENT).enumerate() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for (j, cell) in row.into_iter().enumerate() {
+                sql.push_str(if j == 0 { "?" } else { ", ?" });
+                match cell {
+                    Cell::Text(v) => args.add(v),
+                    Cell::Int(v) => args.add(v),
+                }
+                .map_err(|e| Error::Internal(format!("a value for {table} could not be bound: {e}")))?;
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        statements.push((sql, args));
+    }
+    Ok(statements)
+}
+
+/// A run's row, in the order of [`RUN_COLUMNS`].
+fn run_cells(r: &RunRow) -> Vec<Cell> {
+    vec![
+        r.id.clone().into(),
+        r.workflow.clone().into(),
+        r.script_hash.clone().into(),
+        r.status.as_str().to_string().into(),
+        r.starter.clone().into(),
+        r.group_id.clone().into(),
+        r.room.to_string().into(),
+        json(&r.history).into(),
+        r.wait.as_ref().map(json).into(),
+        r.wait_person.clone().into(),
+        r.wait_room.as_ref().map(|w| w.to_string()).into(),
+        r.wait_seq.into(),
+        r.error.clone().into(),
+        r.created_at.0.into(),
+        r.updated_at.0.into(),
+        r.wait_since.map(|m| m.0).into(),
+    ]
 }
 
 /// One column of rows written at commit, as the array PostgreSQL takes it.
@@ -1246,7 +1320,8 @@ impl Store {
 
     /// The first content row outside entries 1 to `head` that is stored for an entry the
     /// chain does not hold, if any: written around Wavelet. (Nothing in the schema refuses
-    /// one on PostgreSQL, see `migrations/postgres/0008_content_unlinked.sql`.) Inside
+    /// one: see each backend's migration 0008. On SQLite a writer around Wavelet could
+    /// switch foreign keys off anyway.) Inside
     /// 1 to `head` every entry is there once the chain up to `head` verifies, so only the
     /// rows outside are read: content appended meanwhile has its entry, and is not taken.
     pub async fn content_without_entry(&self, head: i64) -> Result<Option<i64>> {
@@ -1719,7 +1794,7 @@ impl Tx {
         let mut next = Tx::new(self.store.clone(), TxConn::Pending(pending), self.head.clone(), self.commits + 1);
         // The runs this one writes stay with it; the view goes on.
         let runs = std::mem::take(&mut self.runs);
-        self.runs = self.dirty_runs.iter().filter_map(|id| runs.get(id).map(|r| (id.clone(), r.clone()))).collect();
+        self.runs = self.dirty_runs.iter().filter_map(|id| runs.get(id).map(|r| (id.clone(), Arc::clone(r)))).collect();
         next.runs = runs;
         next.counters = self.counters.iter().map(|(k, (v, _))| (k.clone(), (*v, false))).collect();
         next.waits_by_person = std::mem::take(&mut self.waits_by_person);
@@ -1829,7 +1904,7 @@ impl Tx {
 
     pub async fn run(&mut self, id: &str) -> Result<Option<RunRow>> {
         if let Some(r) = self.runs.get(id) {
-            return Ok(Some(r.clone()));
+            return Ok(Some(RunRow::clone(r)));
         }
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         let row: Option<RunTuple> =
@@ -1945,7 +2020,7 @@ impl Tx {
     fn remember_read(&mut self, r: RunRow) {
         if !self.runs.contains_key(&r.id) {
             self.index_wait(&r);
-            self.runs.insert(r.id.clone(), r);
+            self.runs.insert(r.id.clone(), Arc::new(r));
         }
     }
 
@@ -1956,11 +2031,13 @@ impl Tx {
     /// The runs in view waiting on `person` in `room` (looked up by person, not by a scan
     /// of every run in the transaction: a batch holds hundreds).
     fn waits_on<'a>(&'a self, person: &'a str, room: &'a RoomRef) -> impl Iterator<Item = &'a RunRow> + 'a {
-        self.waits_by_person.get(person).into_iter().flatten().filter_map(|id| self.runs.get(id)).filter(move |r| {
-            r.status == RunStatus::Waiting
-                && r.wait_person.as_deref() == Some(person)
-                && r.wait_room.as_ref() == Some(room)
-        })
+        self.waits_by_person.get(person).into_iter().flatten().filter_map(|id| self.runs.get(id).map(|r| &**r)).filter(
+            move |r| {
+                r.status == RunStatus::Waiting
+                    && r.wait_person.as_deref() == Some(person)
+                    && r.wait_room.as_ref() == Some(room)
+            },
+        )
     }
 
     /// The run whose question to `person` in `room` is answered next: the oldest wait.
@@ -1993,8 +2070,12 @@ impl Tx {
         for row in rows {
             self.remember_read(run_from_tuple(row)?);
         }
-        let mut mine: Vec<RunRow> =
-            self.runs.values().filter(|r| r.starter == person && r.status == RunStatus::Waiting).cloned().collect();
+        let mut mine: Vec<RunRow> = self
+            .runs
+            .values()
+            .filter(|r| r.starter == person && r.status == RunStatus::Waiting)
+            .map(|r| RunRow::clone(r))
+            .collect();
         // Started order: time, then run number (runs started in the same millisecond).
         mine.sort_by_key(|r| (r.created_at, r.id.trim_start_matches("R-").parse::<i64>().unwrap_or(i64::MAX)));
         Ok(mine)
@@ -2015,7 +2096,7 @@ impl Tx {
             self.dirty_runs.push(r.id.clone());
         }
         self.index_wait(r);
-        self.runs.insert(r.id.clone(), r.clone());
+        self.runs.insert(r.id.clone(), Arc::new(r.clone()));
         Ok(())
     }
 
@@ -2272,53 +2353,63 @@ impl Tx {
         link
     }
 
-    /// Inserts `rows` (a value for each of `columns`, in order) into `table`, followed by
-    /// `tail` (an `ON CONFLICT` clause, or nothing), in the order of `rows`.
+    /// Writes each table's rows, in the order given.
     ///
-    /// On PostgreSQL, one statement whatever the number of rows, each column bound as one
-    /// array (`unnest`): its text is the same every time, so it is parsed once per
-    /// connection and its plan kept. A `VALUES` list is a new statement for every number of rows, and
-    /// PostgreSQL spent more time planning those lists than inserting the rows
-    /// (BENCHMARKS.md, 2026-12-06). SQLite has no arrays, and compiling a list costs it
-    /// little: there, `VALUES` lists of at most [`ROWS_PER_STATEMENT`].
-    async fn insert_rows(&mut self, table: &str, columns: &str, rows: Vec<Vec<Cell>>, tail: &str) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
+    /// On SQLite, `VALUES` lists of at most [`ROWS_PER_STATEMENT`] rows, and one table's
+    /// statements are made while the table before is written: the database's thread then
+    /// does not wait for them (on two cores the commit is the pipeline's longer side,
+    /// BENCHMARKS.md).
+    ///
+    /// On PostgreSQL, one statement a table whatever the number of rows, each column bound
+    /// as one array (`unnest`): its text is the same every time, so it is parsed once per
+    /// connection and its plan kept. A `VALUES` list is a new statement for every number of
+    /// rows, and PostgreSQL spent more time planning those lists than inserting the rows
+    /// (BENCHMARKS.md, 2026-12-06).
+    async fn insert_all(&mut self, inserts: Vec<Insert>) -> Result<()> {
         match self.conn().await? {
             ConnRef::Sqlite(c) => {
-                let mut rows = rows.into_iter().peekable();
-                while rows.peek().is_some() {
-                    let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO {table} ({columns}) "));
-                    q.push_values(rows.by_ref().take(ROWS_PER_STATEMENT), |mut b, row| {
-                        for cell in row {
-                            match cell {
-                                Cell::Text(v) => b.push_bind(v),
-                                Cell::Int(v) => b.push_bind(v),
-                            };
+                let mut inserts = inserts.into_iter();
+                let mut next = inserts.next();
+                let mut ready = Vec::new();
+                while ready.len() + usize::from(next.is_some()) > 0 {
+                    let write = async {
+                        for (sql, args) in std::mem::take(&mut ready) {
+                            sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut *c).await?;
                         }
-                    });
-                    q.push(" ").push(tail);
-                    q.build().execute(&mut *c).await?;
+                        Ok::<_, sqlx::Error>(())
+                    };
+                    // Polled after `write` has handed its first statement over.
+                    let make = async { next.take().map(sqlite_statements).transpose() };
+                    let (written, made) = futures_util::future::join(write, make).await;
+                    written?;
+                    ready = made?.unwrap_or_default();
+                    next = inserts.next();
                 }
             }
             ConnRef::Postgres(c) => {
-                let arrays = Column::transpose(table, rows)?;
-                let types: Vec<String> =
-                    arrays.iter().enumerate().map(|(i, a)| format!("${}::{}[]", i + 1, a.sql_type())).collect();
-                let sql = format!(
-                    "INSERT INTO {table} ({columns}) SELECT {columns} FROM unnest({}) WITH ORDINALITY \
-                     AS u({columns}, wavelet_row) ORDER BY wavelet_row {tail}",
-                    types.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for a in arrays {
-                    q = match a {
-                        Column::Text(v) => q.bind(v),
-                        Column::Int(v) => q.bind(v),
-                    };
+                for insert in inserts {
+                    let Insert { table, columns, tail, rows } = insert;
+                    let rows = rows();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let arrays = Column::transpose(table, rows)?;
+                    let types: Vec<String> =
+                        arrays.iter().enumerate().map(|(i, a)| format!("${}::{}[]", i + 1, a.sql_type())).collect();
+                    let sql = format!(
+                        "INSERT INTO {table} ({columns}) SELECT {columns} FROM unnest({}) WITH ORDINALITY \
+                         AS u({columns}, wavelet_row) ORDER BY wavelet_row {tail}",
+                        types.join(", ")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for a in arrays {
+                        q = match a {
+                            Column::Text(v) => q.bind(v),
+                            Column::Int(v) => q.bind(v),
+                        };
+                    }
+                    q.execute(&mut *c).await?;
                 }
-                q.execute(&mut *c).await?;
             }
         }
         Ok(())
@@ -2341,132 +2432,154 @@ impl Tx {
     async fn write_and_commit(mut self) -> Result<()> {
         let started = std::time::Instant::now();
         let scripts = std::mem::take(&mut self.scripts);
-        let rows = scripts.iter().map(|(hash, name, source, at)| {
-            vec![hash.clone().into(), name.clone().into(), source.clone().into(), at.0.into()]
-        });
-        self.insert_rows("scripts", "hash, name, source, first_seen", rows.collect(), "ON CONFLICT DO NOTHING").await?;
-        // No ON CONFLICT: a concurrent recording of the same event must fail this
-        // transaction, so the event is not handled twice.
-        let rows = std::mem::take(&mut self.inbox)
-            .into_iter()
-            .map(|(platform, id, at)| vec![platform.into(), id.into(), at.0.into()]);
-        self.insert_rows("inbox", "platform, event_id, received_at", rows.collect(), "").await?;
-        let dirty = std::mem::take(&mut self.dirty_runs);
-        let rows = dirty.iter().filter_map(|id| self.runs.get(id)).map(|r| {
-            vec![
-                r.id.clone().into(),
-                r.workflow.clone().into(),
-                r.script_hash.clone().into(),
-                r.status.as_str().to_string().into(),
-                r.starter.clone().into(),
-                r.group_id.clone().into(),
-                r.room.to_string().into(),
-                json(&r.history).into(),
-                r.wait.as_ref().map(json).into(),
-                r.wait_person.clone().into(),
-                r.wait_room.as_ref().map(|w| w.to_string()).into(),
-                r.wait_seq.into(),
-                r.error.clone().into(),
-                r.created_at.0.into(),
-                r.updated_at.0.into(),
-                r.wait_since.map(|m| m.0).into(),
-            ]
-        });
-        let rows = rows.collect();
-        self.insert_rows(
-            "runs",
-            RUN_COLUMNS,
-            rows,
-            "ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
-             wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
-             error = excluded.error, updated_at = excluded.updated_at, wait_since = excluded.wait_since",
-        )
-        .await?;
-        let rows = std::mem::take(&mut self.cases).into_iter().map(|k| {
-            vec![
-                k.id.into(),
-                k.run_id.into(),
-                k.group_id.into(),
-                k.subject.into(),
-                k.category.into(),
-                k.risk.into(),
-                k.status.into(),
-                k.opened_at.0.into(),
-                k.closed_at.map(|m| m.0).into(),
-            ]
-        });
-        let columns = "id, run_id, group_id, subject, category, risk, status, opened_at, closed_at";
-        self.insert_rows("cases", columns, rows.collect(), "").await?;
-        let rows = std::mem::take(&mut self.escalations).into_iter().map(|e| {
-            vec![
-                e.id.into(),
-                e.case_id.into(),
-                e.policy.into(),
-                e.run_id.into(),
-                e.group_id.into(),
-                json(&e.plan).into(),
-                (e.stage as i64).into(),
-                escalation_status(e.status).to_string().into(),
-                e.next_at.map(|m| m.0).into(),
-                json(&e.notified).into(),
-                e.started_at.0.into(),
-                e.acked_by.into(),
-                e.acked_at.map(|m| m.0).into(),
-            ]
-        });
-        self.insert_rows("escalations", ESCALATION_COLUMNS, rows.collect(), "").await?;
-        let rows = std::mem::take(&mut self.timers)
-            .into_iter()
-            .map(|(run, step, due)| vec![run.into(), step.into(), due.0.into()]);
-        self.insert_rows("timers", "run_id, step, due_at", rows.collect(), "ON CONFLICT DO NOTHING").await?;
+        let saved: Vec<String> = scripts.iter().map(|s| s.0.clone()).collect();
         let outbox = std::mem::take(&mut self.outbox);
-        let rows = outbox.iter().map(|Queued { message: m, run_id, share_case, at }| {
-            vec![
-                m.idempotency_key.clone().into(),
-                run_id.clone().into(),
-                m.room.to_string().into(),
-                m.person.clone().into(),
-                json(&m.body).into(),
-                at.0.into(),
-                at.0.into(),
-                share_case.clone().into(),
-            ]
-        });
-        // A key queued in an earlier transaction keeps its first message.
-        let columns = "idempotency_key, run_id, room, person, body, created_at, next_attempt_at, share_case";
-        self.insert_rows("outbox", columns, rows.collect(), "ON CONFLICT (idempotency_key) DO NOTHING").await?;
+        let claimer = self.claimer_for(&outbox);
+        let dirty = std::mem::take(&mut self.dirty_runs);
+        let runs: Vec<Arc<RunRow>> = dirty.iter().filter_map(|id| self.runs.get(id).cloned()).collect();
+        let inbox = std::mem::take(&mut self.inbox);
+        let cases = std::mem::take(&mut self.cases);
+        let escalations = std::mem::take(&mut self.escalations);
+        let timers = std::mem::take(&mut self.timers);
+        let ledger = std::mem::take(&mut self.ledger);
+        let mut links = Vec::with_capacity(ledger.len());
+        let mut contents = Vec::with_capacity(ledger.len());
+        for (l, content) in ledger {
+            contents.push((l.seq, content));
+            links.push(l);
+        }
+        let inserts = vec![
+            Insert::new("scripts", "hash, name, source, first_seen", "ON CONFLICT DO NOTHING", move || {
+                scripts
+                    .into_iter()
+                    .map(|(hash, name, source, at)| vec![hash.into(), name.into(), source.into(), at.0.into()])
+                    .collect()
+            }),
+            // No ON CONFLICT: a concurrent recording of the same event must fail this
+            // transaction, so the event is not handled twice.
+            Insert::new("inbox", "platform, event_id, received_at", "", move || {
+                inbox.into_iter().map(|(platform, id, at)| vec![platform.into(), id.into(), at.0.into()]).collect()
+            }),
+            Insert::new(
+                "runs",
+                RUN_COLUMNS,
+                "ON CONFLICT (id) DO UPDATE SET status = excluded.status, history = excluded.history, wait = excluded.wait, \
+                 wait_person = excluded.wait_person, wait_room = excluded.wait_room, wait_seq = excluded.wait_seq, \
+                 error = excluded.error, updated_at = excluded.updated_at, wait_since = excluded.wait_since",
+                move || runs.iter().map(|r| run_cells(r)).collect(),
+            ),
+            Insert::new(
+                "cases",
+                "id, run_id, group_id, subject, category, risk, status, opened_at, closed_at",
+                "",
+                move || {
+                    cases
+                        .into_iter()
+                        .map(|k| {
+                            vec![
+                                k.id.into(),
+                                k.run_id.into(),
+                                k.group_id.into(),
+                                k.subject.into(),
+                                k.category.into(),
+                                k.risk.into(),
+                                k.status.into(),
+                                k.opened_at.0.into(),
+                                k.closed_at.map(|m| m.0).into(),
+                            ]
+                        })
+                        .collect()
+                },
+            ),
+            Insert::new("escalations", ESCALATION_COLUMNS, "", move || {
+                escalations
+                    .into_iter()
+                    .map(|e| {
+                        vec![
+                            e.id.into(),
+                            e.case_id.into(),
+                            e.policy.into(),
+                            e.run_id.into(),
+                            e.group_id.into(),
+                            json(&e.plan).into(),
+                            (e.stage as i64).into(),
+                            escalation_status(e.status).to_string().into(),
+                            e.next_at.map(|m| m.0).into(),
+                            json(&e.notified).into(),
+                            e.started_at.0.into(),
+                            e.acked_by.into(),
+                            e.acked_at.map(|m| m.0).into(),
+                        ]
+                    })
+                    .collect()
+            }),
+            Insert::new("timers", "run_id, step, due_at", "ON CONFLICT DO NOTHING", move || {
+                timers.into_iter().map(|(run, step, due)| vec![run.into(), step.into(), due.0.into()]).collect()
+            }),
+            // A key queued in an earlier transaction keeps its first message.
+            Insert::new(
+                "outbox",
+                "idempotency_key, run_id, room, person, body, created_at, next_attempt_at, share_case",
+                "ON CONFLICT (idempotency_key) DO NOTHING",
+                move || {
+                    outbox
+                        .into_iter()
+                        .map(|Queued { message: m, run_id, share_case, at }| {
+                            vec![
+                                m.idempotency_key.into(),
+                                run_id.into(),
+                                m.room.to_string().into(),
+                                m.person.into(),
+                                json(&m.body).into(),
+                                at.0.into(),
+                                at.0.into(),
+                                share_case.into(),
+                            ]
+                        })
+                        .collect()
+                },
+            ),
+            Insert::new(
+                "ledger",
+                "seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash",
+                "",
+                move || {
+                    links
+                        .into_iter()
+                        .map(|l| {
+                            vec![
+                                l.seq.into(),
+                                l.at.0.into(),
+                                l.kind.into(),
+                                l.case_id.into(),
+                                l.run_id.into(),
+                                l.actor.into(),
+                                l.script_hash.into(),
+                                l.content_hash.into(),
+                                l.prev_hash.into(),
+                                l.hash.into(),
+                            ]
+                        })
+                        .collect()
+                },
+            ),
+            Insert::new("ledger_content", "seq, content", "", move || {
+                contents.into_iter().map(|(seq, content)| vec![seq.into(), content.into()]).collect()
+            }),
+        ];
+        self.insert_all(inserts).await?;
         let counters: Vec<(String, i64)> =
             self.counters.iter().filter(|(_, (_, dirty))| *dirty).map(|(k, (v, _))| (k.clone(), *v)).collect();
         for (name, v) in counters {
             on_tx!(self, c => sqlx::query("UPDATE counters SET value = $1 WHERE name = $2").bind(v).bind(&name).execute(c).await.map(|r| r.rows_affected()))?;
         }
-        let mut links = Vec::with_capacity(self.ledger.len());
-        let mut contents = Vec::with_capacity(self.ledger.len());
-        for (l, content) in std::mem::take(&mut self.ledger) {
-            contents.push(vec![l.seq.into(), content.into()]);
-            links.push(vec![
-                l.seq.into(),
-                l.at.0.into(),
-                l.kind.into(),
-                l.case_id.into(),
-                l.run_id.into(),
-                l.actor.into(),
-                l.script_hash.into(),
-                l.content_hash.into(),
-                l.prev_hash.into(),
-                l.hash.into(),
-            ]);
-        }
-        let columns = "seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash";
-        self.insert_rows("ledger", columns, links, "").await?;
-        self.insert_rows("ledger_content", "seq, content", contents, "").await?;
         // Every commit counts itself on the head row, so a transaction carried on from
         // this one can tell whether anything else committed in between.
         let (seq, hash, commits) = (self.head.seq, self.head.hash.clone(), self.commits + 1);
         on_tx!(self, c => sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2, commits = $3 WHERE id = 1").bind(seq).bind(hash).bind(commits).execute(c).await.map(|r| r.rows_affected()))?;
         // The ticket is taken before the claim and settled after the commit (see [`Handoff`]).
         let mut handed = None;
-        if let Some(by) = self.claimer_for(&outbox) {
+        if let Some(by) = claimer {
             let ticket = self.store.handoff.ticket();
             let now = by.clock.now();
             let sql = claim_sql(&by.platforms, matches!(self.store.pool, Pool::Postgres(_)), ClaimBy::Commit);
@@ -2480,7 +2593,7 @@ impl Tx {
             TxConn::Pending(_) => return Err(Error::Superseded),
         }
         if let Ok(mut known) = self.store.saved_scripts.lock() {
-            known.extend(scripts.into_iter().map(|s| s.0));
+            known.extend(saved);
         }
         if let Some((ticket, messages)) = handed {
             ticket.hand_over(messages);
