@@ -8,7 +8,9 @@
 --
 -- The rows are copied as they are (hashes, erasures and all), so the chain verifies as
 -- before. Dropping a table drops its triggers, and the implicit delete of DROP TABLE
--- fires none; the guards are made again below, as they stood after 0002.
+-- fires none; the guards are made again below, as they stood after 0002. (A `seq` that is
+-- not a whole number, possible only in a file edited by hand, can fail this copy; Wavelet
+-- then does not start until the file is mended.)
 
 CREATE TABLE ledger_rowid (
     seq          INTEGER PRIMARY KEY,

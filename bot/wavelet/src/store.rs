@@ -2,7 +2,7 @@
 //! migrations in `migrations/`. Both backends run the same SQL (sqlx binds `$1` on
 //! both) except where they differ on purpose, each place saying why: the chain head's
 //! lock ([`Store::begin`]), row locks when claiming messages and timers (`FOR UPDATE`,
-//! `SKIP LOCKED`), batch reads ([`Tx::prefetch`]) and batch writes (`Tx::insert_rows`).
+//! `SKIP LOCKED`), batch reads ([`Tx::prefetch`]) and batch writes (`Tx::insert_all`).
 //! Everything one step of Wavelet writes goes through one [`Tx`], and ledger appends
 //! lock the chain head row inside it.
 
@@ -407,7 +407,7 @@ struct Prefetched {
 /// under its limit of 32,766.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
-/// A value of a row written at commit (see [`Tx::insert_rows`]).
+/// A value of a row written at commit (see [`Tx::insert_all`]).
 enum Cell {
     Text(Option<String>),
     Int(Option<i64>),
@@ -1320,10 +1320,9 @@ impl Store {
 
     /// The first content row outside entries 1 to `head` that is stored for an entry the
     /// chain does not hold, if any: written around Wavelet. (Nothing in the schema refuses
-    /// one: see each backend's migration 0008. On SQLite a writer around Wavelet could
-    /// switch foreign keys off anyway.) Inside
-    /// 1 to `head` every entry is there once the chain up to `head` verifies, so only the
-    /// rows outside are read: content appended meanwhile has its entry, and is not taken.
+    /// one: see each backend's migration 0008.) Inside 1 to `head` every entry is there
+    /// once the chain up to `head` verifies, so only the rows outside are read: content
+    /// appended meanwhile has its entry, and is not taken.
     pub async fn content_without_entry(&self, head: i64) -> Result<Option<i64>> {
         const SQL: &str = "SELECT MIN(c.seq) FROM ledger_content c WHERE (c.seq > $1 OR c.seq < 1) \
                            AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.seq = c.seq)";
@@ -2356,9 +2355,9 @@ impl Tx {
     /// Writes each table's rows, in the order given.
     ///
     /// On SQLite, `VALUES` lists of at most [`ROWS_PER_STATEMENT`] rows, and one table's
-    /// statements are made while the table before is written: the database's thread then
-    /// does not wait for them (on two cores the commit is the pipeline's longer side,
-    /// BENCHMARKS.md).
+    /// statements are made while the database runs the first statement of the table
+    /// before (for most tables, its only one): the database's thread then does not wait
+    /// for them (on two cores the commit is the pipeline's longer side, BENCHMARKS.md).
     ///
     /// On PostgreSQL, one statement a table whatever the number of rows, each column bound
     /// as one array (`unnest`): its text is the same every time, so it is parsed once per
@@ -2371,7 +2370,7 @@ impl Tx {
                 let mut inserts = inserts.into_iter();
                 let mut next = inserts.next();
                 let mut ready = Vec::new();
-                while ready.len() + usize::from(next.is_some()) > 0 {
+                while !ready.is_empty() || next.is_some() {
                     let write = async {
                         for (sql, args) in std::mem::take(&mut ready) {
                             sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut *c).await?;
@@ -2434,7 +2433,7 @@ impl Tx {
         let scripts = std::mem::take(&mut self.scripts);
         let saved: Vec<String> = scripts.iter().map(|s| s.0.clone()).collect();
         let outbox = std::mem::take(&mut self.outbox);
-        let claimer = self.claimer_for(&outbox);
+        let queued_for: HashSet<Platform> = outbox.iter().map(|q| q.message.room.platform()).collect();
         let dirty = std::mem::take(&mut self.dirty_runs);
         let runs: Vec<Arc<RunRow>> = dirty.iter().filter_map(|id| self.runs.get(id).cloned()).collect();
         let inbox = std::mem::take(&mut self.inbox);
@@ -2579,7 +2578,7 @@ impl Tx {
         on_tx!(self, c => sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2, commits = $3 WHERE id = 1").bind(seq).bind(hash).bind(commits).execute(c).await.map(|r| r.rows_affected()))?;
         // The ticket is taken before the claim and settled after the commit (see [`Handoff`]).
         let mut handed = None;
-        if let Some(by) = claimer {
+        if let Some(by) = self.claimer_for(&queued_for) {
             let ticket = self.store.handoff.ticket();
             let now = by.clock.now();
             let sql = claim_sql(&by.platforms, matches!(self.store.pool, Pool::Postgres(_)), ClaimBy::Commit);
@@ -2605,12 +2604,12 @@ impl Tx {
 
     /// Who claims at commit what this transaction queues: only when it queued something
     /// for a platform this process delivers to now.
-    fn claimer_for(&self, outbox: &[Queued]) -> Option<Claimer> {
-        if outbox.is_empty() {
+    fn claimer_for(&self, queued_for: &HashSet<Platform>) -> Option<Claimer> {
+        if queued_for.is_empty() {
             return None;
         }
         let claimer = self.store.handoff.claimer.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-        outbox.iter().any(|q| claimer.platforms.contains(&q.message.room.platform())).then_some(claimer)
+        queued_for.iter().any(|p| claimer.platforms.contains(p)).then_some(claimer)
     }
 }
 

@@ -1629,6 +1629,9 @@ async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intac
         source_file.display()
     );
     sqlx::raw_sql(AssertSqlSafe(copy)).execute(&mut old).await.unwrap();
+    let rows_before = chain_rows(&mut old).await;
+    let guards_before = chain_guards(&mut old).await;
+    assert_eq!((rows_before.0.len(), rows_before.1.len(), guards_before.len()), (8, 8, 8));
     old.close().await.unwrap();
     source.finish().await;
 
@@ -1639,6 +1642,8 @@ async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intac
     assert!(wavelet::audit::verify_store(&store).await.unwrap().is_ok(), "the chain verifies");
     let mut raw = Raw::connect(&store).await;
     let Raw::Sqlite(c) = &mut raw else { unreachable!("a SQLite store") };
+    assert_eq!(chain_rows(c).await, rows_before, "every column of every row, erasure time and reason too");
+    assert_eq!(chain_guards(c).await, guards_before, "the same indexes and triggers");
     for table in ["ledger", "ledger_content"] {
         let ddl: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = $1")
             .bind(table)
@@ -1659,6 +1664,8 @@ async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intac
     raw.refused("REPLACE INTO ledger SELECT * FROM ledger WHERE seq = 2", "an entry cannot be replaced").await;
     raw.refused("UPDATE ledger_content SET content = '{}' WHERE seq = 2", "can only be erased, once").await;
     raw.refused("UPDATE ledger_content SET content = '{}' WHERE seq = 3", "can only be erased, once").await;
+    raw.refused("UPDATE ledger_content SET erased_at = 1, erasure_reason = 'again' WHERE seq = 3", "erased, once")
+        .await;
     raw.refused("DELETE FROM ledger_content WHERE seq = 2", "can only be erased, not deleted").await;
     raw.refused("INSERT OR REPLACE INTO ledger_content (seq, content) VALUES (2, '{}')", "not replaced").await;
     raw.close().await;
@@ -1669,4 +1676,36 @@ async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intac
     let report = ledger::verify(store.ledger_page(0, 100).await.unwrap(), &store.ledger_head().await.unwrap()).unwrap();
     assert_eq!((report.entries, report.erased), (head.seq + 1, 1));
     store.close().await;
+}
+
+/// A chain entry's row and a content row, every column, as SQLite holds them.
+type ChainRows = (
+    Vec<(i64, i64, String, Option<String>, Option<String>, String, Option<String>, String, String, String)>,
+    Vec<(i64, Option<String>, Option<i64>, Option<String>)>,
+);
+
+/// Every row of the chain's two tables, in order.
+async fn chain_rows(c: &mut SqliteConnection) -> ChainRows {
+    let entries = sqlx::query_as(
+        "SELECT seq, at, kind, case_id, run_id, actor, script_hash, content_hash, prev_hash, hash FROM ledger ORDER BY seq",
+    )
+    .fetch_all(&mut *c)
+    .await
+    .unwrap();
+    let contents = sqlx::query_as("SELECT seq, content, erased_at, erasure_reason FROM ledger_content ORDER BY seq")
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+    (entries, contents)
+}
+
+/// The indexes and triggers on the chain's two tables, as created.
+async fn chain_guards(c: &mut SqliteConnection) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') \
+         AND tbl_name IN ('ledger', 'ledger_content') AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(c)
+    .await
+    .unwrap()
 }
