@@ -6,6 +6,7 @@
 //! Everything one step of Wavelet writes goes through one [`Tx`], and ledger appends
 //! lock the chain head row inside it.
 
+use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -1968,7 +1969,8 @@ impl Tx {
         }
         let people: Vec<&String> = people.iter().filter(|p| !self.persons_loaded.contains(*p)).collect();
         if !people.is_empty() {
-            let rows: Vec<RunTuple> = match self.conn().await? {
+            // Each run is decoded as it arrives, while the database reads the next ones.
+            let runs: Vec<RunRow> = match self.conn().await? {
                 ConnRef::Sqlite(c) => {
                     let mut q = sqlx::QueryBuilder::new(format!(
                         "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person IN ("
@@ -1978,7 +1980,12 @@ impl Tx {
                         list.push_bind((*p).clone());
                     }
                     q.push(")");
-                    q.build_query_as().fetch_all(&mut *c).await?
+                    q.build_query_as()
+                        .fetch(&mut *c)
+                        .map_err(Error::from)
+                        .and_then(|r| async { run_from_tuple(r) })
+                        .try_collect()
+                        .await?
                 }
                 // One array. `= ANY` searches the index here: the wait's person leads the
                 // index `runs_waiting`, where the inbox's key is led by the platform.
@@ -1986,11 +1993,17 @@ impl Tx {
                     let sql =
                         format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person = ANY($1)");
                     let people: Vec<String> = people.iter().map(|p| (*p).clone()).collect();
-                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(people).fetch_all(&mut *c).await?
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(people)
+                        .fetch(&mut *c)
+                        .map_err(Error::from)
+                        .and_then(|r| async { run_from_tuple(r) })
+                        .try_collect()
+                        .await?
                 }
             };
-            for row in rows {
-                self.remember_read(run_from_tuple(row)?);
+            for run in runs {
+                self.remember_read(run);
             }
             self.persons_loaded.extend(people.into_iter().cloned());
         }
