@@ -735,6 +735,11 @@ type RunTuple = (
     Option<i64>,
 );
 
+/// The runs of `rows`, each decoded as it arrives, while the database reads the next.
+async fn decode_runs(rows: impl futures_util::Stream<Item = sqlx::Result<RunTuple>>) -> Result<Vec<RunRow>> {
+    rows.map_err(Error::from).and_then(|r| async { run_from_tuple(r) }).try_collect().await
+}
+
 fn run_from_tuple(r: RunTuple) -> Result<RunRow> {
     Ok(RunRow {
         id: r.0,
@@ -1969,7 +1974,6 @@ impl Tx {
         }
         let people: Vec<&String> = people.iter().filter(|p| !self.persons_loaded.contains(*p)).collect();
         if !people.is_empty() {
-            // Each run is decoded as it arrives, while the database reads the next ones.
             let runs: Vec<RunRow> = match self.conn().await? {
                 ConnRef::Sqlite(c) => {
                     let mut q = sqlx::QueryBuilder::new(format!(
@@ -1980,12 +1984,7 @@ impl Tx {
                         list.push_bind((*p).clone());
                     }
                     q.push(")");
-                    q.build_query_as()
-                        .fetch(&mut *c)
-                        .map_err(Error::from)
-                        .and_then(|r| async { run_from_tuple(r) })
-                        .try_collect()
-                        .await?
+                    decode_runs(q.build_query_as().fetch(&mut *c)).await?
                 }
                 // One array. `= ANY` searches the index here: the wait's person leads the
                 // index `runs_waiting`, where the inbox's key is led by the platform.
@@ -1993,13 +1992,7 @@ impl Tx {
                     let sql =
                         format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'waiting' AND wait_person = ANY($1)");
                     let people: Vec<String> = people.iter().map(|p| (*p).clone()).collect();
-                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                        .bind(people)
-                        .fetch(&mut *c)
-                        .map_err(Error::from)
-                        .and_then(|r| async { run_from_tuple(r) })
-                        .try_collect()
-                        .await?
+                    decode_runs(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(people).fetch(&mut *c)).await?
                 }
             };
             for run in runs {
