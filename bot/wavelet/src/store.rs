@@ -408,6 +408,14 @@ struct Prefetched {
 /// under its limit of 32,766.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
+/// The page size of a SQLite file Wavelet creates. A group commit changes rows all over a
+/// few tables (each run, and the indexes keyed by run, event and message), and writes every
+/// page it changed to the write-ahead log once per commit: with larger pages it changes
+/// fewer of them, and makes fewer writes. 16 KiB measured +4 to +9 % steps/s over 4 KiB
+/// (32 KiB the same as 16, 64 KiB no better than 4; BENCHMARKS.md, 2026-12-06, last
+/// section). A file made before keeps its page size (see README.md to change it).
+const SQLITE_PAGE_SIZE: u32 = 16_384;
+
 /// A value of a row written at commit (see [`Tx::insert_all`]).
 enum Cell {
     Text(Option<String>),
@@ -987,7 +995,8 @@ impl Store {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10))
                 // 64 MiB of page cache: group commits touch many pages of a few tables.
-                .pragma("cache_size", "-65536");
+                .pragma("cache_size", "-65536")
+                .page_size(SQLITE_PAGE_SIZE);
             // One connection for an in-memory database (each would be its own database);
             // a few for a file, of which one writes at a time (BEGIN IMMEDIATE).
             let max = if url.contains(":memory:") || url.contains("mode=memory") { 1 } else { 4 };

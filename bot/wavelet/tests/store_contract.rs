@@ -1598,6 +1598,18 @@ async fn sqlite_ledger_refuses_insert_or_replace() {
 /// opens it: every entry, its content and its erasure copied as they were, the chain still
 /// verifying, the guards in force again, and appending going on from the same head.
 #[tokio::test]
+async fn a_new_sqlite_store_is_made_with_16_kib_pages_and_the_log_ahead() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut raw = Raw::connect(&db.store).await;
+    let Raw::Sqlite(c) = &mut raw else { unreachable!("a SQLite store") };
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *c).await.unwrap();
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *c).await.unwrap();
+    assert_eq!((page, journal.as_str()), (16_384, "wal"));
+    drop(raw);
+    db.finish().await;
+}
+
+#[tokio::test]
 async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intact() {
     // The chain, written by today's Wavelet, with an erasure in it.
     let source = TestDb::new(Backend::Sqlite).await;
@@ -1644,6 +1656,8 @@ async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intac
     let Raw::Sqlite(c) = &mut raw else { unreachable!("a SQLite store") };
     assert_eq!(chain_rows(c).await, rows_before, "every column of every row, erasure time and reason too");
     assert_eq!(chain_guards(c).await, guards_before, "the same indexes and triggers");
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *c).await.unwrap();
+    assert_eq!(page, 4096, "a file made before keeps its page size");
     for table in ["ledger", "ledger_content"] {
         let ddl: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = $1")
             .bind(table)
