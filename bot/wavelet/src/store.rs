@@ -412,7 +412,7 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 /// few tables (each run, and the indexes keyed by run, event and message), and writes every
 /// page it changed to the write-ahead log once per commit: with larger pages it changes
 /// fewer of them, and makes fewer writes. 16 KiB measured +4 to +9 % steps/s over 4 KiB
-/// (32 KiB the same as 16, 64 KiB no better than 4; BENCHMARKS.md, 2026-12-06, last
+/// (32 KiB the same as 16, 64 KiB no better than 4; BENCHMARKS.md, 2026-12-06, third
 /// section). A file made before keeps its page size (see README.md to change it).
 const SQLITE_PAGE_SIZE: u32 = 16_384;
 

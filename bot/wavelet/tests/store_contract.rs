@@ -1566,6 +1566,20 @@ async fn tampering_rewritten_chain_is_found_by_its_witnesses(store: &Store) {
     assert!(f.problem.contains("differs from its witness") && f.problem.contains("after entry 3"), "{f}");
 }
 
+/// A SQLite file Wavelet creates has the page size it commits fastest with, and a
+/// write-ahead log (see `SQLITE_PAGE_SIZE` in store.rs).
+#[tokio::test]
+async fn a_new_sqlite_store_has_16_kib_pages_and_a_write_ahead_log() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut raw = Raw::connect(&db.store).await;
+    let Raw::Sqlite(c) = &mut raw else { unreachable!("a SQLite store") };
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *c).await.unwrap();
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *c).await.unwrap();
+    assert_eq!((page, journal.as_str()), (16_384, "wal"));
+    drop(raw);
+    db.finish().await;
+}
+
 /// SQLite only: `REPLACE` deletes the old row without firing DELETE triggers (unless
 /// `recursive_triggers` is on), so it must be refused by a trigger of its own.
 #[tokio::test]
@@ -1597,18 +1611,6 @@ async fn sqlite_ledger_refuses_insert_or_replace() {
 /// `BIGINT`, content with a foreign key to its entry) is upgraded in place when Wavelet
 /// opens it: every entry, its content and its erasure copied as they were, the chain still
 /// verifying, the guards in force again, and appending going on from the same head.
-#[tokio::test]
-async fn a_new_sqlite_store_is_made_with_16_kib_pages_and_the_log_ahead() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut raw = Raw::connect(&db.store).await;
-    let Raw::Sqlite(c) = &mut raw else { unreachable!("a SQLite store") };
-    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *c).await.unwrap();
-    let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *c).await.unwrap();
-    assert_eq!((page, journal.as_str()), (16_384, "wal"));
-    drop(raw);
-    db.finish().await;
-}
-
 #[tokio::test]
 async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intact() {
     // The chain, written by today's Wavelet, with an erasure in it.
