@@ -416,6 +416,10 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 /// section). A file made before keeps its page size (see README.md to change it).
 const SQLITE_PAGE_SIZE: u32 = 16_384;
 
+/// The size, in bytes, the SQLite write-ahead log is cut back to after it has grown past it
+/// (`journal_size_limit`).
+pub const SQLITE_LOG_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// A value of a row written at commit (see [`Tx::insert_all`]).
 enum Cell {
     Text(Option<String>),
@@ -996,6 +1000,11 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 // 64 MiB of page cache: group commits touch many pages of a few tables.
                 .pragma("cache_size", "-65536")
+                // After a large transaction (a migration, a long outage's backlog) the
+                // write-ahead log is cut back to this once it has been checkpointed, instead
+                // of keeping its largest size until Wavelet stops. Above what it reaches
+                // between automatic checkpoints (1,000 pages, 16 MiB).
+                .pragma("journal_size_limit", SQLITE_LOG_LIMIT.to_string())
                 .page_size(SQLITE_PAGE_SIZE);
             // One connection for an in-memory database (each would be its own database);
             // a few for a file, of which one writes at a time (BEGIN IMMEDIATE).

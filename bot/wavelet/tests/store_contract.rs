@@ -1580,6 +1580,30 @@ async fn a_new_sqlite_store_has_16_kib_pages_and_a_write_ahead_log() {
     db.finish().await;
 }
 
+/// After a transaction larger than the write-ahead log's limit, the log is cut back to the
+/// limit once it has been checkpointed, instead of keeping its largest size until Wavelet
+/// stops.
+#[tokio::test]
+async fn a_sqlite_log_grown_by_a_large_transaction_is_cut_back_to_its_limit() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let file = db.store.sqlite_pool().unwrap().connect_options().get_filename().to_path_buf();
+    let log = file.with_file_name(format!("{}-wal", file.file_name().unwrap().to_string_lossy()));
+    let limit = wavelet::store::SQLITE_LOG_LIMIT;
+    let big = "x".repeat(limit as usize + 8 * 1024 * 1024);
+    let mut tx = db.store.begin().await.unwrap();
+    tx.save_script(&"b".repeat(64), "big", &big, Millis(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let grown = std::fs::metadata(&log).unwrap().len();
+    assert!(grown > limit, "the log grew past its limit: {grown}");
+    // The commit checkpointed the log; the next one starts it again and cuts it back.
+    let mut tx = db.store.begin().await.unwrap();
+    assert!(tx.record_inbox("console", "after", Millis(2)).await.unwrap());
+    tx.commit().await.unwrap();
+    let now = std::fs::metadata(&log).unwrap().len();
+    assert!(now <= limit, "the log is back within {limit} bytes: {now}");
+    db.finish().await;
+}
+
 /// SQLite only: `REPLACE` deletes the old row without firing DELETE triggers (unless
 /// `recursive_triggers` is on), so it must be refused by a trigger of its own.
 #[tokio::test]
