@@ -411,7 +411,7 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 /// The page size of a SQLite file Wavelet creates. A group commit changes rows all over a
 /// few tables (each run, and the indexes keyed by run, event and message), and writes every
 /// page it changed to the write-ahead log once per commit: with larger pages it changes
-/// fewer of them, and makes fewer writes. 16 KiB measured +4 to +9 % steps/s over 4 KiB
+/// fewer of them, and makes fewer writes. 16 KiB measured +3.5 to +9 % steps/s over 4 KiB
 /// (32 KiB the same as 16, 64 KiB no better than 4; BENCHMARKS.md, 2026-12-06, third
 /// section). A file made before keeps its page size (see README.md to change it).
 const SQLITE_PAGE_SIZE: u32 = 16_384;
@@ -1000,10 +1000,12 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 // 64 MiB of page cache: group commits touch many pages of a few tables.
                 .pragma("cache_size", "-65536")
-                // After a large transaction (a migration, a long outage's backlog) the
-                // write-ahead log is cut back to this once it has been checkpointed, instead
-                // of keeping its largest size until Wavelet stops. Above what it reaches
-                // between automatic checkpoints (1,000 pages, 16 MiB).
+                // After the write-ahead log has grown large (a migration's transaction, or
+                // readers holding checkpoints back), the first commit that starts it again
+                // once it has been checkpointed cuts it back to this, instead of it keeping
+                // its largest size until Wavelet stops. Above what it reaches in normal
+                // running: 1,000 pages between automatic checkpoints (16 MiB at 16 KiB
+                // pages), plus the last commit's pages.
                 .pragma("journal_size_limit", SQLITE_LOG_LIMIT.to_string())
                 .page_size(SQLITE_PAGE_SIZE);
             // One connection for an in-memory database (each would be its own database);
