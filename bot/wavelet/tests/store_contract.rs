@@ -1566,12 +1566,17 @@ async fn tampering_rewritten_chain_is_found_by_its_witnesses(store: &Store) {
     assert!(f.problem.contains("differs from its witness") && f.problem.contains("after entry 3"), "{f}");
 }
 
+/// The file of a SQLite store.
+fn sqlite_file(store: &Store) -> std::path::PathBuf {
+    store.sqlite_pool().expect("a SQLite store").connect_options().get_filename().to_path_buf()
+}
+
 /// A SQLite file Wavelet creates has the page size it commits fastest with, and a
 /// write-ahead log (see `SQLITE_PAGE_SIZE` in store.rs).
 #[tokio::test]
 async fn a_new_sqlite_store_has_16_kib_pages_and_a_write_ahead_log() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let file = db.store.sqlite_pool().unwrap().connect_options().get_filename().to_path_buf();
+    let file = sqlite_file(&db.store);
     // Read from the file's header, not through a connection (which would set them itself):
     // the page size (bytes 16-17, big-endian), and the file format versions for the
     // write-ahead log (bytes 18 and 19: 2, where a rollback journal has 1).
@@ -1586,7 +1591,7 @@ async fn a_new_sqlite_store_has_16_kib_pages_and_a_write_ahead_log() {
 #[tokio::test]
 async fn a_sqlite_log_grown_by_a_large_transaction_is_cut_back_to_its_limit() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let file = db.store.sqlite_pool().unwrap().connect_options().get_filename().to_path_buf();
+    let file = sqlite_file(&db.store);
     let log = file.with_file_name(format!("{}-wal", file.file_name().unwrap().to_string_lossy()));
     let limit = wavelet::store::SQLITE_LOG_LIMIT;
     // One transaction of limit + 8 MiB, made by SQLite itself (no copies in this process).
@@ -1651,7 +1656,7 @@ async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intac
     let before = source.store.ledger_page(0, 100).await.unwrap();
     let head = source.store.ledger_head().await.unwrap();
     assert_eq!((before.len(), before[2].content.as_ref()), (entries.len() + 1, None));
-    let source_file = source.store.sqlite_pool().unwrap().connect_options().get_filename().to_path_buf();
+    let source_file = sqlite_file(&source.store);
 
     // A database as migrations 0001 to 0007 left it, holding the same rows.
     let dir = tempfile::tempdir().unwrap();
