@@ -3,11 +3,13 @@
 //! transcript format. Nothing here touches a network, a database or a clock of its own:
 //! the edges (`wavelet`'s stores, runtime and adapters) hand everything in.
 
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod domain;
 pub mod engine;
 pub mod escalation;
+pub mod keys;
 pub mod ledger;
 pub mod render;
 pub mod router;

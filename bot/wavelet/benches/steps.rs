@@ -37,13 +37,13 @@ fn event(person: usize, step: usize, text: &str) -> InboundEvent {
 async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usize) {
     let rt = runtime(url, dir, practitioners).await;
     if let Some(n) = std::env::var("BENCH_MAX_CARRIED").ok().and_then(|v| v.parse().ok()) {
-        rt.store.set_max_carried(n);
+        rt.store().set_max_carried(n);
     }
     let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
-    let commits_before = rt.store.commits();
-    let carried_before = rt.store.carried_on();
-    let superseded_before = rt.store.superseded();
-    let commit_time_before = rt.store.commit_time();
+    let commits_before = rt.store().commits();
+    let carried_before = rt.store().carried_on();
+    let superseded_before = rt.store().superseded();
+    let commit_time_before = rt.store().commit_time();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..practitioners {
@@ -59,12 +59,12 @@ async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usiz
         t.await.expect("driver");
     }
     let took = start.elapsed();
-    let commits = rt.store.commits() - commits_before;
-    let commit_time = rt.store.commit_time() - commit_time_before;
-    let carried = rt.store.carried_on() - carried_before;
-    let superseded = rt.store.superseded() - superseded_before;
+    let commits = rt.store().commits() - commits_before;
+    let commit_time = rt.store().commit_time() - commit_time_before;
+    let carried = rt.store().carried_on() - carried_before;
+    let superseded = rt.store().superseded() - superseded_before;
     let steps = practitioners * (1 + ANSWERS.len());
-    let finished = rt.store.run_counts().await.expect("counts");
+    let finished = rt.store().run_counts().await.expect("counts");
     assert!(
         finished.iter().any(|(s, n)| s == "finished" && *n as usize == practitioners),
         "all runs finish: {finished:?}"
@@ -102,15 +102,15 @@ async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usiz
         steps as f64 / per_step_floor.as_secs_f64(),
         took.as_secs_f64() / per_step_floor.as_secs_f64()
     );
-    wavelet::audit::verify_store(&rt.store).await.expect("read").expect("ledger verifies");
+    rt.store().verify(&[]).await.expect("read").expect("ledger verifies");
 }
 
 /// `commits` transactions of three small inserts each, one after another.
 async fn storage_floor(rt: &Runtime, commits: u64) -> Duration {
-    rt.store.bare_insert_setup().await.expect("floor table");
+    rt.store().bare_insert_setup().await.expect("floor table");
     let start = Instant::now();
     for i in 0..commits {
-        rt.store.bare_insert_commit(i as i64).await.expect("floor insert");
+        rt.store().bare_insert_commit(i as i64).await.expect("floor insert");
     }
     start.elapsed()
 }
@@ -139,7 +139,7 @@ async fn waiting_runs(name: &str, url: &str, dir: &Path, waiting: usize) {
         t.await.expect("driver");
     }
     let rss_after = rss_kib();
-    let waiting_now = rt.store.run_counts().await.expect("counts");
+    let waiting_now = rt.store().run_counts().await.expect("counts");
     assert!(waiting_now.iter().any(|(s, n)| s == "waiting" && *n as usize == waiting), "{waiting_now:?}");
     // Resume ten of them, one at a time, timed (each a different person: a real resume).
     let mut took = Vec::new();

@@ -116,7 +116,7 @@ async fn measure(name: &str, url: &str, dir: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut late: Vec<i64> = rt
-        .store
+        .store()
         .ledger_page(0, i64::MAX)
         .await
         .expect("ledger")

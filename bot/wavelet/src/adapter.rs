@@ -3,7 +3,6 @@
 //! the outbox in its transaction; [`deliver_pending`] sends them and records delivery.
 
 use crate::runtime::Runtime;
-use crate::store::{self, CLAIM_BATCH, ClaimedMessage};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,6 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wavelet_core::{Millis, OutboundMessage, Platform};
+use wavelet_store::{self as store, CLAIM_BATCH, ClaimedMessage};
 
 /// Why a send did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +107,9 @@ pub const CLAIM: Duration = Duration::from_secs(60);
 /// pass. A message that keeps failing, or fails for good, is parked (kept, not dropped)
 /// and surfaced: a ledger entry and a note to every coordinator.
 pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> store::Result<usize> {
-    let store = &rt.store;
-    let _one_pass = store.delivery.lock().await;
-    let _counted = rt.passes.begin(store.commits());
+    let store = rt.store();
+    let _one_pass = store.delivery_pass().await;
+    let _counted = rt.passes().begin(store.commits());
     let platforms = adapters.platforms();
     let parallel = adapters.parallel_rooms();
     let mut delivered = 0;
@@ -119,7 +119,7 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
     loop {
         // A pass goes on while there is work: its time moves with the clock (claims that
         // ran out meanwhile are claimed, waits are counted from when they are asked for).
-        let now = start.max(rt.clock.now());
+        let now = start.max(rt.now());
         // What a commit claimed as it queued it is sent without claiming anything here:
         // that commit claimed the due messages nobody had claimed (oldest first, up to
         // 200). Else, and at least once every [`CLAIM_EVERY`] while commits keep handing
@@ -127,9 +127,9 @@ pub async fn deliver_pending(rt: &Runtime, adapters: &Adapters, now: Millis) -> 
         // claims of this process that ran out, which commits leave alone), with any a
         // commit handed over meanwhile, so a room's messages go oldest first.
         let mut batch = store.take_handed().await;
-        if rt.passes.claim_now(batch.len(), now) {
+        if rt.passes().claim_now(batch.len(), now) {
             let open: Vec<Platform> = platforms.iter().copied().filter(|p| !is_slowed(&slowed, *p)).collect();
-            batch.extend(store.claim_outbox(&rt.instance, &open, now, CLAIM, CLAIM_BATCH).await?);
+            batch.extend(store.claim_outbox(rt.instance(), &open, now, CLAIM, CLAIM_BATCH).await?);
             batch.extend(store.take_handed().await);
             batch.sort_by_key(|c| c.id);
             batch.dedup_by_key(|c| c.id);
@@ -228,11 +228,11 @@ async fn deliver_queue(
     now: Millis,
     slowed: &Mutex<Vec<Platform>>,
 ) -> store::Result<QueueOutcome> {
-    let store = &rt.store;
+    let store = rt.store();
     let mut out = QueueOutcome { delivered: 0, progressed: false };
     for c in queue {
         // Sends take time: what is recorded, and how long to wait, counts from now.
-        let now = now.max(rt.clock.now());
+        let now = now.max(rt.now());
         let platform = c.message.room.platform();
         let Some(adapter) = adapters.get(platform).filter(|_| !is_slowed(slowed, platform)) else {
             // Slowed down in this pass: hand it back for the next.
@@ -253,7 +253,7 @@ async fn deliver_queue(
             Err(SendError::RateLimited(wait)) => {
                 tracing::info!(platform = %platform, wait_ms = wait.as_millis() as u64, "platform asked us to slow down");
                 store.retry_later(c.id, now.plus(wait)).await?;
-                rt.slow_until.lock().unwrap_or_else(|e| e.into_inner()).insert(platform, now.plus(wait));
+                rt.slow_down(platform, now.plus(wait));
                 store.stop_claiming_for(platform);
                 slowed.lock().unwrap_or_else(|e| e.into_inner()).push(platform);
             }
@@ -352,7 +352,7 @@ pub(crate) mod tests {
     use super::*;
     use wavelet_core::{MessageBody, RoomRef};
 
-    /// A claimed message with id `id` to the Matrix room `room` (also used by the store's tests).
+    /// A claimed message with id `id` to the Matrix room `room`.
     pub(crate) fn claimed(id: i64, room: &str) -> ClaimedMessage {
         let message = OutboundMessage {
             idempotency_key: format!("k{id}"),

@@ -2,13 +2,13 @@
 //! runtime. Shared by every command.
 
 use crate::runtime::{Clock, Runtime};
-use crate::store::Store;
 use crate::workflows::{LoadReport, Workflows};
 use anyhow::Context;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use wavelet_core::engine::{SandboxLimits, WorkflowEngine};
 use wavelet_core::{Config, Directory};
+use wavelet_store::Store;
 
 /// Reads and checks a configuration file, with every mistake in the error.
 pub fn load_config(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
@@ -32,13 +32,13 @@ pub struct Parts {
 pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Parts> {
     let parts = open(config, store_url, clock).await?;
     let runtime = &parts.runtime;
-    let now = runtime.clock.now();
+    let now = runtime.clock().now();
     // The workflows' schedules, and the ledger witness's when `[audit]` asks for one.
-    let config = runtime.dir.config();
+    let config = runtime.directory().config();
     let schedules: Vec<_> =
         config.schedules.iter().cloned().chain(config.witness.as_ref().map(|w| w.schedule())).collect();
     runtime
-        .store
+        .store()
         .sync_schedules(&schedules, now)
         .await
         .context("cannot bring the schedules up to date in the store")?;
@@ -51,7 +51,7 @@ pub async fn build(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> an
 pub async fn open(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Parts> {
     let store = Store::open(store_url)
         .await
-        .with_context(|| format!("cannot open the store at {}", crate::store::redact(store_url)))?;
+        .with_context(|| format!("cannot open the store at {}", wavelet_store::redact(store_url)))?;
     let engine = Arc::new(WorkflowEngine::new(SandboxLimits::default()));
     let (workflows, load) = Workflows::load(&engine, &config.workflows.dir);
     let dir = Arc::new(Directory::new(config));
@@ -70,7 +70,7 @@ pub async fn start_platforms(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     #[cfg_attr(not(any(feature = "matrix", feature = "discord")), allow(unused_mut))]
     let mut tasks = Vec::new();
-    let config = rt.dir.config();
+    let config = rt.directory().config();
     if let Some(cfg) = config.matrix.clone() {
         #[cfg(feature = "matrix")]
         {

@@ -2,59 +2,11 @@
 //! export everything. Every show and export is itself recorded: who read what, when.
 
 use crate::runtime::Runtime;
-use crate::store::{self, Store};
 use serde_json::json;
 use std::io::Write;
-use wavelet_core::ledger::{ChainFault, Draft, EntryKind, StoredEntry, VerifyReport, Witness, verify_witnessed};
+use wavelet_core::ledger::{Draft, EntryKind, StoredEntry};
 use wavelet_core::{Directory, roles, text};
-
-/// Walks the whole chain, a page at a time.
-pub async fn verify_store(store: &Store) -> store::Result<Result<VerifyReport, ChainFault>> {
-    verify_store_witnessed(store, &[]).await
-}
-
-/// [`verify_store`], and checks the chain against ledger witnesses (what was posted).
-pub async fn verify_store_witnessed(
-    store: &Store,
-    witnesses: &[Witness],
-) -> store::Result<Result<VerifyReport, ChainFault>> {
-    // The chain up to the head read now: entries appended meanwhile (a running Wavelet)
-    // belong to the next verification, not to this one's "beyond the head".
-    let head = store.ledger_head().await?;
-    let mut all = Vec::new();
-    let mut after = 0;
-    while after < head.seq {
-        let page = store.ledger_page(after, (head.seq - after).min(10_000)).await?;
-        let Some(last) = page.last() else { break };
-        after = last.link.seq;
-        all.extend(page);
-    }
-    let report = verify_witnessed(all, &head, witnesses);
-    // Only once the chain verifies: entries 1 to the head are then all there.
-    if report.is_ok()
-        && let Some(seq) = store.content_without_entry(head.seq).await?
-    {
-        return Ok(Err(if seq > head.seq {
-            content_ahead(seq)
-        } else {
-            ChainFault {
-                seq,
-                problem: "content is stored for this entry, which is not in the chain (written around Wavelet)".into(),
-            }
-        }));
-    }
-    Ok(report)
-}
-
-/// Content stored for entry `seq`, ahead of the chain's head: written around Wavelet.
-pub fn content_ahead(seq: i64) -> ChainFault {
-    ChainFault {
-        seq,
-        problem: "content is stored for this entry, ahead of the chain (written around Wavelet): Wavelet cannot \
-                  append this entry until the database's owner removes that row (keep a copy for the investigation)"
-            .into(),
-    }
-}
+use wavelet_store as store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -81,7 +33,7 @@ fn check_reader(dir: &Directory, reader: &str) -> Result<(), AuditError> {
 
 async fn record_read(rt: &Runtime, reader: &str, case_id: Option<&str>, what: serde_json::Value) -> store::Result<()> {
     rt.record(Draft {
-        at: rt.clock.now(),
+        at: rt.now(),
         kind: EntryKind::AuditRead,
         case_id: case_id.map(str::to_string),
         run_id: None,
@@ -122,15 +74,15 @@ fn summary(e: &StoredEntry) -> String {
 
 /// Prints a case's timeline, after recording that `reader` read it.
 pub async fn show_case(rt: &Runtime, reader: &str, case_id: &str, out: &mut dyn Write) -> Result<(), AuditError> {
-    check_reader(&rt.dir, reader)?;
-    let case = rt.store.case(case_id).await?.ok_or_else(|| AuditError::NoCase(case_id.to_string()))?;
+    check_reader(rt.directory(), reader)?;
+    let case = rt.store().case(case_id).await?.ok_or_else(|| AuditError::NoCase(case_id.to_string()))?;
     record_read(rt, reader, Some(case_id), json!({ "read": "case timeline", "case": case_id })).await?;
     writeln!(
         out,
         "Case {} — {} concern, risk {}, status {}, group {}, opened {} by run {}",
         case.id, case.category, case.risk, case.status, case.group_id, case.opened_at, case.run_id
     )?;
-    for e in rt.store.ledger_for_case(case_id).await? {
+    for e in rt.store().ledger_for_case(case_id).await? {
         writeln!(out, "{}", summary(&e))?;
     }
     Ok(())
@@ -150,7 +102,7 @@ fn csv_field(s: &str) -> String {
 
 /// Writes every entry, after recording that `reader` exported the ledger.
 pub async fn export(rt: &Runtime, reader: &str, format: Format, out: &mut dyn Write) -> Result<usize, AuditError> {
-    check_reader(&rt.dir, reader)?;
+    check_reader(rt.directory(), reader)?;
     let fmt = match format {
         Format::Jsonl => "jsonl",
         Format::Csv => "csv",
@@ -162,7 +114,7 @@ pub async fn export(rt: &Runtime, reader: &str, format: Format, out: &mut dyn Wr
     let mut after = 0;
     let mut n = 0;
     loop {
-        let page = rt.store.ledger_page(after, 5_000).await?;
+        let page = rt.store().ledger_page(after, 5_000).await?;
         let Some(last) = page.last() else { break };
         after = last.link.seq;
         for e in page {
@@ -203,6 +155,6 @@ pub async fn export(rt: &Runtime, reader: &str, format: Format, out: &mut dyn Wr
 
 /// Erases one entry's content, as `reader` (a reviewer or coordinator).
 pub async fn erase(rt: &Runtime, reader: &str, seq: i64, reason: &str) -> Result<bool, AuditError> {
-    check_reader(&rt.dir, reader)?;
-    Ok(rt.store.erase(seq, reason, reader, rt.clock.now()).await?)
+    check_reader(rt.directory(), reader)?;
+    Ok(rt.store().erase(seq, reason, reader, rt.now()).await?)
 }

@@ -100,7 +100,7 @@ pub async fn run(
     options: ConsoleOptions,
 ) -> anyhow::Result<()> {
     let ConsoleOptions { start_as, echo, input_id } = options;
-    let dir = rt.dir.clone();
+    let dir = rt.directory().clone();
     let first = start_as.or_else(|| dir.people().first().map(|p| p.id.clone())).unwrap_or_default();
     if dir.person(&first).is_none() {
         anyhow::bail!("`{first}` is not in the directory; `--as` takes a person id from the configuration");
@@ -117,7 +117,7 @@ pub async fn run(
     let background = crate::service::spawn(rt.clone(), adapters.clone());
     // Through the ingest, so a store that goes away holds the line until it is back.
     let (ingest, worker) = crate::ingest::Ingest::spawn(rt.clone(), crate::ingest::MAX_BATCH);
-    let started = rt.clock.now().0;
+    let started = rt.now().0;
     let mut n = 0u64;
     let mut line_number = 0u64;
     let mut line = String::new();
@@ -148,7 +148,7 @@ pub async fn run(
                 (Some("wait"), Some(d)) => match wavelet_core::engine::parse_duration(d) {
                     Ok(d) => {
                         tokio::time::sleep(d).await;
-                        if let Err(e) = deliver_pending(&rt, &adapters, rt.clock.now()).await {
+                        if let Err(e) = deliver_pending(&rt, &adapters, rt.now()).await {
                             tracing::warn!(error = %e, "delivery failed; will retry");
                         }
                     }
@@ -184,14 +184,14 @@ pub async fn run(
             room,
             sender: Account { platform: Platform::Console, id: account },
             text: said.to_string(),
-            received_at: rt.clock.now(),
+            received_at: rt.now(),
             on_message: None,
         };
         if let Err(e) = ingest.submit(event).await {
             console.print(&format!("  (not taken: {e}; please say it again)"));
             continue;
         }
-        if let Err(e) = deliver_pending(&rt, &adapters, rt.clock.now()).await {
+        if let Err(e) = deliver_pending(&rt, &adapters, rt.now()).await {
             tracing::warn!(error = %e, "delivery failed; will retry");
         }
     }
@@ -199,6 +199,6 @@ pub async fn run(
     drop(ingest);
     let _ = worker.await;
     rt.fire_due_timers().await?;
-    deliver_pending(&rt, &adapters, rt.clock.now()).await?;
+    deliver_pending(&rt, &adapters, rt.now()).await?;
     Ok(())
 }

@@ -162,7 +162,7 @@ impl DiscordAdapter {
             intents |= GatewayIntents::MESSAGE_CONTENT;
         }
         let group_channels = rt
-            .dir
+            .directory()
             .groups()
             .iter()
             .flat_map(|g| &g.rooms)
@@ -283,7 +283,7 @@ impl DiscordAdapter {
     /// A new session: register the slash commands, then take in what was said while no
     /// session was connected.
     async fn on_ready(self: Arc<Self>, http: Arc<Http>, ingest: Ingest) {
-        let metas = self.rt.workflows.read().map(|w| w.metas()).unwrap_or_default();
+        let metas = self.rt.workflows().read().map(|w| w.metas()).unwrap_or_default();
         match Command::set_global_commands(&http, slash_commands(&metas)).await {
             Ok(registered) => tracing::info!(commands = registered.len(), "discord slash commands registered"),
             Err(e) => tracing::warn!(error = %describe(&e), "discord slash commands not registered"),
@@ -300,7 +300,7 @@ impl DiscordAdapter {
     /// is no history that is Wavelet's to answer.
     async fn catch_up(&self, ingest: &Ingest) {
         let since = loop {
-            match self.rt.store.last_inbox_at(Platform::Discord).await {
+            match self.rt.store().last_inbox_at(Platform::Discord).await {
                 Ok(Some(at)) => break at,
                 Ok(None) => {
                     tracing::info!("discord history not read: nothing was taken from Discord before");
@@ -318,7 +318,7 @@ impl DiscordAdapter {
             self.group_channels.iter().map(|&c| (ChannelId::new(c), None)).collect();
         let people: Vec<u64> = self
             .rt
-            .dir
+            .directory()
             .people()
             .iter()
             .flat_map(|p| &p.accounts)
@@ -374,7 +374,7 @@ impl DiscordAdapter {
 
     /// When something with this snowflake was said, never later than Wavelet's clock.
     fn said_at(&self, id: u64) -> Millis {
-        Millis(i64::try_from(id >> 22).unwrap_or(i64::MAX).saturating_add(DISCORD_EPOCH_MS)).min(self.rt.clock.now())
+        Millis(i64::try_from(id >> 22).unwrap_or(i64::MAX).saturating_add(DISCORD_EPOCH_MS)).min(self.rt.now())
     }
 
     fn account(user: UserId) -> Account {

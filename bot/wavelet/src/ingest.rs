@@ -4,12 +4,12 @@
 //! with backoff, so nothing is lost, and says so in the log.
 
 use crate::runtime::Runtime;
-use crate::store::Tx;
 use futures_util::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use wavelet_core::InboundEvent;
+use wavelet_store::Tx;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
@@ -144,7 +144,7 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
             // A panic while committing must not take the batch's events with it.
             let committed = std::panic::AssertUnwindSafe(commit).catch_unwind().await.unwrap_or_else(|_| {
                 tracing::error!(events = batch.len(), "a batch's commit panicked");
-                Err(crate::store::Error::Unavailable("the commit panicked".into()))
+                Err(wavelet_store::Error::Unavailable("the commit panicked".into()))
             });
             acknowledge_or_return(&acks, batch, committed)
         }));
@@ -172,12 +172,12 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
 async fn start(rt: &Runtime, batch: Batch) -> Option<(Tx, Batch)> {
     let events = events_of(&batch);
     let handled = off_the_workers(async {
-        let mut tx = rt.store.begin().await?;
+        let mut tx = rt.store().begin().await?;
         if events.len() > 1 {
             rt.prefetch(&mut tx, &events).await?;
         }
         rt.handle_in(&mut tx, &events).await?;
-        Ok::<_, crate::store::Error>(tx)
+        Ok::<_, wavelet_store::Error>(tx)
     })
     .await;
     match handled {
@@ -204,7 +204,7 @@ async fn redo(rt: &Runtime, tx: Tx, earlier: Batch, later: Batch) {
 
 /// After a batch's commit: tells each submitter it is committed, or, if the commit
 /// failed, gives the batch back to be handled again.
-fn acknowledge_or_return(rt: &Runtime, batch: Batch, committed: crate::store::Result<()>) -> Option<Batch> {
+fn acknowledge_or_return(rt: &Runtime, batch: Batch, committed: wavelet_store::Result<()>) -> Option<Batch> {
     if let Err(e) = committed {
         tracing::warn!(error = %e, events = batch.len(), "a batch did not commit; its events are handled again");
         return Some(batch);
@@ -237,7 +237,7 @@ async fn settle(rt: &Runtime, committing: tokio::task::JoinHandle<Option<Batch>>
 }
 
 /// After a commit made in the worker: acknowledge, or handle the batch again.
-async fn finish(rt: &Runtime, batch: Batch, committed: crate::store::Result<()>) {
+async fn finish(rt: &Runtime, batch: Batch, committed: wavelet_store::Result<()>) {
     if let Some(batch) = acknowledge_or_return(rt, batch, committed) {
         one_batch(rt, batch).await;
     }

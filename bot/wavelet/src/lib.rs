@@ -15,6 +15,5 @@ pub mod matrix;
 pub mod reload;
 pub mod runtime;
 pub mod service;
-pub mod store;
 pub mod transcripts;
 pub mod workflows;

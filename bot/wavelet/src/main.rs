@@ -245,8 +245,9 @@ async fn console(
         eprintln!("workflow not loaded: {e}");
     }
     wavelet::reload::record(&rt, &parts.load, false).await;
-    let console =
-        Arc::new(ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(input.show_keys));
+    let console = Arc::new(
+        ConsoleAdapter::new(Box::new(std::io::stdout()), rt.directory().clone()).showing_keys(input.show_keys),
+    );
     let mut adapters = Adapters::default();
     adapters.add(console.clone());
     let reloader = wavelet::reload::spawn(rt.clone());
@@ -259,7 +260,7 @@ async fn console(
     let result = wavelet::console::run(rt.clone(), adapters, console, stdin, options).await;
     reloader.abort();
     result?;
-    rt.store.close().await;
+    rt.store().close().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -273,19 +274,19 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     // The console room prints to stdout: only where no chat platform is configured (a
     // demo, a test). With a platform, what is said to someone must not end up in a
     // service's output.
-    if !rt.dir.config().has_chat_platform() {
-        let console = ConsoleAdapter::new(Box::new(std::io::stdout()), rt.dir.clone()).showing_keys(show_keys);
+    if !rt.directory().config().has_chat_platform() {
+        let console = ConsoleAdapter::new(Box::new(std::io::stdout()), rt.directory().clone()).showing_keys(show_keys);
         adapters.add(Arc::new(console));
     }
     let (ingest, ingest_worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
     let platforms = app::start_platforms(&rt, &mut adapters, &ingest).await?;
-    for (platform, waiting) in rt.store.undelivered_by_platform().await? {
+    for (platform, waiting) in rt.store().undelivered_by_platform().await? {
         if !adapters.platforms().iter().any(|p| p.as_str() == platform) {
             tracing::warn!(platform = %platform, messages = waiting, "messages wait for a platform this process does not run; give those people an account on a configured platform");
         }
     }
     let reloader = wavelet::reload::spawn(rt.clone());
-    tracing::info!(store = rt.store.backend(), instance = %rt.instance, "wavelet running; stop it with SIGTERM or Ctrl-C");
+    tracing::info!(store = rt.store().backend(), instance = %rt.instance(), "wavelet running; stop it with SIGTERM or Ctrl-C");
     let background = wavelet::service::spawn(rt.clone(), adapters);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // A platform's task ends only when the platform will not have us any more (a revoked
@@ -315,7 +316,7 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     background.stop().await;
     reloader.abort();
     tracing::info!("wavelet stopped");
-    rt.store.close().await;
+    rt.store().close().await;
     match fatal {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
@@ -326,9 +327,9 @@ async fn grant(config_path: &std::path::Path, role: &str) -> anyhow::Result<Exit
     let config = app::load_config(config_path, &env)?;
     let url = config.store.url.clone();
     // Opening migrates: the owner brings the schema up to date first.
-    let store = wavelet::store::Store::open(&url)
+    let store = wavelet_store::Store::open(&url)
         .await
-        .with_context(|| format!("cannot open the store at {}", wavelet::store::redact(&url)))?;
+        .with_context(|| format!("cannot open the store at {}", wavelet_store::redact(&url)))?;
     let statements = store.grant(role).await.with_context(|| format!("cannot grant to `{role}`"))?;
     for sql in &statements {
         println!("  {sql}");
@@ -346,7 +347,7 @@ async fn audit_command(config_path: &std::path::Path, a: AuditCommand) -> anyhow
     let parts = app::open(config, &url, Arc::new(SystemClock)).await?;
     let rt = parts.runtime;
     match a {
-        AuditCommand::Verify { witnesses } => match audit::verify_store_witnessed(&rt.store, &witnesses).await? {
+        AuditCommand::Verify { witnesses } => match rt.store().verify(&witnesses).await? {
             Ok(r) => {
                 let witnessed = match r.witnessed {
                     0 => String::new(),

@@ -205,7 +205,7 @@ impl MatrixAdapter {
             tracing::info!("matrix cross-signing keys recovered");
         }
         let group_rooms = rt
-            .dir
+            .directory()
             .groups()
             .iter()
             .flat_map(|g| &g.rooms)
@@ -317,7 +317,7 @@ impl MatrixAdapter {
     async fn hold_for_replies(&self) {
         let commits = self.replies_after.swap(0, std::sync::atomic::Ordering::SeqCst);
         if commits > 0 {
-            let sent = self.rt.passes.sent_after(commits, HOLD_SYNC).await;
+            let sent = self.rt.passes().sent_after(commits, HOLD_SYNC).await;
             tracing::debug!(sent, "next matrix sync after the replies");
         }
     }
@@ -371,7 +371,7 @@ impl MatrixAdapter {
             tracing::warn!(room = %room.room_id(), error = %e, "declining the invite failed");
         }
         let draft = Draft {
-            at: self.rt.clock.now(),
+            at: self.rt.now(),
             kind: EntryKind::RefusedInvite,
             case_id: None,
             run_id: None,
@@ -385,13 +385,16 @@ impl MatrixAdapter {
     }
 
     fn person_of(&self, user: &UserId) -> Option<String> {
-        self.rt.dir.person_for(&Account { platform: Platform::Matrix, id: user.to_string() }).map(|p| p.id.clone())
+        self.rt
+            .directory()
+            .person_for(&Account { platform: Platform::Matrix, id: user.to_string() })
+            .map(|p| p.id.clone())
     }
 
     /// When an event was said: the homeserver's timestamp, never later than Wavelet's clock.
     fn said_at(&self, ts: MilliSecondsSinceUnixEpoch) -> Millis {
         let ts = Millis(i64::try_from(u64::from(ts.get())).unwrap_or(i64::MAX));
-        ts.min(self.rt.clock.now())
+        ts.min(self.rt.now())
     }
 
     async fn on_message(&self, ev: OriginalSyncRoomMessageEvent, room: Room, ingest: Ingest) {
@@ -426,7 +429,7 @@ impl MatrixAdapter {
             received_at: self.said_at(said),
             on_message: None,
         };
-        let before = self.rt.store.commits();
+        let before = self.rt.store().commits();
         match ingest.submit(event).await {
             Ok(()) => self.taken(before),
             // Not acknowledged: the inbox has no record of it, and the next start's sync

@@ -6,7 +6,7 @@ use crate::runtime::Runtime;
 use crate::workflows::LoadReport;
 use std::sync::Arc;
 use wavelet_core::ledger::{Draft, EntryKind};
-use wavelet_core::render;
+use wavelet_core::{keys, render};
 
 /// Records what a (re)load found in the ledger and tells the coordinators about refused
 /// files; loads are announced to them too when `announce_loads` (edits while running, not
@@ -15,7 +15,7 @@ pub async fn record(rt: &Runtime, report: &LoadReport, announce_loads: bool) {
     for (name, hash) in &report.loaded {
         tracing::info!(workflow = %name, version = %&hash[..12], "workflow loaded");
         let draft = Draft {
-            at: rt.clock.now(),
+            at: rt.now(),
             kind: EntryKind::WorkflowLoaded,
             case_id: None,
             run_id: None,
@@ -28,14 +28,14 @@ pub async fn record(rt: &Runtime, report: &LoadReport, announce_loads: bool) {
         }
         if announce_loads {
             // The time makes each notice its own message (a version may be loaded again).
-            let key = format!("reload:{hash}:{}", rt.clock.now().0);
+            let key = keys::workflow_reloaded(hash, rt.now().0);
             let _ = rt.notify_coordinators(&key, &render::workflow_reloaded(name, hash)).await;
         }
     }
     for e in &report.refused {
         tracing::warn!(file = %e.file, line = e.line, "workflow refused");
         let draft = Draft {
-            at: rt.clock.now(),
+            at: rt.now(),
             kind: EntryKind::WorkflowRefused,
             case_id: None,
             run_id: None,
@@ -46,24 +46,24 @@ pub async fn record(rt: &Runtime, report: &LoadReport, announce_loads: bool) {
         if let Err(err) = rt.record(draft).await {
             tracing::warn!(error = %err, "workflow refusal not recorded");
         }
-        let key = format!("refused:{}:{}", e.file, rt.clock.now().0);
+        let key = keys::workflow_refused(&e.file, rt.now().0);
         let _ = rt.notify_coordinators(&key, &render::workflow_refused(&e.file, &e.to_string())).await;
     }
 }
 
 pub fn spawn(rt: Arc<Runtime>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let interval = rt.dir.config().workflows.reload_interval;
-        let dir = rt.dir.config().workflows.dir.clone();
+        let interval = rt.directory().config().workflows.reload_interval;
+        let dir = rt.directory().config().workflows.dir.clone();
         loop {
             tokio::time::sleep(interval).await;
-            let report = match rt.workflows.write() {
-                Ok(mut w) => w.reload(&rt.engine, &dir),
+            let report = match rt.workflows().write() {
+                Ok(mut w) => w.reload(rt.engine(), &dir),
                 Err(_) => return,
             };
             record(&rt, &report, true).await;
             if !report.loaded.is_empty() || !report.refused.is_empty() {
-                rt.wake.notify_one();
+                rt.wake().notify_one();
             }
         }
     })

@@ -11,12 +11,12 @@
 
 use crate::adapter::{Adapters, CLAIM, deliver_pending};
 use crate::runtime::Runtime;
-use crate::store::{Claimer, Lease};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wavelet_core::Platform;
+use wavelet_store::{Claimer, Lease};
 
 /// The longest the loop sleeps: how soon it sees work another process queued, and how
 /// soon it takes over a lease whose holder died.
@@ -67,32 +67,35 @@ async fn work(
         let held = hold_leases(&rt, &adapters, &mut leases).await;
         // The steps' commits claim what they queue for these platforms, for this loop: not
         // for one that asked us to slow down (a pass that is told so stops it at once).
-        let slowed = rt.slowed_until(rt.clock.now());
-        rt.store.claim_at_commit(Some(Claimer {
-            owner: rt.instance.clone(),
+        let slowed = rt.slowed_until(rt.now());
+        rt.store().claim_at_commit(Some(Claimer {
+            owner: rt.instance().to_string(),
             platforms: held.platforms().into_iter().filter(|p| !slowed.contains_key(p)).collect(),
-            clock: rt.clock.clone(),
+            clock: rt.clock().clone(),
             lease: CLAIM,
         }));
         let pass = async {
             // Delivery first: a reply a step just queued goes out before anything else is
             // looked at. What the timers queue wakes the loop again at once.
-            deliver_pending(&rt, &held, rt.clock.now()).await?;
+            deliver_pending(&rt, &held, rt.now()).await?;
             rt.fire_due_timers().await?;
             crate::faults::point("due.after_pass");
             // The next message due is one this loop may send: on a platform whose lease it
             // holds, not claimed by anyone, and not on a platform that asked us to slow
             // down (that one is due when the wait it asked for ends). Counting the others
             // would wake it for nothing, again and again, while they wait.
-            let now = rt.clock.now();
+            let now = rt.now();
             let slowed = rt.slowed_until(now);
             let open: Vec<Platform> = held.platforms().into_iter().filter(|p| !slowed.contains_key(p)).collect();
-            let next =
-                [rt.store.next_due().await?, rt.store.next_outbox_due(&open).await?, slowed.values().min().copied()]
-                    .into_iter()
-                    .flatten()
-                    .min();
-            Ok::<_, crate::store::Error>(next)
+            let next = [
+                rt.store().next_due().await?,
+                rt.store().next_outbox_due(&open).await?,
+                slowed.values().min().copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            Ok::<_, wavelet_store::Error>(next)
         };
         let wait = match pass.await {
             Ok(next) => {
@@ -100,7 +103,7 @@ async fn work(
                     tracing::info!("store is back; timers and delivery running again");
                     unavailable = false;
                 }
-                let now = rt.clock.now();
+                let now = rt.now();
                 next.map_or(POLL, |at| Duration::from_millis((at.0 - now.0).clamp(0, POLL.as_millis() as i64) as u64))
             }
             Err(e) => {
@@ -113,9 +116,9 @@ async fn work(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = rt.wake.notified() => {}
+            _ = rt.wake().notified() => {}
             _ = stopped.changed() => {
-                rt.store.claim_at_commit(None);
+                rt.store().claim_at_commit(None);
                 return;
             }
         }
@@ -134,10 +137,10 @@ async fn hold_leases(rt: &Runtime, adapters: &Adapters, leases: &mut HashMap<Pla
             leases.remove(&p);
         }
         if let std::collections::hash_map::Entry::Vacant(slot) = leases.entry(p) {
-            match rt.store.try_lease(&lease_name(p)).await {
+            match rt.store().try_lease(&lease_name(p)).await {
                 Ok(Some(l)) => {
-                    tracing::info!(platform = %p, instance = %rt.instance, "holding the lease on this chat connection");
-                    match rt.store.release_claims_of_others(p, &rt.instance).await {
+                    tracing::info!(platform = %p, instance = %rt.instance(), "holding the lease on this chat connection");
+                    match rt.store().release_claims_of_others(p, rt.instance()).await {
                         Ok(0) => {}
                         Ok(n) => {
                             tracing::info!(platform = %p, messages = n, "took over messages a previous holder had claimed")

@@ -48,7 +48,22 @@ impl ChatAdapter for Capture {
 }
 
 /// Plays one transcript. `default_config` is used when the transcript names none.
+/// Returns the number of steps played.
 pub async fn run(path: &Path, default_config: Option<&Path>) -> Result<usize, TranscriptError> {
+    Ok(play(path, default_config).await?.steps)
+}
+
+/// What a transcript that passed left behind.
+#[derive(Debug)]
+pub struct Played {
+    /// The number of steps played.
+    pub steps: usize,
+    /// Every ledger entry the transcript's run wrote, in chain order (it verified).
+    pub ledger: Vec<wavelet_core::ledger::StoredEntry>,
+}
+
+/// As [`run`], also returning the ledger the transcript left.
+pub async fn play(path: &Path, default_config: Option<&Path>) -> Result<Played, TranscriptError> {
     let source = std::fs::read_to_string(path)
         .map_err(|e| TranscriptError::Setup { path: path.into(), message: format!("cannot be read: {e}") })?;
     let t = Transcript::parse(path, &source)?;
@@ -69,7 +84,7 @@ pub async fn run(path: &Path, default_config: Option<&Path>) -> Result<usize, Tr
         return Err(setup(format!("a workflow does not load: {e}")));
     }
     let rt = parts.runtime;
-    let capture = Arc::new(Capture { seen: Mutex::default(), dir: rt.dir.clone() });
+    let capture = Arc::new(Capture { seen: Mutex::default(), dir: rt.directory().clone() });
     let mut adapters = Adapters::default();
     adapters.add(capture.clone());
     let mut checker = Checker::default();
@@ -82,7 +97,7 @@ pub async fn run(path: &Path, default_config: Option<&Path>) -> Result<usize, Tr
                 checker.settle(step.line).map_err(fail)?;
                 n += 1;
                 let account = rt
-                    .dir
+                    .directory()
                     .person(person)
                     .and_then(|p| p.accounts.iter().find(|a| a.platform == Platform::Console))
                     .map_or_else(|| person.clone(), |a| a.id.clone());
@@ -119,15 +134,16 @@ pub async fn run(path: &Path, default_config: Option<&Path>) -> Result<usize, Tr
     let end = t.steps.last().map_or(1, |s| s.line + 1);
     checker.settle(end).map_err(fail)?;
     // Whatever the transcript did, the ledger it left must verify.
-    let head = rt.store.ledger_head().await.map_err(|e| setup(e.to_string()))?;
-    let entries = rt.store.ledger_page(0, i64::MAX).await.map_err(|e| setup(e.to_string()))?;
-    wavelet_core::ledger::verify(entries, &head).map_err(|e| setup(format!("the ledger does not verify: {e}")))?;
-    Ok(t.steps.len())
+    let head = rt.store().ledger_head().await.map_err(|e| setup(e.to_string()))?;
+    let entries = rt.store().ledger_page(0, i64::MAX).await.map_err(|e| setup(e.to_string()))?;
+    wavelet_core::ledger::verify(entries.clone(), &head)
+        .map_err(|e| setup(format!("the ledger does not verify: {e}")))?;
+    Ok(Played { steps: t.steps.len(), ledger: entries })
 }
 
-async fn observe_shares(rt: &Runtime, checker: &mut Checker, after: i64) -> crate::store::Result<i64> {
+async fn observe_shares(rt: &Runtime, checker: &mut Checker, after: i64) -> wavelet_store::Result<i64> {
     let mut last = after;
-    for e in rt.store.ledger_page(after, i64::MAX).await? {
+    for e in rt.store().ledger_page(after, i64::MAX).await? {
         last = e.link.seq;
         let Some(c) = &e.content else { continue };
         let group = c["group"].as_str().unwrap_or_default().to_string();

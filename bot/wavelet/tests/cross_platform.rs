@@ -65,7 +65,7 @@ impl Bot {
         if let Some(b) = self.background.take() {
             b.stop().await;
         }
-        self.rt.store.close().await;
+        self.rt.store().close().await;
     }
 }
 
@@ -125,7 +125,7 @@ async fn a_share_reaches_the_groups_matrix_room_and_discord_channel_and_a_lead_o
     expect_dm(&discord, &alice(), "Bea Lindqvist (St Mary's Primary School) acknowledged C-1").await;
 
     // The ledger: one share, and one delivery per room.
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = bot.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     assert_eq!(entries.iter().filter(|e| e.link.kind == "share").count(), 1);
     let mut delivered: Vec<String> = entries
         .iter()
@@ -135,7 +135,7 @@ async fn a_share_reaches_the_groups_matrix_room_and_discord_channel_and_a_lead_o
     delivered.sort();
     assert_eq!(delivered, vec![format!("discord:{NORTH}"), format!("matrix:{room}")]);
     assert!(entries.iter().any(|e| e.link.kind == "case.acknowledged"));
-    let head = bot.rt.store.ledger_head().await.unwrap();
+    let head = bot.rt.store().ledger_head().await.unwrap();
     wavelet_core::ledger::verify(entries, &head).unwrap();
     bot.stop().await;
 }

@@ -57,7 +57,7 @@ fn assert_sent_safely(server: &Server) {
 
 /// The answers the ledger records, in order.
 async fn answers_in_ledger(bot: &Bot) -> Vec<String> {
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = bot.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     entries
         .iter()
         .filter(|e| e.link.kind == "question.answered")
@@ -112,13 +112,13 @@ async fn a_concern_goes_end_to_end_with_questions_in_dms_and_choices_as_buttons(
     for q in ["Child's initials", "What kind of concern", "Is the child at immediate risk", "What did you see"] {
         assert_eq!(count(&server, dm, q), 1, "{q}");
     }
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = bot.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     let kinds: Vec<&str> = entries.iter().map(|e| e.link.kind.as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "question.answered").count(), 4, "{kinds:?}");
     assert!(kinds.contains(&"share") && kinds.contains(&"case.acknowledged"), "{kinds:?}");
     let answers = serde_json::to_string(&entries.iter().map(|e| &e.content).collect::<Vec<_>>()).unwrap();
     assert!(answers.contains("\"neglect\"") && answers.contains("\"possibly\""));
-    let head = bot.rt.store.ledger_head().await.unwrap();
+    let head = bot.rt.store().ledger_head().await.unwrap();
     wavelet_core::ledger::verify(entries, &head).unwrap();
     assert_sent_safely(&server);
     bot.stop().await;
@@ -149,7 +149,7 @@ async fn prefix_commands_work_and_strangers_are_refused_and_recorded() {
     let callback = server.wait_for_callback(slash.id, WAIT).await.unwrap();
     assert!(callback.data["content"].as_str().unwrap().starts_with("Wavelet does not work in this channel"));
 
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = bot.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     let refusals: Vec<_> = entries.iter().filter(|e| e.link.kind == "refused.unknown_person").collect();
     assert_eq!(refusals.len(), 3);
     let stranger = format!("discord:{}", mallory().id);
@@ -266,7 +266,7 @@ async fn reconnect_and_a_dropped_connection_mid_dialog_resume_and_process_nothin
     }
     let stats = server.gateway_stats();
     assert_eq!((stats.identifies, stats.resumes, stats.invalid_sessions), (1, 2, 0), "{stats:?}");
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = bot.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     assert_eq!(entries.iter().filter(|e| e.link.kind == "question.answered").count(), 4);
     bot.stop().await;
 }
@@ -288,7 +288,7 @@ async fn a_bad_or_missing_token_is_a_clear_error_before_any_gateway_connection()
     let missing = DiscordAdapter::connect(discord, None, rt.clone()).await.err().expect("refused");
     assert!(format!("{missing:#}").contains("WAVELET_DISCORD_TOKEN is not set"), "{missing:#}");
     assert_eq!(server.gateway_stats().connections, 0, "no gateway connection was tried");
-    rt.store.close().await;
+    rt.store().close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

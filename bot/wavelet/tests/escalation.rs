@@ -7,7 +7,7 @@ use common::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wavelet::adapter::SendError;
-use wavelet::store::{EscalationStatus, RunStatus};
+use wavelet_store::{EscalationStatus, RunStatus};
 
 on_both!(
     two_processes_fire_each_due_stage_once,
@@ -38,13 +38,13 @@ async fn raise(b: &mut Bot, who: &str) -> Vec<String> {
 }
 
 async fn ledger_kinds(b: &Bot, kind: &str) -> Vec<serde_json::Value> {
-    let entries = b.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = b.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     entries.into_iter().filter(|e| e.link.kind == kind).filter_map(|e| e.content).collect()
 }
 
 async fn fire(b: &mut Bot) -> Vec<OutboundMessage> {
     b.rt.fire_due_timers().await.unwrap();
-    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
     b.sent.0.lock().unwrap().drain(..).collect()
 }
 
@@ -147,7 +147,7 @@ async fn a_run_waits_for_an_acknowledgement_until_its_deadline(backend: &str) {
     assert!(r[0].starts_with("Thank you: you have acknowledged C-1"), "{r:?}");
     assert!(r.iter().any(|t| t.starts_with("Bea Lindqvist (St Mary's Primary School) acknowledged C-1")), "{r:?}");
     assert!(r.iter().any(|t| t.starts_with("bea took C-1 at ")), "the run resumed with who: {r:?}");
-    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Finished);
+    assert_eq!(b.rt.store().run("R-1").await.unwrap().unwrap().status, RunStatus::Finished);
     // The deadline's timer went with the wait: nothing fires later.
     b.clock.advance(Duration::from_secs(3600));
     assert!(fire(&mut b).await.is_empty());
@@ -189,7 +189,7 @@ async fn closing_a_case_stops_its_escalation(backend: &str) {
     assert!(fire(&mut b).await.is_empty(), "no more levels for a closed case");
     let closed = ledger_kinds(&b, "case.closed").await;
     assert_eq!(closed[0]["stopped_escalations"], serde_json::json!(["E-1"]));
-    let mut tx = b.rt.store.begin().await.unwrap();
+    let mut tx = b.rt.store().begin().await.unwrap();
     assert_eq!(tx.escalations_of("C-1").await.unwrap()[0].status, EscalationStatus::Stopped);
     drop(tx);
     b.verify().await;
@@ -232,7 +232,7 @@ async fn a_message_that_fails_for_good_is_parked_and_surfaced(backend: &str) {
     let mut b = bot(&fresh(backend, dir.path()).await, None).await;
     let f = flaky(&mut b, "console:north", || SendError::Permanent("no such room".into()));
     raise(&mut b, "alice").await;
-    let parked = b.rt.store.parked_outbox().await.unwrap();
+    let parked = b.rt.store().parked_outbox().await.unwrap();
     assert_eq!(parked.len(), 1, "the summary to the group's room: {parked:?}");
     assert_eq!(parked[0].2, "console:north");
     let failed = ledger_kinds(&b, "delivery.failed").await;
@@ -246,7 +246,7 @@ async fn a_message_that_fails_for_good_is_parked_and_surfaced(backend: &str) {
     // Parked means kept, not retried.
     let tried = *f.tried.lock().unwrap();
     b.clock.advance(Duration::from_secs(3600));
-    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
     assert_eq!(*f.tried.lock().unwrap(), tried);
     b.verify().await;
 }
@@ -257,10 +257,10 @@ async fn a_message_that_keeps_failing_is_retried_then_parked(backend: &str) {
     let f = flaky(&mut b, "console:north", || SendError::Temporary("502 Bad Gateway".into()));
     raise(&mut b, "alice").await;
     let mut attempts = 1;
-    while b.rt.store.parked_outbox().await.unwrap().is_empty() {
+    while b.rt.store().parked_outbox().await.unwrap().is_empty() {
         assert!(attempts < 100, "never parked");
         b.clock.advance(Duration::from_secs(300));
-        deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+        deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
         attempts += 1;
     }
     assert_eq!(attempts, wavelet::adapter::MAX_ATTEMPTS);
@@ -281,14 +281,14 @@ async fn a_platform_that_asks_to_slow_down_gets_nothing_more_in_that_pass(backen
     // The summary to the room came first and was refused: nothing else went in that pass.
     assert_eq!(*f.tried.lock().unwrap(), 1);
     assert!(f.sent.lock().unwrap().is_empty());
-    assert!(b.rt.store.parked_outbox().await.unwrap().is_empty(), "slowing down is not failing");
+    assert!(b.rt.store().parked_outbox().await.unwrap().is_empty(), "slowing down is not failing");
     // Once the platform is ready again, everything goes, in order.
     b.adapters = Adapters::default();
     b.adapters.add(b.sent.clone());
-    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
     assert!(b.sent.0.lock().unwrap().is_empty(), "not before the wait it asked for");
     b.clock.advance(Duration::from_secs(30));
-    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
     let sent: Vec<String> = b.sent.0.lock().unwrap().iter().map(|m| m.body.plain()).collect();
     assert_eq!(sent.len(), 4, "{sent:?}");
     assert!(sent[0].starts_with("New neglect concern C-1"), "{sent:?}");
@@ -348,7 +348,7 @@ async fn the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chai
         bot.clock.advance(Duration::from_secs(14 * 3600));
     }
     assert!(witnessed(&fire(&mut a).await).is_empty(), "not before 07:00");
-    let head_before = a.rt.store.ledger_head().await.unwrap();
+    let head_before = a.rt.store().ledger_head().await.unwrap();
     for bot in [&a, &b] {
         bot.clock.advance(Duration::from_secs(3600 + 60));
     }
@@ -363,7 +363,7 @@ async fn the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chai
     assert!(text.contains(&format!("entry {} has hash {}", w.seq, w.hash)), "{text}");
     // The head when it fired: the stored entry it names, at or after the head before the
     // day's due work, and the ledger records the witness as the entry after it.
-    let entries = a.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = a.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     assert!(w.seq >= head_before.seq, "{w:?} before {head_before:?}");
     assert_eq!(entries[w.seq as usize - 1].link.hash, w.hash);
     let recorded: Vec<_> = entries.iter().filter(|e| e.link.kind == "ledger.witnessed").collect();
@@ -372,14 +372,15 @@ async fn the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chai
     let c = recorded[0].content.as_ref().unwrap();
     assert_eq!((c["seq"].as_i64(), c["hash"].as_str()), (Some(w.seq), Some(w.hash.as_str())));
     assert_eq!(c["rooms"], serde_json::json!(["console:reviewers"]));
-    let report = wavelet::audit::verify_store_witnessed(&a.rt.store, std::slice::from_ref(&w)).await.unwrap().unwrap();
+    let report = a.rt.store().verify(std::slice::from_ref(&w)).await.unwrap().unwrap();
     assert_eq!(report.witnessed, 1);
 
     // The next day, once more, naming the new head; a lawful erasure meanwhile is no alarm.
     raise(&mut a, "dana").await;
-    let note = a.rt.store.ledger_page(w.seq, i64::MAX).await.unwrap().into_iter().find(|e| e.link.kind == "case.note");
-    let now = a.rt.clock.now();
-    assert!(a.rt.store.erase(note.unwrap().link.seq, "retention period ended", "rey", now).await.unwrap());
+    let note =
+        a.rt.store().ledger_page(w.seq, i64::MAX).await.unwrap().into_iter().find(|e| e.link.kind == "case.note");
+    let now = a.rt.now();
+    assert!(a.rt.store().erase(note.unwrap().link.seq, "retention period ended", "rey", now).await.unwrap());
     for bot in [&a, &b] {
         bot.clock.advance(Duration::from_secs(86_400));
     }
@@ -388,7 +389,7 @@ async fn the_ledger_witness_posts_the_head_once_a_day_and_verify_checks_the_chai
     let next: wavelet_core::ledger::Witness =
         posted[0].split("--witness ").nth(1).unwrap().trim_end_matches("`.").parse().unwrap();
     assert!(next.seq > w.seq + 1, "{next:?} after {w:?}");
-    wavelet::audit::verify_store_witnessed(&a.rt.store, &[w, next]).await.unwrap().expect("both witnesses match");
+    a.rt.store().verify(&[w, next]).await.unwrap().expect("both witnesses match");
 }
 
 async fn a_witness_for_a_group_this_process_does_not_know_is_not_posted_and_coordinators_are_told(backend: &str) {
@@ -428,7 +429,7 @@ async fn a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last
     // After it, an answer is changed behind the guards' back.
     raise(&mut a, "dana").await;
     let answer =
-        a.rt.store
+        a.rt.store()
             .ledger_page(witnessed, i64::MAX)
             .await
             .unwrap()
@@ -477,7 +478,7 @@ async fn a_witness_is_withheld_and_an_alarm_raised_when_the_chain_since_the_last
 /// `statements`.
 async fn tamper_ledger(b: &Bot, statements: &[String]) {
     let run = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
-    if let Some(p) = b.rt.store.sqlite_pool() {
+    if let Some(p) = b.rt.store().sqlite_pool() {
         for t in ["ledger_no_delete", "ledger_content_erase_only", "ledger_content_no_delete"] {
             run(format!("DROP TRIGGER {t}")).execute(p).await.unwrap();
         }
@@ -485,7 +486,7 @@ async fn tamper_ledger(b: &Bot, statements: &[String]) {
             run(sql.clone()).execute(p).await.unwrap();
         }
     } else {
-        let p = b.rt.store.postgres_pool().unwrap();
+        let p = b.rt.store().postgres_pool().unwrap();
         for t in ["ledger", "ledger_content"] {
             run(format!("ALTER TABLE {t} DISABLE TRIGGER ALL")).execute(p).await.unwrap();
         }
@@ -502,7 +503,7 @@ async fn a_witness_is_withheld_when_the_newest_entries_are_gone(backend: &str) {
     let url = fresh(backend, dir.path()).await;
     let mut a = bot(&url, None).await;
     raise(&mut a, "alice").await;
-    let head = a.rt.store.ledger_head().await.unwrap();
+    let head = a.rt.store().ledger_head().await.unwrap();
     tamper_ledger(
         &a,
         &[
@@ -526,7 +527,7 @@ async fn a_witness_is_withheld_when_content_is_planted_ahead_of_the_chain(backen
     let url = fresh(backend, dir.path()).await;
     let mut a = bot(&url, None).await;
     raise(&mut a, "alice").await;
-    let planted = a.rt.store.ledger_head().await.unwrap().seq + 50;
+    let planted = a.rt.store().ledger_head().await.unwrap().seq + 50;
     let sql = format!("INSERT INTO ledger_content (seq, content) VALUES ({planted}, '{{\"answer\":\"planted\"}}')");
     tamper_ledger(&a, &[sql]).await;
     a.clock.advance(Duration::from_secs(15 * 3600 + 60));
@@ -550,7 +551,7 @@ async fn a_case_closed_while_wavelet_was_down_is_not_escalated_further(backend: 
     let stages: Vec<i64> =
         ledger_kinds(&b, "escalation.notified").await.iter().map(|c| c["stage"].as_i64().unwrap()).collect();
     assert_eq!(stages, [1]);
-    let mut tx = b.rt.store.begin().await.unwrap();
+    let mut tx = b.rt.store().begin().await.unwrap();
     assert_eq!(tx.escalations_of("C-1").await.unwrap()[0].status, EscalationStatus::Stopped);
 }
 
@@ -595,11 +596,11 @@ async fn a_policy_renamed_after_a_run_escalated_does_not_break_it(backend: &str)
     let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000 + 700_000)));
     let parts = wavelet::app::build(config, &url, clock).await.unwrap();
     let rt = parts.runtime;
-    let run = rt.store.run("R-1").await.unwrap().unwrap();
+    let run = rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Finished, "R-1 escalated and finished under the old name");
     // A replay of R-1's history under the new configuration still passes `escalate`.
-    let wf_now = rt.workflows.read().unwrap().by_command("urgent").unwrap();
-    let adv = rt.engine.advance(
+    let wf_now = rt.workflows().read().unwrap().by_command("urgent").unwrap();
+    let adv = rt.engine().advance(
         &wf_now,
         &wavelet_core::engine::RunContext {
             run_id: run.id.clone(),

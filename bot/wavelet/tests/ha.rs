@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wavelet::runtime::SystemClock;
-use wavelet::store::Store;
 use wavelet_core::{Account, InboundEvent, Platform, RoomRef};
+use wavelet_store::Store;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -149,12 +149,12 @@ fn the_survivor_takes_over_the_chat_connection_and_the_due_escalation() {
                 room,
                 sender: Account { platform: Platform::Console, id: "alice".into() },
                 text: text.to_string(),
-                received_at: rt.clock.now(),
+                received_at: rt.now(),
                 on_message: None,
             };
             rt.handle_events(&[ev]).await.unwrap();
         }
-        rt.store.close().await;
+        rt.store().close().await;
     });
     // The lease holder delivers level 1; the other process sends nothing.
     // Everything of the concern so far is out before the kill (a kill mid-send would be
@@ -250,7 +250,7 @@ fn concerns_keep_flowing_while_processes_are_killed_at_random() {
                     room,
                     sender: Account { platform: Platform::Console, id: who.into() },
                     text: text.to_string(),
-                    received_at: rt.clock.now(),
+                    received_at: rt.now(),
                     on_message: None,
                 };
                 rt.handle_events(&[ev]).await.unwrap();
@@ -290,7 +290,7 @@ fn concerns_keep_flowing_while_processes_are_killed_at_random() {
     assert!(count.values().all(|c| *c <= 2), "a key at most resent once: {count:?}");
     assert!(extra <= kills, "resends ({extra}) only where a holder was killed mid-send ({kills} kills)");
     runtime.block_on(async {
-        let entries = rt.store.ledger_page(0, i64::MAX).await.unwrap();
+        let entries = rt.store().ledger_page(0, i64::MAX).await.unwrap();
         let mut stages = std::collections::BTreeSet::new();
         for e in entries.iter().filter(|e| e.link.kind == "escalation.notified") {
             let c = e.content.as_ref().unwrap();
@@ -298,7 +298,7 @@ fn concerns_keep_flowing_while_processes_are_killed_at_random() {
             assert!(stages.insert(key.clone()), "stage fired twice: {key:?}");
         }
         assert_eq!(stages.len(), CONCERNS * 2, "levels 1 and 2 of each concern, once each");
-        let head = rt.store.ledger_head().await.unwrap();
+        let head = rt.store().ledger_head().await.unwrap();
         wavelet_core::ledger::verify(entries, &head).expect("the ledger verifies");
     });
     eprintln!("{CONCERNS} concerns, {kills} processes killed, {extra} resends (same key), all delivered");

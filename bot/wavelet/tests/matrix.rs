@@ -71,7 +71,7 @@ async fn concern_end_to_end(encrypted_group: bool) {
     alice.expect("Bea Lindqvist (St Mary's Primary School) acknowledged C-1", Some(&dm), None).await;
 
     // The ledger holds the share and the acknowledgement; it verifies.
-    let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = bot.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     assert!(entries.iter().any(|e| e.link.kind == "share"));
     let reached: Vec<_> = entries
         .iter()
@@ -80,7 +80,7 @@ async fn concern_end_to_end(encrypted_group: bool) {
         .collect();
     assert_eq!(reached, [format!("matrix:{north}")], "the share's arrival in the room is recorded");
     assert!(entries.iter().any(|e| e.link.kind == "case.acknowledged"));
-    let head = bot.rt.store.ledger_head().await.unwrap();
+    let head = bot.rt.store().ledger_head().await.unwrap();
     wavelet_core::ledger::verify(entries, &head).unwrap();
     bot.stop().await;
 }
@@ -89,7 +89,7 @@ async fn concern_end_to_end(encrypted_group: bool) {
 async fn ledger_has(bot: &Bot, kind: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let entries = bot.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+        let entries = bot.rt.store().ledger_page(0, i64::MAX).await.unwrap();
         if entries.iter().any(|e| e.link.kind == kind) {
             return;
         }
@@ -254,7 +254,7 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let again = alice.count_seen("What kind") + alice.count_seen("Is the child");
     assert_eq!(again, 0, "asked again: {:?}", alice.seen.lock().unwrap());
-    let runs = bot.rt.store.run_counts().await.unwrap();
+    let runs = bot.rt.store().run_counts().await.unwrap();
     assert_eq!(runs, vec![("finished".to_string(), 1)]);
     bot.stop().await;
 
@@ -291,7 +291,7 @@ async fn the_dialog_goes_on_after_the_homeserver_restarts() {
     alice.expect("What kind of concern", Some(&dm), None).await;
     alice.say(&dm, "1").await;
     alice.expect("Is the child at immediate risk", Some(&dm), None).await;
-    assert_eq!(bot.rt.store.run_counts().await.unwrap(), vec![("waiting".to_string(), 1)]);
+    assert_eq!(bot.rt.store().run_counts().await.unwrap(), vec![("waiting".to_string(), 1)]);
     bot.stop().await;
 }
 

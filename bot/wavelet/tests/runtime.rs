@@ -7,7 +7,7 @@ use common::*;
 #[path = "../benches/common.rs"]
 mod generated;
 use std::sync::{Arc, Mutex};
-use wavelet::store::RunStatus;
+use wavelet_store::RunStatus;
 
 on_both!(
     a_concern_survives_a_restart_mid_dialog,
@@ -70,8 +70,8 @@ async fn direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_
     let north = || RoomRef::Shared { platform: Platform::Console, id: "north".into() };
     let alice = || RoomRef::Direct { platform: Platform::Console, account: "alice".into() };
     for (direct_ms, keys) in [(30, ["s1", "d1"]), (3_000, ["s2", "d2"])] {
-        let now = b.rt.clock.now();
-        let mut tx = b.rt.store.begin().await.unwrap();
+        let now = b.rt.now();
+        let mut tx = b.rt.store().begin().await.unwrap();
         tx.enqueue(&text_to(keys[0], north()), None, now).await.unwrap();
         tx.enqueue(&text_to(keys[1], alice()), None, now).await.unwrap();
         tx.commit().await.unwrap();
@@ -91,8 +91,8 @@ async fn direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_
         }
     }
     // Direct and shared rooms together: never more rooms at once than the adapter allows.
-    let now = b.rt.clock.now();
-    let mut tx = b.rt.store.begin().await.unwrap();
+    let now = b.rt.now();
+    let mut tx = b.rt.store().begin().await.unwrap();
     for i in 0..3 {
         let dm = RoomRef::Direct { platform: Platform::Console, account: format!("p{i}") };
         let shared = RoomRef::Shared { platform: Platform::Console, id: format!("group{i}") };
@@ -149,8 +149,8 @@ fn text_to(key: &str, room: RoomRef) -> OutboundMessage {
 async fn the_background_loop_sleeps_while_what_waits_is_not_for_it(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let b = bot(&fresh(backend, dir.path()).await, None).await;
-    let now = b.rt.clock.now();
-    let mut tx = b.rt.store.begin().await.unwrap();
+    let now = b.rt.now();
+    let mut tx = b.rt.store().begin().await.unwrap();
     let matrix = RoomRef::Direct { platform: Platform::Matrix, account: "@bea:example.org".into() };
     tx.enqueue(&text_to("m1", matrix), None, now).await.unwrap();
     for key in ["c1", "c2", "c3"] {
@@ -181,7 +181,7 @@ async fn the_background_loop_sleeps_while_what_waits_is_not_for_it(backend: &str
     background.stop().await;
     let keys: Vec<String> = slow.sent.lock().unwrap().iter().map(|m| m.idempotency_key.clone()).collect();
     assert_eq!(keys, ["c1", "c2", "c3"]);
-    let waiting = b.rt.store.undelivered_by_platform().await.unwrap();
+    let waiting = b.rt.store().undelivered_by_platform().await.unwrap();
     assert_eq!(waiting, [("matrix".to_string(), 1)]);
 }
 
@@ -191,10 +191,10 @@ async fn the_background_loop_sleeps_while_what_waits_is_not_for_it(backend: &str
 async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut b = bot(&fresh(backend, dir.path()).await, None).await;
-    b.rt.store.claim_at_commit(Some(wavelet::store::Claimer {
-        owner: b.rt.instance.clone(),
+    b.rt.store().claim_at_commit(Some(wavelet_store::Claimer {
+        owner: b.rt.instance().to_string(),
         platforms: vec![Platform::Console],
-        clock: b.rt.clock.clone(),
+        clock: b.rt.clock().clone(),
         lease: wavelet::adapter::CLAIM,
     }));
     let north = RoomRef::Shared { platform: Platform::Console, id: "north".into() };
@@ -203,19 +203,19 @@ async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(bac
         room: north,
         sender: Account { platform: Platform::Console, id: "alice".into() },
         text: "!concern".into(),
-        received_at: b.rt.clock.now(),
+        received_at: b.rt.now(),
         on_message: None,
     };
     b.rt.handle_events(&[ev]).await.unwrap();
-    let now = b.rt.clock.now();
-    let others = b.rt.store.claim_outbox("another process", &[Platform::Console], now, wavelet::adapter::CLAIM, 10);
+    let now = b.rt.now();
+    let others = b.rt.store().claim_outbox("another process", &[Platform::Console], now, wavelet::adapter::CLAIM, 10);
     assert!(others.await.unwrap().is_empty(), "claimed by the step's commit");
     assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 1);
     let sent: Vec<String> = b.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].contains("Child's initials"), "{sent:?}");
     assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 0, "sent once");
-    assert!(b.rt.store.pending_outbox(Millis(i64::MAX), 10).await.unwrap().is_empty(), "recorded as delivered");
+    assert!(b.rt.store().pending_outbox(Millis(i64::MAX), 10).await.unwrap().is_empty(), "recorded as delivered");
     // The rest of the dialog, the same way: each reply once, the share recorded.
     assert!(b.say("alice", "dm", "AB 2015").await[0].contains("What kind of concern"));
     assert!(b.say("alice", "dm", "1").await[0].contains("immediate risk"));
@@ -223,7 +223,7 @@ async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(bac
     let last = b.say("alice", "dm", "Seen at drop-off.").await;
     assert_eq!(last.len(), 2, "{last:?}");
     assert!(last[0].contains("New neglect concern") && last[1].starts_with("Thank you."), "{last:?}");
-    assert!(b.rt.store.take_handed().await.is_empty());
+    assert!(b.rt.store().take_handed().await.is_empty());
     b.verify().await;
 }
 
@@ -235,8 +235,8 @@ async fn a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over(backend
     use wavelet::adapter::{CLAIM, CLAIM_EVERY};
     let dir = tempfile::tempdir().unwrap();
     let b = bot(&fresh(backend, dir.path()).await, None).await;
-    let store = &b.rt.store;
-    let now = b.rt.clock.now();
+    let store = b.rt.store();
+    let now = b.rt.now();
     let queue = |key: &'static str, at: Millis| async move {
         let room = RoomRef::Shared { platform: Platform::Console, id: "north".into() };
         let m = OutboundMessage {
@@ -255,7 +255,7 @@ async fn a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over(backend
     // This process claimed two messages and never sent them: one long ago (that claim
     // has run out), one just now (it runs out a minute later).
     let long_ago = Millis(now.0 - 2 * CLAIM.as_millis() as i64);
-    let me = b.rt.instance.as_str();
+    let me = b.rt.instance();
     let strand = |key: &'static str, claimed_at: Millis| async move {
         queue(key, long_ago).await;
         let claimed = store.claim_outbox(me, &[Platform::Console], claimed_at, CLAIM, 10).await.unwrap();
@@ -264,10 +264,10 @@ async fn a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over(backend
     strand("stranded 2", now).await;
     strand("stranded", long_ago).await;
 
-    b.rt.store.claim_at_commit(Some(wavelet::store::Claimer {
-        owner: b.rt.instance.clone(),
+    b.rt.store().claim_at_commit(Some(wavelet_store::Claimer {
+        owner: b.rt.instance().to_string(),
         platforms: vec![Platform::Console],
-        clock: b.rt.clock.clone(),
+        clock: b.rt.clock().clone(),
         lease: CLAIM,
     }));
     queue("first", now).await;
@@ -285,7 +285,7 @@ async fn a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over(backend
 /// the pass keeps going with what that commit hands over.
 struct BusyPass {
     clock: Arc<ManualClock>,
-    store: wavelet::store::Store,
+    store: wavelet_store::Store,
     sent: Mutex<Vec<String>>,
 }
 
@@ -315,19 +315,19 @@ async fn a_claim_that_runs_out_while_a_pass_is_busy_is_sent_in_that_pass(backend
     use wavelet::adapter::CLAIM;
     let dir = tempfile::tempdir().unwrap();
     let b = bot(&fresh(backend, dir.path()).await, None).await;
-    let store = &b.rt.store;
-    let now = b.rt.clock.now();
+    let store = b.rt.store();
+    let now = b.rt.now();
     let north = || RoomRef::Shared { platform: Platform::Console, id: "north".into() };
     // Claimed by this process just now, never sent: the claim runs out a minute later.
     let mut tx = store.begin().await.unwrap();
     tx.enqueue(&text_to("stranded", north()), None, now).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(store.claim_outbox(&b.rt.instance, &[Platform::Console], now, CLAIM, 10).await.unwrap().len(), 1);
+    assert_eq!(store.claim_outbox(b.rt.instance(), &[Platform::Console], now, CLAIM, 10).await.unwrap().len(), 1);
 
-    store.claim_at_commit(Some(wavelet::store::Claimer {
-        owner: b.rt.instance.clone(),
+    store.claim_at_commit(Some(wavelet_store::Claimer {
+        owner: b.rt.instance().to_string(),
         platforms: vec![Platform::Console],
-        clock: b.rt.clock.clone(),
+        clock: b.rt.clock().clone(),
         lease: CLAIM,
     }));
     let mut tx = store.begin().await.unwrap();
@@ -347,7 +347,7 @@ async fn an_answer_in_the_same_batch_as_its_question_resumes_the_run(backend: &s
     let dir = tempfile::tempdir().unwrap();
     let wf = workflows(dir.path(), &[("asklead", ASK_LEAD)]);
     let b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
-    let at = b.rt.clock.now();
+    let at = b.rt.now();
     let event = |id: &str, who: &str, room: RoomRef, text: &str| InboundEvent {
         event_id: id.into(),
         room,
@@ -363,8 +363,8 @@ async fn an_answer_in_the_same_batch_as_its_question_resumes_the_run(backend: &s
     for r in b.rt.handle_batch(&batch).await {
         r.unwrap();
     }
-    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Finished);
-    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    assert_eq!(b.rt.store().run("R-1").await.unwrap().unwrap().status, RunStatus::Finished);
+    deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
     let sent: Vec<String> = b.sent.0.lock().unwrap().iter().map(|m| m.body.plain()).collect();
     assert_eq!(sent, ["Can you take this on?", "bea said: yes"]);
     b.verify().await;
@@ -394,7 +394,7 @@ async fn batches_end_as_one_event_at_a_time_does(backend: &str, people: usize) {
         let clock = Arc::new(ManualClock::new(Millis(1_764_000_000_000)));
         let rt = wavelet::app::build(config, &fresh(backend, dir.path()).await, clock).await.unwrap().runtime;
         if mode == "pipelined, narrowed" {
-            rt.store.set_max_carried(0);
+            rt.store().set_max_carried(0);
         }
         let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 8);
         let mut receipts = Vec::new();
@@ -433,18 +433,18 @@ async fn batches_end_as_one_event_at_a_time_does(backend: &str, people: usize) {
         drop(ingest);
         worker.await.unwrap();
         if mode.starts_with("pipelined") {
-            assert!(rt.store.carried_on() > 0, "{mode}: some batches were handled while the one before committed");
-            assert_eq!(rt.store.superseded(), 0, "{mode}: no batch handled on top of a failed one");
+            assert!(rt.store().carried_on() > 0, "{mode}: some batches were handled while the one before committed");
+            assert_eq!(rt.store().superseded(), 0, "{mode}: no batch handled on top of a failed one");
         }
         // Nothing had to be handled again: a redelivery recognised in the view, not by the
         // inbox's key failing a commit.
-        assert_eq!(rt.store.failed_commits(), 0, "{mode}: no commit failed");
-        let ledger = rt.store.ledger_page(0, i64::MAX).await.unwrap();
+        assert_eq!(rt.store().failed_commits(), 0, "{mode}: no commit failed");
+        let ledger = rt.store().ledger_page(0, i64::MAX).await.unwrap();
         let outbox: Vec<OutboundMessage> =
-            rt.store.pending_outbox(Millis(i64::MAX), 10_000).await.unwrap().into_iter().map(|p| p.message).collect();
-        let runs = rt.store.run_counts().await.unwrap();
+            rt.store().pending_outbox(Millis(i64::MAX), 10_000).await.unwrap().into_iter().map(|p| p.message).collect();
+        let runs = rt.store().run_counts().await.unwrap();
         assert_eq!(runs, [("finished".to_string(), people as i64)], "{mode}");
-        wavelet::audit::verify_store(&rt.store).await.unwrap().expect("ledger verifies");
+        rt.store().verify(&[]).await.unwrap().expect("ledger verifies");
         outcomes.push((mode, ledger, outbox));
     }
     let (_, expected_ledger, expected_outbox) = outcomes.pop().unwrap();
@@ -481,7 +481,7 @@ async fn each_room_a_share_reaches_is_recorded_in_the_ledger(backend: &str) {
     }
     let r = b.say("alice", "dm", "Seen today.").await;
     assert_eq!(r.iter().filter(|t| t.starts_with("New neglect concern C-1")).count(), 2, "{r:?}");
-    let entries = b.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    let entries = b.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     let share = entries.iter().find(|e| e.link.kind == "share").expect("the share is recorded");
     let delivered: Vec<_> = entries.iter().filter(|e| e.link.kind == "share.delivered").collect();
     let rooms: Vec<&str> = delivered.iter().map(|e| e.content.as_ref().unwrap()["room"].as_str().unwrap()).collect();
@@ -491,7 +491,7 @@ async fn each_room_a_share_reaches_is_recorded_in_the_ledger(backend: &str) {
         assert_eq!(d.link.run_id, share.link.run_id);
         assert!(d.link.seq > share.link.seq);
     }
-    let timeline = b.rt.store.ledger_for_case("C-1").await.unwrap();
+    let timeline = b.rt.store().ledger_for_case("C-1").await.unwrap();
     assert_eq!(timeline.iter().filter(|e| e.link.kind == "share.delivered").count(), 2);
     b.verify().await;
 }
@@ -505,7 +505,7 @@ async fn a_starter_can_cancel_a_run_that_waits_on_someone_else(backend: &str) {
     assert!(r[0].contains("can't cancel R-99"), "{r:?}");
     let r = b.say("alice", "dm", "cancel").await;
     assert!(r[0].starts_with("Cancelled."), "{r:?}");
-    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Cancelled);
+    assert_eq!(b.rt.store().run("R-1").await.unwrap().unwrap().status, RunStatus::Cancelled);
     // bea's answer now has nothing to answer, and she is told so.
     let r = b.say("bea", "dm", "yes").await;
     assert!(r[0].contains("not recorded"), "{r:?}");
@@ -516,7 +516,7 @@ async fn a_starter_can_cancel_a_run_that_waits_on_someone_else(backend: &str) {
     assert!(r[0].contains("R-2 (asklead), R-3 (asklead)"), "{r:?}");
     let r = b.say("alice", "dm", "!cancel R-3").await;
     assert!(r[0].starts_with("Cancelled."), "{r:?}");
-    assert_eq!(b.rt.store.run("R-2").await.unwrap().unwrap().status, RunStatus::Waiting);
+    assert_eq!(b.rt.store().run("R-2").await.unwrap().unwrap().status, RunStatus::Waiting);
     b.verify().await;
 }
 
@@ -551,8 +551,8 @@ async fn a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators(back
     let text = told[0].body.plain();
     assert!(text.contains("asklead.rhai:3:") && text.contains("previous version keeps serving"), "{text}");
     // The old version still serves.
-    assert!(rt.workflows.read().unwrap().by_command("asklead").is_some());
-    let entries = rt.store.ledger_page(0, 100).await.unwrap();
+    assert!(rt.workflows().read().unwrap().by_command("asklead").is_some());
+    let entries = rt.store().ledger_page(0, 100).await.unwrap();
     assert!(entries.iter().any(|e| e.link.kind == "workflow.refused"));
 }
 
@@ -563,7 +563,7 @@ async fn a_run_whose_stored_version_replays_differently_is_stopped_and_sends_not
     let mut b = bot(&url, Some(&wf)).await;
     b.say("alice", "north", "!concern").await;
     b.say("alice", "dm", "AB 2015").await;
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     // The stored source of the pinned version is changed behind Wavelet's back (the
     // only way a pinned, deterministic script can replay differently).
     let changed =
@@ -573,14 +573,14 @@ async fn a_run_whose_stored_version_replays_differently_is_stopped_and_sends_not
         changed.replace('\'', "''"),
         run.script_hash
     ));
-    if let Some(p) = b.rt.store.sqlite_pool() {
+    if let Some(p) = b.rt.store().sqlite_pool() {
         sqlx::query(sql).execute(p).await.unwrap();
     } else {
-        sqlx::query(sql).execute(b.rt.store.postgres_pool().unwrap()).await.unwrap();
+        sqlx::query(sql).execute(b.rt.store().postgres_pool().unwrap()).await.unwrap();
     }
     // A new process (nothing cached) with the file itself edited too.
     std::fs::write(wf.join("raise_concern.rhai"), &changed).unwrap();
-    b.rt.store.close().await;
+    b.rt.store().close().await;
     drop(b);
     let mut b = bot(&url, Some(&wf)).await;
     b.n = 100;
@@ -588,7 +588,7 @@ async fn a_run_whose_stored_version_replays_differently_is_stopped_and_sends_not
     assert_eq!(r.len(), 2, "the starter and the coordinator are told, nothing else: {r:?}");
     assert!(r[0].contains("something went wrong") && r[0].contains("R-1"), "{r:?}");
     assert!(r[1].contains("replaying it asked for a different step 0"), "{r:?}");
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Diverged);
     assert_eq!(run.history.len(), 2, "the history is kept as it was");
     b.verify().await;
@@ -606,10 +606,10 @@ async fn a_workflow_may_open_a_case_or_sleep_before_asking(backend: &str) {
     );
     let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
     assert!(b.say("alice", "north", "!early").await.is_empty(), "nothing to say until the timer fires");
-    assert!(b.rt.store.case("C-1").await.unwrap().is_some(), "the case is stored with its run");
+    assert!(b.rt.store().case("C-1").await.unwrap().is_some(), "the case is stored with its run");
     b.clock.advance(std::time::Duration::from_secs(61));
     assert_eq!(b.rt.fire_due_timers().await.unwrap(), 1);
-    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
     let asked: Vec<String> = b.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect();
     assert_eq!(asked, ["Anything to add?"]);
     assert_eq!(b.say("alice", "dm", "nothing").await, ["Noted on C-1"]);
@@ -626,7 +626,7 @@ async fn only_the_starter_can_cancel_and_questions_to_one_person_queue(backend: 
     // bea was asked by alice's workflow: not hers to cancel.
     let r = b.say("bea", "dm", "cancel").await;
     assert!(r[0].contains("only they can cancel it"), "{r:?}");
-    assert_eq!(b.rt.store.run("R-1").await.unwrap().unwrap().status, RunStatus::Waiting);
+    assert_eq!(b.rt.store().run("R-1").await.unwrap().unwrap().status, RunStatus::Waiting);
     // bea may still start her own concern; its first question waits behind alice's.
     let r = b.say("bea", "north", "!concern").await;
     assert_eq!(r.len(), 1, "{r:?}");
@@ -660,13 +660,13 @@ async fn a_message_sent_before_the_question_is_not_taken_as_its_answer(backend: 
     let dir = tempfile::tempdir().unwrap();
     let mut b = bot(&fresh(backend, dir.path()).await, None).await;
     b.say("alice", "north", "!concern").await;
-    let asked_at = b.rt.clock.now();
+    let asked_at = b.rt.now();
     b.clock.advance(std::time::Duration::from_secs(5));
     b.say("alice", "dm", "AB 2015").await;
     // Typed before the second question existed (e.g. a burst of two messages).
     let r = b.say_at("alice", "dm", "Hungry every morning", "burst-2", asked_at).await;
     assert!(r[0].contains("before my question did"), "{r:?}");
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.history.len(), 2, "the burst was not recorded as the category");
 }
 
@@ -682,10 +682,10 @@ async fn sharing_under_a_case_that_does_not_exist_fails_the_run(backend: &str) {
     let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
     let r = b.say("alice", "north", "!stray").await;
     assert!(r.iter().all(|m| !m.contains("about nobody")), "nothing shared: {r:?}");
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     assert!(run.error.unwrap().contains("no case `C-999`"));
-    let entries = b.rt.store.ledger_page(0, 100).await.unwrap();
+    let entries = b.rt.store().ledger_page(0, 100).await.unwrap();
     assert!(!entries.iter().any(|e| e.link.kind == "share"));
 }
 
@@ -707,7 +707,7 @@ async fn a_decision_not_to_share_is_recorded_like_a_share_and_sends_nothing(back
     let mut b = bot(&fresh(backend, dir.path()).await, Some(&wf)).await;
     let said = b.say("alice", "north", "!noshare").await;
     assert_eq!(said, ["Recorded C-1"], "only the starter hears back; nothing reaches the group");
-    let entries = b.rt.store.ledger_page(0, 100).await.unwrap();
+    let entries = b.rt.store().ledger_page(0, 100).await.unwrap();
     let declined: Vec<_> = entries.iter().filter(|e| e.link.kind == "share.declined").collect();
     assert_eq!(declined.len(), 1);
     assert_eq!(declined[0].link.case_id.as_deref(), Some("C-1"));
@@ -731,10 +731,10 @@ async fn a_decision_not_to_share_is_recorded_like_a_share_and_sends_nothing(back
 
     // Like a share, it needs a case that exists.
     b.say("alice", "north", "!strayno").await;
-    let run = b.rt.store.run("R-2").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-2").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     assert!(run.error.unwrap().contains("no case `C-999`"));
-    let entries = b.rt.store.ledger_page(0, 100).await.unwrap();
+    let entries = b.rt.store().ledger_page(0, 100).await.unwrap();
     assert_eq!(entries.iter().filter(|e| e.link.kind == "share.declined").count(), 1, "nothing recorded for it");
     b.verify().await;
 }
@@ -761,7 +761,7 @@ async fn concurrent_delivery_passes_send_each_message_once(backend: &str) {
     let b = bot(&url, None).await;
     // A second process on the same store: its passes claim rows too.
     let other = bot(&url, None).await;
-    let mut tx = b.rt.store.begin().await.unwrap();
+    let mut tx = b.rt.store().begin().await.unwrap();
     for i in 0..30 {
         let m = OutboundMessage {
             idempotency_key: format!("k{i}"),
@@ -775,7 +775,7 @@ async fn concurrent_delivery_passes_send_each_message_once(backend: &str) {
     let slow = Arc::new(Slow(Mutex::default()));
     let mut adapters = Adapters::default();
     adapters.add(slow.clone());
-    let now = b.rt.clock.now();
+    let now = b.rt.now();
     let passes = (0..4).map(|i| {
         let (rt, adapters) = (if i % 2 == 0 { b.rt.clone() } else { other.rt.clone() }, adapters.clone());
         tokio::spawn(async move { deliver_pending(&rt, &adapters, now).await.unwrap() })
@@ -797,7 +797,7 @@ async fn a_concern_survives_a_restart_mid_dialog(backend: &str) {
     let mut b = bot(&url, None).await;
     assert_eq!(b.say("alice", "north", "!concern").await.len(), 1);
     b.say("alice", "dm", "AB 2015").await;
-    b.rt.store.close().await;
+    b.rt.store().close().await;
     drop(b);
 
     // A new process on the same store carries on where the run was.
@@ -809,7 +809,7 @@ async fn a_concern_survives_a_restart_mid_dialog(backend: &str) {
     let r = b.say("alice", "dm", "Hungry every morning.").await;
     assert_eq!(r.len(), 2, "{r:?}");
     assert!(r[0].starts_with("New neglect concern C-1, risk: no"), "{r:?}");
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Finished);
     assert!(b.verify().await >= 12);
 }
@@ -821,9 +821,9 @@ async fn a_redelivered_event_is_handled_once(backend: &str) {
     assert!(b.say_with_id("alice", "north", "!concern", "evt-1").await.is_empty());
     b.say_with_id("alice", "dm", "AB 2015", "evt-2").await;
     assert!(b.say_with_id("alice", "dm", "AB 2015", "evt-2").await.is_empty());
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.history.len(), 2, "one answer recorded, one question pending");
-    assert!(b.rt.store.run("R-2").await.unwrap().is_none(), "no second run");
+    assert!(b.rt.store().run("R-2").await.unwrap().is_none(), "no second run");
 }
 
 async fn hostile_answers_are_refused_and_lose_nothing(backend: &str) {
@@ -842,7 +842,7 @@ async fn hostile_answers_are_refused_and_lose_nothing(backend: &str) {
     let odd = "Said \u{202E}olleh\u{202C} and\u{200B} \0left.";
     let r = b.say("alice", "dm", odd).await;
     assert!(r[0].starts_with("New neglect concern C-1"), "{r:?}");
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Finished);
     b.verify().await;
 }
@@ -864,10 +864,10 @@ async fn a_failing_script_tells_the_starter_and_the_coordinators(backend: &str) 
     // Coordinators get where; the ledger keeps what (it may quote what someone typed).
     assert!(r[1].contains("broken.rhai") && r[1].contains("R-1"), "{r:?}");
     assert!(!r[1].contains("answer"), "{r:?}");
-    let run = b.rt.store.run("R-1").await.unwrap().unwrap();
+    let run = b.rt.store().run("R-1").await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     // The answer given before the failure is still in the ledger.
-    let entries = b.rt.store.ledger_page(0, 1000).await.unwrap();
+    let entries = b.rt.store().ledger_page(0, 1000).await.unwrap();
     assert!(entries.iter().any(|e| e.link.kind == "question.answered"));
     let failed = entries.iter().find(|e| e.link.kind == "run.failed").expect("run.failed recorded");
     assert!(failed.content.as_ref().unwrap()["error"].as_str().unwrap().contains("endless loop"), "{failed:?}");
@@ -887,14 +887,14 @@ async fn runs_keep_the_version_they_began_with(backend: &str) {
     b.say("alice", "north", "!ask").await;
     // The coordinator edits the workflow while alice's run waits.
     std::fs::write(wf.join("ask.rhai"), v("version two")).unwrap();
-    let report = b.rt.workflows.write().unwrap().reload(&b.rt.engine, &wf);
+    let report = b.rt.workflows().write().unwrap().reload(b.rt.engine(), &wf);
     assert_eq!(report.loaded.len(), 1);
     assert_eq!(b.say("alice", "dm", "x").await, ["version one"]);
     b.say("bea", "north", "!ask").await;
     assert_eq!(b.say("bea", "dm", "y").await, ["version two"]);
     // An edit that does not compile is refused; the last good version keeps serving.
     std::fs::write(wf.join("ask.rhai"), "fn run(ctx) { let = ; }").unwrap();
-    let report = b.rt.workflows.write().unwrap().reload(&b.rt.engine, &wf);
+    let report = b.rt.workflows().write().unwrap().reload(b.rt.engine(), &wf);
     assert_eq!(report.refused.len(), 1);
     assert!(report.refused[0].to_string().contains("ask.rhai:1:"), "{}", report.refused[0]);
     b.say("dana", "north", "!ask").await;
@@ -932,12 +932,12 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
     let app_url = as_user(&owner_url, &role);
 
     // Before the owner has migrated, the role cannot, and is told what to do.
-    let refused = wavelet::store::Store::open(&app_url).await.expect_err("the role may not create the schema");
+    let refused = wavelet_store::Store::open(&app_url).await.expect_err("the role may not create the schema");
     assert!(refused.to_string().contains("wavelet store grant ROLE"), "{refused}");
 
-    let owner = wavelet::store::Store::open(&owner_url).await.unwrap();
+    let owner = wavelet_store::Store::open(&owner_url).await.unwrap();
     // Roles no grant could hold are refused, each saying why.
-    let refusal = |e: wavelet::store::Error| e.to_string();
+    let refusal = |e: wavelet_store::Error| e.to_string();
     assert!(refusal(owner.grant("Robert'); DROP TABLE ledger;--").await.unwrap_err()).contains("not a role name"));
     assert!(refusal(owner.grant("nobody_here").await.unwrap_err()).contains("no database role"));
     let me = owner_url.split("://").nth(1).unwrap().split('@').next().unwrap().split(':').next().unwrap();
@@ -958,7 +958,7 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
     owner.grant(&role).await.unwrap();
     owner.close().await;
     // Only the role's own grantor can grant: the role cannot grant itself more.
-    let by_role = wavelet::store::Store::open(&app_url).await.unwrap();
+    let by_role = wavelet_store::Store::open(&app_url).await.unwrap();
     assert!(refusal(by_role.grant(&role).await.unwrap_err()).contains("run `wavelet store grant"));
     by_role.close().await;
     // Every table Wavelet has is granted to it (a table a later migration adds must be).
@@ -989,8 +989,8 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
     assert!(acked.iter().any(|t| t.contains("you have acknowledged C-1")), "{acked:?}");
     b.clock.advance(std::time::Duration::from_secs(24 * 3600));
     b.rt.fire_due_timers().await.unwrap();
-    deliver_pending(&b.rt, &b.adapters, b.rt.clock.now()).await.unwrap();
-    let entries = b.rt.store.ledger_page(0, i64::MAX).await.unwrap();
+    deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
+    let entries = b.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     assert!(entries.iter().any(|e| e.link.kind == "ledger.witnessed"), "the witness fired as the role");
     let note = entries.iter().find(|e| e.link.kind == "case.note").unwrap().link.seq;
     assert!(wavelet::audit::erase(&b.rt, "rey", note, "retention period ended").await.unwrap());
@@ -1017,7 +1017,7 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
         assert!(e.contains(why), "`{sql}` was refused, but not for `{why}`: {e}");
     }
     assert_eq!(b.verify().await, entries_now, "nothing changed");
-    b.rt.store.close().await;
+    b.rt.store().close().await;
 
     // A database a newer Wavelet migrated further is not opened by this one, owner or not
     // (the two must not run side by side).
@@ -1029,7 +1029,7 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
     .await
     .unwrap();
     for url in [&owner_url, &app_url] {
-        let e = wavelet::store::Store::open(url).await.expect_err("an older Wavelet refuses a newer schema");
+        let e = wavelet_store::Store::open(url).await.expect_err("an older Wavelet refuses a newer schema");
         assert!(e.to_string().contains("holds migration 99990101000000, which this Wavelet does not know"), "{e}");
     }
 

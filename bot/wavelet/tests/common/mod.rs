@@ -64,7 +64,7 @@ impl Bot {
     }
 
     pub async fn say_with_id(&mut self, who: &str, room: &str, text: &str, id: &str) -> Vec<String> {
-        let at = self.rt.clock.now();
+        let at = self.rt.now();
         self.say_at(who, room, text, id, at).await
     }
 
@@ -83,12 +83,12 @@ impl Bot {
             on_message: None,
         };
         self.rt.handle_events(&[ev]).await.unwrap();
-        deliver_pending(&self.rt, &self.adapters, self.rt.clock.now()).await.unwrap();
+        deliver_pending(&self.rt, &self.adapters, self.rt.now()).await.unwrap();
         self.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect()
     }
 
     pub async fn verify(&self) -> i64 {
-        wavelet::audit::verify_store(&self.rt.store).await.unwrap().expect("ledger verifies").entries
+        self.rt.store().verify(&[]).await.unwrap().expect("ledger verifies").entries
     }
 }
 

@@ -141,7 +141,7 @@ impl Bot {
         if let Some(b) = self.background.take() {
             b.stop().await;
         }
-        self.rt.store.close().await;
+        self.rt.store().close().await;
     }
 }
 

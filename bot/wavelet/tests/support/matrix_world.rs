@@ -300,6 +300,6 @@ impl Bot {
         if let Some(b) = self.background.take() {
             b.stop().await;
         }
-        self.rt.store.close().await;
+        self.rt.store().close().await;
     }
 }

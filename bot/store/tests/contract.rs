@@ -21,13 +21,13 @@ use sqlx::{AssertSqlSafe, Connection};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use wavelet::runtime::ManualClock;
-use wavelet::store::{
-    CaseRow, ClaimedMessage, Claimer, DueTimer, EscalationRow, EscalationStatus, RunRow, RunStatus, Store,
-};
+use wavelet_core::clock::ManualClock;
 use wavelet_core::engine::{AnswerSpec, EffectKind, HistoryEntry, Wait};
 use wavelet_core::ledger::{self, ChainFault, Draft, EntryKind, Head, StoredEntry};
 use wavelet_core::{MessageBody, Millis, OutboundMessage, Platform, RoomRef};
+use wavelet_store::{
+    CaseRow, ClaimedMessage, Claimer, DueTimer, EscalationRow, EscalationStatus, RunRow, RunStatus, Store,
+};
 
 // ---------------------------------------------------------------------------------------
 // Backends
@@ -121,7 +121,7 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 fn redacted(url: &str) -> String {
-    wavelet::store::redact(url)
+    wavelet_store::redact(url)
 }
 
 /// Drops a test database (best effort, also when the test panicked). Runs on a thread of
@@ -1004,9 +1004,9 @@ async fn a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anythi
     other.commit().await.unwrap();
     // Not in view, so it needs the database: refused when it takes the lock.
     let refused = next.record_inbox("console", "e2", Millis(3)).await.expect_err("something committed in between");
-    assert!(matches!(refused, wavelet::store::Error::Superseded), "{refused}");
+    assert!(matches!(refused, wavelet_store::Error::Superseded), "{refused}");
     let refused = next.commit().await.expect_err("still refused");
-    assert!(matches!(refused, wavelet::store::Error::Superseded), "{refused}");
+    assert!(matches!(refused, wavelet_store::Error::Superseded), "{refused}");
     let head = store.ledger_head().await.unwrap();
     assert_eq!(head.seq, 3, "only the first's entry");
     ledger::verify(store.ledger_page(0, 100).await.unwrap(), &head).expect("still one unbroken chain");
@@ -1025,7 +1025,7 @@ async fn a_carried_on_transaction_sees_what_came_before_and_is_refused_if_anythi
     next.append(draft(15, EntryKind::CaseNote, None, Some("R-1"), json!({ "n": 4 })));
     commit.await.expect_err("the case id is taken");
     let refused = next.commit().await.expect_err("the one before failed");
-    assert!(matches!(refused, wavelet::store::Error::Superseded), "{refused}");
+    assert!(matches!(refused, wavelet_store::Error::Superseded), "{refused}");
     let head = store.ledger_head().await.unwrap();
     assert_eq!(head.seq, 3, "neither kept an entry");
     ledger::verify(store.ledger_page(0, 100).await.unwrap(), &head).expect("still one unbroken chain");
@@ -1487,12 +1487,12 @@ async fn tampering_deleted_last_entry_is_found(store: &Store) {
 /// and `verify` names the content's entry.
 async fn tampering_content_without_an_entry_is_found(store: &Store) {
     build_chain(store, 6).await;
-    assert!(wavelet::audit::verify_store(store).await.unwrap().is_ok(), "sound before");
+    assert!(store.verify(&[]).await.unwrap().is_ok(), "sound before");
     let mut raw = Raw::connect(store).await;
     raw.must("INSERT INTO ledger_content (seq, content) VALUES (9, '{\"answer\":\"planted\"}')", 1).await;
     raw.close().await;
     assert_eq!(store.ledger_page(0, 100).await.unwrap().len(), 6, "the chain reads as before");
-    let f = wavelet::audit::verify_store(store).await.unwrap().expect_err("verify must find the planted content");
+    let f = store.verify(&[]).await.unwrap().expect_err("verify must find the planted content");
     assert_eq!(f.seq, 9, "{f}");
     assert!(f.problem.contains("ahead of the chain") && f.problem.contains("owner removes"), "{f}");
     // Wavelet does not take the planted row for entry 9's content: that append fails.
@@ -1504,7 +1504,7 @@ async fn tampering_content_without_an_entry_is_found(store: &Store) {
     tx.append(draft(20_009, EntryKind::QuestionAnswered, None, None, json!({ "step": 9 })));
     assert!(tx.commit().await.is_err(), "entry 9 cannot be appended over planted content");
     assert_eq!(store.ledger_head().await.unwrap().seq, 8);
-    assert_eq!(wavelet::audit::verify_store(store).await.unwrap().expect_err("still found").seq, 9);
+    assert_eq!(store.verify(&[]).await.unwrap().expect_err("still found").seq, 9);
 }
 
 async fn tampering_deleted_content_row_is_not_taken_for_an_erasure(store: &Store) {
@@ -1522,7 +1522,7 @@ async fn tampering_rewritten_chain_is_found_by_its_witnesses(store: &Store) {
         .iter()
         .map(|e| ledger::Witness { seq: e.link.seq, hash: e.link.hash.clone() })
         .collect();
-    let ok = wavelet::audit::verify_store_witnessed(store, &posted).await.unwrap().expect("untouched, it matches");
+    let ok = store.verify(&posted).await.unwrap().expect("untouched, it matches");
     assert_eq!(ok.witnessed, 2);
 
     let mut head = Head { seq: 3, hash: before[2].link.hash.clone() };
@@ -1560,8 +1560,8 @@ async fn tampering_rewritten_chain_is_found_by_its_witnesses(store: &Store) {
 
     let rewritten = store.ledger_page(0, 100).await.unwrap();
     assert_eq!(rewritten[3].content.as_ref().unwrap()["answer"], "nothing happened", "the rewrite happened");
-    assert!(wavelet::audit::verify_store(store).await.unwrap().is_ok(), "on its own the rewritten chain verifies");
-    let f = wavelet::audit::verify_store_witnessed(store, &posted).await.unwrap().expect_err("its witness tells");
+    assert!(store.verify(&[]).await.unwrap().is_ok(), "on its own the rewritten chain verifies");
+    let f = store.verify(&posted).await.unwrap().expect_err("its witness tells");
     assert_eq!(f.seq, 5, "{f}");
     assert!(f.problem.contains("differs from its witness") && f.problem.contains("after entry 3"), "{f}");
 }
@@ -1593,7 +1593,7 @@ async fn a_sqlite_log_grown_by_a_large_transaction_is_cut_back_to_its_limit() {
     let db = TestDb::new(Backend::Sqlite).await;
     let file = sqlite_file(&db.store);
     let log = file.with_file_name(format!("{}-wal", file.file_name().unwrap().to_string_lossy()));
-    let limit = wavelet::store::SQLITE_LOG_LIMIT;
+    let limit = wavelet_store::SQLITE_LOG_LIMIT;
     // One transaction of limit + 8 MiB, made by SQLite itself (no copies in this process).
     let rows = (limit + 8 * 1024 * 1024) / 100_000;
     let mut raw = Raw::connect(&db.store).await;
@@ -1689,7 +1689,7 @@ async fn a_sqlite_ledger_from_before_rowid_keys_is_upgraded_with_its_chain_intac
     let store = Store::open(&format!("sqlite://{}", file.display())).await.unwrap();
     assert_eq!(store.ledger_page(0, 100).await.unwrap(), before, "every entry, content and erasure as it was");
     assert_eq!(store.ledger_head().await.unwrap(), head);
-    assert!(wavelet::audit::verify_store(&store).await.unwrap().is_ok(), "the chain verifies");
+    assert!(store.verify(&[]).await.unwrap().is_ok(), "the chain verifies");
     let mut raw = Raw::connect(&store).await;
     let Raw::Sqlite(c) = &mut raw else { unreachable!("a SQLite store") };
     assert_eq!(chain_rows(c).await, rows_before, "every column of every row, erasure time and reason too");

@@ -3,6 +3,10 @@
 //! content (the content itself sits beside the chain, so a lawful erasure can remove it
 //! and leave the hash) and the hash of the entry before it.
 
+mod records;
+
+pub use records::{AuditReadOf, OutboxMessage, Recipient, Record, ScheduleOrigin, StoppedEscalation};
+
 use crate::domain::Millis;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -339,6 +343,16 @@ impl std::str::FromStr for Witness {
 impl fmt::Display for Witness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+/// Content stored for entry `seq`, ahead of the chain's head: written around Wavelet.
+pub fn content_ahead(seq: i64) -> ChainFault {
+    ChainFault {
+        seq,
+        problem: "content is stored for this entry, ahead of the chain (written around Wavelet): Wavelet cannot \
+                  append this entry until the database's owner removes that row (keep a copy for the investigation)"
+            .into(),
     }
 }
 

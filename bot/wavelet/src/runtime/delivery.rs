@@ -1,0 +1,75 @@
+//! What delivery reports back: a share's arrival recorded in the ledger, and a message
+//! that cannot be delivered parked and surfaced.
+
+use super::*;
+
+impl Runtime {
+    /// Records that a claimed message was delivered. One room's copy of a share is also
+    /// recorded in the ledger (`share.delivered`), in the same transaction: never one
+    /// without the other, and once however often the message was sent.
+    pub async fn record_delivery(&self, c: &wavelet_store::ClaimedMessage, at: Millis) -> store::Result<()> {
+        let Some(case) = &c.share_case else {
+            return self.store.mark_delivered(c.id, at).await;
+        };
+        let mut tx = self.store.begin().await?;
+        if tx.mark_delivered(c.id, at).await? {
+            tx.append(Draft {
+                at,
+                kind: EntryKind::ShareDelivered,
+                case_id: Some(case.clone()),
+                run_id: c.run_id.clone(),
+                actor: WAVELET.into(),
+                script_hash: None,
+                content: crate::adapter::describe(c),
+            });
+        }
+        tx.commit().await
+    }
+
+    /// A message that will not be delivered: parked (kept, never retried), recorded in the
+    /// ledger, and every coordinator told, on another platform than the failing one where
+    /// they have an account there, all in one transaction.
+    /// A notice about a failed notice is recorded only (it would fail the same way).
+    pub async fn park_and_surface(
+        &self,
+        c: &wavelet_store::ClaimedMessage,
+        attempts: i32,
+        error: &str,
+    ) -> store::Result<()> {
+        let now = self.clock.now();
+        let failing = c.message.room.platform();
+        let mut tx = self.store.begin().await?;
+        tx.park(c.id, error, now).await?;
+        let mut content = crate::adapter::describe(c);
+        content["attempts"] = json!(attempts);
+        content["error"] = json!(error);
+        tx.append(Draft {
+            at: now,
+            kind: EntryKind::DeliveryFailed,
+            case_id: None,
+            run_id: c.run_id.clone(),
+            actor: WAVELET.into(),
+            script_hash: None,
+            content,
+        });
+        tracing::error!(outbox = c.id, platform = %failing, attempts, "message parked: it could not be delivered");
+        if !c.message.idempotency_key.starts_with("failed:") {
+            let text = render::delivery_failed_for_coordinator(
+                &c.message.idempotency_key,
+                &c.message.room.to_string(),
+                attempts,
+                c.run_id.as_deref(),
+            );
+            // Where they can, on another platform than the failing one.
+            let elsewhere = |p: &wavelet_core::config::Person| {
+                let other = p.accounts.iter().find(|a| a.platform != failing).map_or(failing, |a| a.platform);
+                self.dir.direct_room(p, other)
+            };
+            let key = keys::parked(c.id);
+            self.queue_for_coordinators(&mut tx, &key, &text, elsewhere, c.run_id.as_deref(), now).await?;
+        }
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
