@@ -102,6 +102,12 @@ pub fn workflow_refused(file: &str, at: i64) -> String {
     format!("refused:{file}:{at}")
 }
 
+/// The coordinators' notice that schedule `id`, due at `due_at` (ms), could not start its
+/// workflow (one per coordinator, see [`for_person`]): `schedule:<id>:<due>`.
+pub fn schedule_failed(id: &str, due_at: i64) -> String {
+    format!("schedule:{id}:{due_at}")
+}
+
 /// One person's copy of a notice sent to several: `<key>:<person>`.
 pub fn for_person(key: &str, person: &str) -> String {
     format!("{key}:{person}")
@@ -134,6 +140,7 @@ mod tests {
         check(witness_withheld(1_764_000_000_000), "witness:1764000000000:withheld");
         check(workflow_reloaded("abc", 7), "reload:abc:7");
         check(workflow_refused("x.rhai", 7), "refused:x.rhai:7");
+        check(schedule_failed("monday-digest", 7), "schedule:monday-digest:7");
         check(for_person(&parked(42), "cora"), "failed:42:cora");
     }
 }

@@ -5,7 +5,7 @@ use crate::rows::{EntryTuple, entry_from_tuple};
 use crate::{ENTRY_PAGE_SQL, Error, Result, Store};
 use wavelet_core::Millis;
 use wavelet_core::ledger::{
-    ChainFault, Draft, Head, StoredEntry, VerifyReport, Witness, content_ahead, verify_witnessed,
+    ChainFault, Draft, Head, Record, StoredEntry, VerifyReport, Witness, content_ahead, verify_witnessed,
 };
 
 impl Store {
@@ -28,15 +28,7 @@ impl Store {
         if n != 1 {
             return Ok(false);
         }
-        tx.append(Draft {
-            at,
-            kind: wavelet_core::ledger::EntryKind::ContentErased,
-            case_id: None,
-            run_id: None,
-            actor: actor.to_string(),
-            script_hash: None,
-            content: serde_json::json!({ "seq": seq, "reason": reason }),
-        });
+        tx.append(Draft::of(at, actor, Record::ContentErased { seq, reason: reason.to_string() }));
         tx.commit().await?;
         Ok(true)
     }

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wavelet_core::ledger::OutboxMessage;
 use wavelet_core::{Millis, OutboundMessage, Platform};
 use wavelet_store::{self as store, CLAIM_BATCH, ClaimedMessage};
 
@@ -337,14 +338,14 @@ impl Drop for PassCounted<'_> {
     }
 }
 
-/// What a parked message was, for the ledger.
-pub fn describe(c: &ClaimedMessage) -> serde_json::Value {
-    serde_json::json!({
-        "outbox": c.id,
-        "key": c.message.idempotency_key,
-        "room": c.message.room.to_string(),
-        "run": c.run_id,
-    })
+/// Which outbox message this was, for the ledger.
+pub fn describe(c: &ClaimedMessage) -> OutboxMessage {
+    OutboxMessage {
+        outbox: c.id,
+        key: c.message.idempotency_key.clone(),
+        room: c.message.room.to_string(),
+        run: c.run_id.clone(),
+    }
 }
 
 #[cfg(test)]

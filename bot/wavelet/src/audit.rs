@@ -4,7 +4,7 @@
 use crate::runtime::Runtime;
 use serde_json::json;
 use std::io::Write;
-use wavelet_core::ledger::{Draft, EntryKind, StoredEntry};
+use wavelet_core::ledger::{AuditReadOf, Draft, Record, StoredEntry};
 use wavelet_core::{Directory, roles, text};
 use wavelet_store as store;
 
@@ -31,17 +31,8 @@ fn check_reader(dir: &Directory, reader: &str) -> Result<(), AuditError> {
     }
 }
 
-async fn record_read(rt: &Runtime, reader: &str, case_id: Option<&str>, what: serde_json::Value) -> store::Result<()> {
-    rt.record(Draft {
-        at: rt.now(),
-        kind: EntryKind::AuditRead,
-        case_id: case_id.map(str::to_string),
-        run_id: None,
-        actor: reader.to_string(),
-        script_hash: None,
-        content: what,
-    })
-    .await
+async fn record_read(rt: &Runtime, reader: &str, case_id: Option<&str>, what: AuditReadOf) -> store::Result<()> {
+    rt.record(Draft::of(rt.now(), reader, Record::AuditRead(what)).about(case_id.map(str::to_string))).await
 }
 
 fn summary(e: &StoredEntry) -> String {
@@ -76,7 +67,7 @@ fn summary(e: &StoredEntry) -> String {
 pub async fn show_case(rt: &Runtime, reader: &str, case_id: &str, out: &mut dyn Write) -> Result<(), AuditError> {
     check_reader(rt.directory(), reader)?;
     let case = rt.store().case(case_id).await?.ok_or_else(|| AuditError::NoCase(case_id.to_string()))?;
-    record_read(rt, reader, Some(case_id), json!({ "read": "case timeline", "case": case_id })).await?;
+    record_read(rt, reader, Some(case_id), AuditReadOf::case(case_id)).await?;
     writeln!(
         out,
         "Case {} — {} concern, risk {}, status {}, group {}, opened {} by run {}",
@@ -107,7 +98,7 @@ pub async fn export(rt: &Runtime, reader: &str, format: Format, out: &mut dyn Wr
         Format::Jsonl => "jsonl",
         Format::Csv => "csv",
     };
-    record_read(rt, reader, None, json!({ "read": "export", "format": fmt })).await?;
+    record_read(rt, reader, None, AuditReadOf::export(fmt)).await?;
     if format == Format::Csv {
         writeln!(out, "seq,at,kind,case_id,run_id,actor,script_hash,content_hash,prev_hash,hash,content")?;
     }

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wavelet_core::config::MatrixConfig;
-use wavelet_core::ledger::{Draft, EntryKind};
+use wavelet_core::ledger::{Draft, Record};
 use wavelet_core::{Account, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef};
 
 /// The environment variables the adapter reads its secrets from.
@@ -370,15 +370,9 @@ impl MatrixAdapter {
         if let Err(e) = room.leave().await {
             tracing::warn!(room = %room.room_id(), error = %e, "declining the invite failed");
         }
-        let draft = Draft {
-            at: self.rt.now(),
-            kind: EntryKind::RefusedInvite,
-            case_id: None,
-            run_id: None,
-            actor: inviter.map_or_else(|| "unknown".into(), |u| format!("matrix:{u}")),
-            script_hash: None,
-            content: serde_json::json!({ "room": format!("matrix:{}", room.room_id()), "direct": direct }),
-        };
+        let inviter = inviter.map_or_else(|| "unknown".into(), |u| format!("matrix:{u}"));
+        let refused = Record::RefusedInvite { room: format!("matrix:{}", room.room_id()), direct };
+        let draft = Draft::of(self.rt.now(), inviter, refused);
         if let Err(e) = self.rt.record(draft).await {
             tracing::warn!(error = %e, "declined invite not recorded");
         }

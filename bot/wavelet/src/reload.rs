@@ -5,7 +5,7 @@
 use crate::runtime::Runtime;
 use crate::workflows::LoadReport;
 use std::sync::Arc;
-use wavelet_core::ledger::{Draft, EntryKind};
+use wavelet_core::ledger::{Draft, Record};
 use wavelet_core::{keys, render};
 
 /// Records what a (re)load found in the ledger and tells the coordinators about refused
@@ -14,15 +14,8 @@ use wavelet_core::{keys, render};
 pub async fn record(rt: &Runtime, report: &LoadReport, announce_loads: bool) {
     for (name, hash) in &report.loaded {
         tracing::info!(workflow = %name, version = %&hash[..12], "workflow loaded");
-        let draft = Draft {
-            at: rt.now(),
-            kind: EntryKind::WorkflowLoaded,
-            case_id: None,
-            run_id: None,
-            actor: "wavelet".into(),
-            script_hash: Some(hash.clone()),
-            content: serde_json::json!({ "workflow": name }),
-        };
+        let loaded = Record::WorkflowLoaded { workflow: name.clone() };
+        let draft = Draft::of(rt.now(), "wavelet", loaded).in_run(None, Some(hash.clone()));
         if let Err(e) = rt.record(draft).await {
             tracing::warn!(error = %e, "workflow load not recorded");
         }
@@ -34,15 +27,8 @@ pub async fn record(rt: &Runtime, report: &LoadReport, announce_loads: bool) {
     }
     for e in &report.refused {
         tracing::warn!(file = %e.file, line = e.line, "workflow refused");
-        let draft = Draft {
-            at: rt.now(),
-            kind: EntryKind::WorkflowRefused,
-            case_id: None,
-            run_id: None,
-            actor: "wavelet".into(),
-            script_hash: None,
-            content: serde_json::json!({ "file": e.file, "error": e.to_string() }),
-        };
+        let refused = Record::WorkflowRefused { file: e.file.clone(), error: e.to_string() };
+        let draft = Draft::of(rt.now(), "wavelet", refused);
         if let Err(err) = rt.record(draft).await {
             tracing::warn!(error = %err, "workflow refusal not recorded");
         }

@@ -109,7 +109,7 @@ impl Runtime {
                 run.status = RunStatus::Finished;
                 run.clear_wait();
                 tracing::info!(run = %run.id, "run finished");
-                tx.append(self.draft(&run, EntryKind::RunFinished, None, now, json!({})));
+                tx.append(self.draft(&run, None, now, Record::RunFinished {}));
             }
             Outcome::Failed(err) => {
                 run.status = RunStatus::Failed;
@@ -117,7 +117,7 @@ impl Runtime {
                 // Log where, never what: the message may quote what someone typed.
                 tracing::warn!(run = %run.id, file = %err.file, line = err.line, column = err.column, "run failed");
                 run.error = Some(err.to_string());
-                tx.append(self.draft(&run, EntryKind::RunFailed, None, now, json!({ "error": err.to_string() })));
+                tx.append(self.draft(&run, None, now, Record::RunFailed { error: Some(err.to_string()) }));
                 let to_starter = render::run_failed_for_person(&run.id);
                 self.tell_person(tx, &run, &run.starter, platform, keys::RunNotice::Failed, to_starter, now).await?;
                 // Where, not what: the message may quote what someone typed. The ledger
@@ -133,10 +133,9 @@ impl Runtime {
                 tracing::error!(run = %run.id, step, "run diverged on replay");
                 tx.append(self.draft(
                     &run,
-                    EntryKind::RunDiverged,
                     None,
                     now,
-                    json!({ "step": step, "recorded": recorded, "requested": requested }),
+                    Record::RunDiverged { step, recorded: recorded.clone(), requested: requested.clone() },
                 ));
                 let to_starter = render::run_failed_for_person(&run.id);
                 self.tell_person(tx, &run, &run.starter, platform, keys::RunNotice::Failed, to_starter, now).await?;

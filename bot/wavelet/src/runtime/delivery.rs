@@ -13,15 +13,8 @@ impl Runtime {
         };
         let mut tx = self.store.begin().await?;
         if tx.mark_delivered(c.id, at).await? {
-            tx.append(Draft {
-                at,
-                kind: EntryKind::ShareDelivered,
-                case_id: Some(case.clone()),
-                run_id: c.run_id.clone(),
-                actor: WAVELET.into(),
-                script_hash: None,
-                content: crate::adapter::describe(c),
-            });
+            let delivered = Record::ShareDelivered(crate::adapter::describe(c));
+            tx.append(Draft::of(at, WAVELET, delivered).about(Some(case.clone())).in_run(c.run_id.clone(), None));
         }
         tx.commit().await
     }
@@ -40,18 +33,9 @@ impl Runtime {
         let failing = c.message.room.platform();
         let mut tx = self.store.begin().await?;
         tx.park(c.id, error, now).await?;
-        let mut content = crate::adapter::describe(c);
-        content["attempts"] = json!(attempts);
-        content["error"] = json!(error);
-        tx.append(Draft {
-            at: now,
-            kind: EntryKind::DeliveryFailed,
-            case_id: None,
-            run_id: c.run_id.clone(),
-            actor: WAVELET.into(),
-            script_hash: None,
-            content,
-        });
+        let failed =
+            Record::DeliveryFailed { message: crate::adapter::describe(c), attempts, error: error.to_string() };
+        tx.append(Draft::of(now, WAVELET, failed).in_run(c.run_id.clone(), None));
         tracing::error!(outbox = c.id, platform = %failing, attempts, "message parked: it could not be delivered");
         if !c.message.idempotency_key.starts_with("failed:") {
             let text = render::delivery_failed_for_coordinator(

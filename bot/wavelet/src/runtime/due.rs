@@ -110,15 +110,8 @@ impl Runtime {
             _ => return Ok(false),
         };
         let late_ms = (now.0 - t.due_at.0).max(0);
-        tx.append(Draft {
-            at: now,
-            kind: EntryKind::TimerFired,
-            case_id: None,
-            run_id: Some(run.id.clone()),
-            actor: WAVELET.into(),
-            script_hash: Some(run.script_hash.clone()),
-            content: json!({ "step": t.step, "due": t.due_at.rfc3339(), "late_ms": late_ms }),
-        });
+        let fired = Record::TimerFired { step: t.step, due: t.due_at.rfc3339(), late_ms };
+        tx.append(Draft::of(now, WAVELET, fired).in_run(Some(run.id.clone()), Some(run.script_hash.clone())));
         if late_ms > esc::LATE_NOTICE_MS {
             tracing::warn!(run = %run.id, late_ms, "timer fired late");
         }

@@ -23,10 +23,15 @@ impl Runtime {
                 let room = self.dm_room(person, platform);
                 tx.append(self.draft(
                     run,
-                    EntryKind::QuestionAsked,
                     None,
                     now,
-                    json!({ "step": step, "to": person, "room": room.as_ref().map(|r| r.to_string()), "prompt": prompt, "choices": spec.choices }),
+                    Record::QuestionAsked {
+                        step: *step,
+                        to: person.clone(),
+                        room: room.as_ref().map(|r| r.to_string()),
+                        prompt: prompt.clone(),
+                        choices: spec.choices.clone(),
+                    },
                 ));
                 let Some(room) = room else { return Ok(()) };
                 // Questions to one person in one room are asked one at a time.
@@ -50,10 +55,9 @@ impl Runtime {
             Effect::Tell { step, person, text } => {
                 tx.append(self.draft(
                     run,
-                    EntryKind::MessageTold,
                     None,
                     now,
-                    json!({ "step": step, "to": person, "text": text }),
+                    Record::MessageTold { step: *step, to: person.clone(), text: text.clone() },
                 ));
                 if let Some(room) = self.dm_room(person, platform) {
                     let m = OutboundMessage {
@@ -69,10 +73,9 @@ impl Runtime {
                 let rooms = self.group_rooms(group);
                 tx.append(self.draft(
                     run,
-                    EntryKind::MessageSent,
                     None,
                     now,
-                    json!({ "step": step, "group": group, "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(), "text": text }),
+                    Record::MessageSent { step: *step, group: group.clone(), rooms: names(&rooms), text: text.clone() },
                 ));
                 self.post_to_rooms(tx, run, *step, &rooms, &said(text), None, now).await?;
             }
@@ -81,21 +84,20 @@ impl Runtime {
                 let recipients = self.recipients(group);
                 tx.append(self.draft(
                     run,
-                    EntryKind::Share,
                     Some(case_id.clone()),
                     now,
-                    json!({
-                        "step": step,
-                        "group": group,
-                        "what": text,
-                        "recipients": recipients,
-                        "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                        "purpose": purpose,
-                        "lawful_basis": basis,
-                        "consent": consent,
-                        "decided_by": run.starter,
-                        "workflow": run.workflow,
-                    }),
+                    Record::Share {
+                        step: *step,
+                        group: group.clone(),
+                        what: text.clone(),
+                        recipients,
+                        rooms: names(&rooms),
+                        purpose: purpose.clone(),
+                        lawful_basis: basis.clone(),
+                        consent: consent.clone(),
+                        decided_by: run.starter.clone(),
+                        workflow: run.workflow.clone(),
+                    },
                 ));
                 self.post_to_rooms(tx, run, *step, &rooms, text, Some(case_id), now).await?;
             }
@@ -106,19 +108,18 @@ impl Runtime {
                 let rooms = self.group_rooms(group);
                 tx.append(self.draft(
                     run,
-                    EntryKind::ShareDeclined,
                     Some(case_id.clone()),
                     now,
-                    json!({
-                        "step": step,
-                        "group": group,
-                        "recipients": recipients,
-                        "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                        "reason": reason,
-                        "consent": consent,
-                        "decided_by": run.starter,
-                        "workflow": run.workflow,
-                    }),
+                    Record::ShareDeclined {
+                        step: *step,
+                        group: group.clone(),
+                        recipients,
+                        rooms: names(&rooms),
+                        reason: reason.clone(),
+                        consent: consent.clone(),
+                        decided_by: run.starter.clone(),
+                        workflow: run.workflow.clone(),
+                    },
                 ));
             }
             Effect::OpenCase { step, case } => {
@@ -137,10 +138,15 @@ impl Runtime {
                 tracing::info!(run = %run.id, case = %case.id, "case opened");
                 tx.append(self.draft(
                     run,
-                    EntryKind::CaseOpened,
                     Some(case.id.clone()),
                     now,
-                    json!({ "step": step, "subject": case.subject, "category": case.category, "risk": case.risk, "group": run.group_id }),
+                    Record::CaseOpened {
+                        step: *step,
+                        subject: case.subject.clone(),
+                        category: case.category.clone(),
+                        risk: case.risk.clone(),
+                        group: run.group_id.clone(),
+                    },
                 ));
             }
             Effect::CloseCase { step, case_id, reason } => {
@@ -157,10 +163,9 @@ impl Runtime {
                 }
                 tx.append(self.draft(
                     run,
-                    EntryKind::CaseClosed,
                     Some(case_id.clone()),
                     now,
-                    json!({ "step": step, "reason": reason, "stopped_escalations": stopped }),
+                    Record::CaseClosed { step: *step, reason: reason.clone(), stopped_escalations: stopped },
                 ));
             }
             Effect::Escalate { step, case_id, policy, escalation_id } => {
@@ -189,10 +194,14 @@ impl Runtime {
                 tracing::info!(run = %run.id, escalation = %e.id, case = %case_id, "escalation started");
                 tx.append(self.draft(
                     run,
-                    EntryKind::EscalationStarted,
                     Some(case_id.clone()),
                     now,
-                    json!({ "step": step, "escalation": e.id, "policy": policy, "stages": e.plan }),
+                    Record::EscalationStarted {
+                        step: *step,
+                        escalation: e.id.clone(),
+                        policy: policy.clone(),
+                        stages: e.plan.clone(),
+                    },
                 ));
                 self.notify_stage(tx, &mut e, now, now).await?;
                 tx.insert_escalation(&e).await?;
@@ -202,19 +211,17 @@ impl Runtime {
                 tx.add_ack_wait(case_id, &run.id, *step as i64).await?;
                 tx.append(self.draft(
                     run,
-                    EntryKind::TimerSet,
                     Some(case_id.clone()),
                     now,
-                    json!({ "step": step, "until": until.rfc3339(), "waits_for": "acknowledgement" }),
+                    Record::TimerSet { step: *step, until: until.rfc3339(), waits_for: Some("acknowledgement") },
                 ));
             }
             Effect::Note { step, case_id, text } => {
                 tx.append(self.draft(
                     run,
-                    EntryKind::CaseNote,
                     Some(case_id.clone()),
                     now,
-                    json!({ "step": step, "text": text }),
+                    Record::CaseNote { step: *step, text: text.clone() },
                 ));
             }
             Effect::Sleep { step, until } => {
@@ -222,10 +229,9 @@ impl Runtime {
                 tx.set_timer(&run.id, *step as i64, (*until).max(now)).await?;
                 tx.append(self.draft(
                     run,
-                    EntryKind::TimerSet,
                     None,
                     now,
-                    json!({ "step": step, "until": until.rfc3339() }),
+                    Record::TimerSet { step: *step, until: until.rfc3339(), waits_for: None },
                 ));
             }
         }
@@ -233,10 +239,12 @@ impl Runtime {
     }
 
     /// Who a share with `group` reaches (or would have): each member and their agency.
-    pub(super) fn recipients(&self, group: &str) -> Vec<serde_json::Value> {
+    pub(super) fn recipients(&self, group: &str) -> Vec<Recipient> {
         self.dir
             .group(group)
-            .map(|g| self.dir.members(g).map(|p| json!({ "person": p.id, "agency": p.agency })).collect())
+            .map(|g| {
+                self.dir.members(g).map(|p| Recipient { person: p.id.clone(), agency: p.agency.clone() }).collect()
+            })
             .unwrap_or_default()
     }
 

@@ -52,27 +52,22 @@ impl Runtime {
             tx.enqueue(&m, Some(&e.run_id), now).await?;
         }
         tracing::info!(escalation = %e.id, case = %e.case_id, stage = e.stage + 1, late_ms, "escalation notified");
-        tx.append(Draft {
-            at: now,
-            kind: EntryKind::EscalationNotified,
-            case_id: Some(e.case_id.clone()),
-            run_id: Some(e.run_id.clone()),
-            actor: WAVELET.into(),
-            script_hash: None,
-            content: json!({
-                "escalation": e.id,
-                "policy": e.policy,
-                "stage": e.stage + 1,
-                "level": stage.level,
-                "round": stage.round,
-                "final": stage.is_final,
-                "people": to.people,
-                "rooms": to.rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                "text": text,
-                "due": due.rfc3339(),
-                "late_ms": late_ms,
-            }),
-        });
+        let notified = Record::EscalationNotified {
+            escalation: e.id.clone(),
+            policy: e.policy.clone(),
+            stage: e.stage + 1,
+            level: stage.level,
+            round: stage.round,
+            is_final: stage.is_final,
+            people: to.people.clone(),
+            rooms: names(&to.rooms),
+            text: text.clone(),
+            due: due.rfc3339(),
+            late_ms,
+        };
+        tx.append(
+            Draft::of(now, WAVELET, notified).about(Some(e.case_id.clone())).in_run(Some(e.run_id.clone()), None),
+        );
         if to.people.is_empty() && to.rooms.is_empty() {
             // Nobody to tell is itself something to tell: the coordinators fix the policy.
             tracing::warn!(escalation = %e.id, stage = e.stage + 1, "escalation stage reached nobody");
@@ -143,18 +138,10 @@ impl Runtime {
             .group(&case.group_id)
             .is_some_and(|g| self.dir.members_with_role(g, roles::LEAD).any(|p| p.id == person));
         let was_notified = escalations.iter().any(|e| e.notified.iter().any(|p| p == person));
-        let draft = |kind: EntryKind, content: serde_json::Value| Draft {
-            at: now,
-            kind,
-            case_id: Some(case_id.to_string()),
-            run_id: None,
-            actor: person.to_string(),
-            script_hash: None,
-            content,
-        };
+        let draft = |record: Record| Draft::of(now, person, record).about(Some(case_id.to_string()));
         if !is_lead && !was_notified {
             tracing::info!(case = %case_id, "acknowledgement refused");
-            tx.append(draft(EntryKind::AcknowledgementRefused, json!({ "room": ev.room.to_string() })));
+            tx.append(draft(Record::AcknowledgementRefused { room: ev.room.to_string() }));
             tx.enqueue(&reply(render::ack_not_allowed(case_id)), None, now).await?;
             return Ok(());
         }
@@ -173,10 +160,11 @@ impl Runtime {
         let label = self.label(person);
         if active.is_empty() && resumed.is_empty() {
             let last = last_ack(&escalations);
-            tx.append(draft(
-                EntryKind::AcknowledgementLate,
-                json!({ "room": ev.room.to_string(), "already_by": last.map(|l| l.0.clone()), "already_at": last.map(|l| l.1.rfc3339()) }),
-            ));
+            tx.append(draft(Record::AcknowledgementLate {
+                room: ev.room.to_string(),
+                already_by: last.map(|l| l.0.clone()),
+                already_at: last.map(|l| l.1.rfc3339()),
+            }));
             let text = match last {
                 Some((by, at)) => render::ack_late(case_id, &self.label(by), at),
                 None => render::ack_nothing_pending(case_id),
@@ -193,7 +181,11 @@ impl Runtime {
             e.acked_at = Some(now);
             e.next_at = None;
             since = Some(since.map_or(e.started_at, |s: Millis| s.min(e.started_at)));
-            stopped.push(json!({ "escalation": e.id, "stage": e.stage + 1, "after_ms": now.0 - e.started_at.0 }));
+            stopped.push(StoppedEscalation {
+                escalation: e.id.clone(),
+                stage: e.stage + 1,
+                after_ms: now.0 - e.started_at.0,
+            });
             for p in &e.notified {
                 if !others.contains(p) {
                     others.push(p.clone());
@@ -202,14 +194,11 @@ impl Runtime {
             tx.update_escalation(e).await?;
         }
         tracing::info!(case = %case_id, escalations = stopped.len(), runs = resumed.len(), "case acknowledged");
-        tx.append(draft(
-            EntryKind::CaseAcknowledged,
-            json!({
-                "room": ev.room.to_string(),
-                "escalations": stopped,
-                "runs": resumed.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>(),
-            }),
-        ));
+        tx.append(draft(Record::CaseAcknowledged {
+            room: ev.room.to_string(),
+            escalations: stopped,
+            runs: resumed.iter().map(|(r, _)| r.id.clone()).collect(),
+        }));
         tx.enqueue(&reply(render::ack_thanks(case_id)), None, now).await?;
         let raiser = tx.run(&case.run_id).await?.map(|r| r.starter);
         if let Some(raiser) = raiser.as_deref().filter(|r| *r != person) {

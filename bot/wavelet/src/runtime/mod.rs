@@ -26,7 +26,7 @@ use wavelet_core::engine::{
 };
 use wavelet_core::escalation::{self as esc, CaseSummary};
 use wavelet_core::keys;
-use wavelet_core::ledger::{ChainCheck, Draft, EntryKind, Head, Witness};
+use wavelet_core::ledger::{ChainCheck, Draft, Head, Recipient, Record, ScheduleOrigin, StoppedEscalation, Witness};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{
     Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag, render, roles, text,
@@ -212,23 +212,8 @@ impl Runtime {
         self.dir.group(group).and_then(|g| g.rooms.first()).map_or(Platform::Console, |r| r.platform())
     }
 
-    fn draft(
-        &self,
-        run: &RunRow,
-        kind: EntryKind,
-        case_id: Option<String>,
-        at: Millis,
-        content: serde_json::Value,
-    ) -> Draft {
-        Draft {
-            at,
-            kind,
-            case_id,
-            run_id: Some(run.id.clone()),
-            actor: run.starter.clone(),
-            script_hash: Some(run.script_hash.clone()),
-            content,
-        }
+    fn draft(&self, run: &RunRow, case_id: Option<String>, at: Millis, record: Record) -> Draft {
+        Draft::of(at, &run.starter, record).about(case_id).in_run(Some(run.id.clone()), Some(run.script_hash.clone()))
     }
 
     fn dm_room(&self, person: &str, platform: Platform) -> Option<RoomRef> {
@@ -241,6 +226,11 @@ impl Runtime {
         tx.append(draft);
         tx.commit().await
     }
+}
+
+/// Rooms as the ledger names them (`platform:id`, `dm:platform:account`).
+fn names(rooms: &[RoomRef]) -> Vec<String> {
+    rooms.iter().map(RoomRef::to_string).collect()
 }
 
 fn hostname() -> String {

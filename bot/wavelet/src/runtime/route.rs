@@ -130,15 +130,12 @@ impl Runtime {
             Route::Ignore => {}
             Route::RefuseUnknown => {
                 tracing::info!(platform = %ev.sender.platform, direct = ev.room.is_direct(), event_id = %ev.event_id, "refused a person not in the directory");
-                tx.append(Draft {
-                    at: now,
-                    kind: EntryKind::RefusedUnknownPerson,
-                    case_id: None,
-                    run_id: None,
-                    actor: ev.sender.to_string(),
-                    script_hash: None,
-                    content: json!({ "account": ev.sender.to_string(), "room": ev.room.to_string(), "event_id": ev.event_id }),
-                });
+                let refused = Record::RefusedUnknownPerson {
+                    account: ev.sender.to_string(),
+                    room: ev.room.to_string(),
+                    event_id: ev.event_id.clone(),
+                };
+                tx.append(Draft::of(now, ev.sender.to_string(), refused));
                 tx.enqueue(&reply(render::unknown_person()), None, now).await?;
             }
             Route::Help { person } => {
@@ -157,15 +154,8 @@ impl Runtime {
                 tx.enqueue(&reply(render::no_group()), None, now).await?;
             }
             Route::NotAllowed { person, command } => {
-                tx.append(Draft {
-                    at: now,
-                    kind: EntryKind::RefusedNotAllowed,
-                    case_id: None,
-                    run_id: None,
-                    actor: person,
-                    script_hash: None,
-                    content: json!({ "command": command, "room": ev.room.to_string() }),
-                });
+                let refused = Record::RefusedNotAllowed { command: command.clone(), room: ev.room.to_string() };
+                tx.append(Draft::of(now, person, refused));
                 tx.enqueue(&reply(render::not_allowed(&command)), None, now).await?;
             }
             Route::Ack { person, case_id } => match case_id {
@@ -212,7 +202,7 @@ impl Runtime {
                 run.updated_at = now;
                 tx.put_run(&run).await?;
                 // Only the starter cancels, so the run's own draft names the right actor.
-                tx.append(self.draft(&run, EntryKind::RunCancelled, None, now, json!({ "room": ev.room.to_string() })));
+                tx.append(self.draft(&run, None, now, Record::RunCancelled { room: ev.room.to_string() }));
                 tx.enqueue(&reply(render::cancelled()), Some(&run.id), now).await?;
                 if let Some((p, r)) = waited_on {
                     self.activate_next_wait(tx, &p, &r, now).await?;
@@ -237,7 +227,7 @@ impl Runtime {
                     tx.enqueue(&reply(render::busy(&command)), None, now).await?;
                     return Ok(());
                 }
-                self.start_run(tx, &wf, &person, &group, ev.room.clone(), &command, json!({}), now).await?;
+                self.start_run(tx, &wf, &person, &group, ev.room.clone(), &command, None, now).await?;
             }
             Route::Resume { run_id, person } => {
                 let Some(mut run) = waiting.filter(|r| r.id == run_id) else { return Ok(()) };
@@ -262,15 +252,10 @@ impl Runtime {
                     }
                 };
                 let wf = self.workflow_for(tx, &run).await?;
-                tx.append(Draft {
-                    at: now,
-                    kind: EntryKind::QuestionAnswered,
-                    case_id: None,
-                    run_id: Some(run.id.clone()),
-                    actor: person.clone(),
-                    script_hash: Some(run.script_hash.clone()),
-                    content: json!({ "step": step, "answer": answer, "room": ev.room.to_string() }),
-                });
+                let answered = Record::QuestionAnswered { step, answer: answer.clone(), room: ev.room.to_string() };
+                tx.append(
+                    Draft::of(now, &person, answered).in_run(Some(run.id.clone()), Some(run.script_hash.clone())),
+                );
                 if let Some(entry) = run.history.get_mut(step) {
                     entry.result = Some(json!(answer));
                 }

@@ -21,12 +21,12 @@ impl Runtime {
                 s.id, s.workflow
             );
             let platform = self.group_platform(&s.group_id);
-            let key = format!("schedule:{}:{}", s.id, s.due_at.0);
+            let key = keys::schedule_failed(&s.id, s.due_at.0);
             self.queue_for_coordinators(tx, &key, &text, |c| self.dm_room(&c.id, platform), None, now).await?;
             return Ok(());
         };
-        let origin = json!({ "schedule": s.id, "due": s.due_at.rfc3339(), "late_ms": late_ms });
-        self.start_run(tx, &wf, WAVELET, &s.group_id, room, &s.workflow, origin, now).await
+        let origin = ScheduleOrigin { schedule: s.id.clone(), due: s.due_at.rfc3339(), late_ms };
+        self.start_run(tx, &wf, WAVELET, &s.group_id, room, &s.workflow, Some(origin), now).await
     }
 
     /// Starts a run of `wf` for `starter` (a person, or Wavelet itself for schedules) on
@@ -40,7 +40,7 @@ impl Runtime {
         group: &str,
         room: RoomRef,
         command: &str,
-        origin: serde_json::Value,
+        origin: Option<ScheduleOrigin>,
         now: Millis,
     ) -> store::Result<()> {
         tx.save_script(&wf.hash, &wf.name, &wf.source, now).await?;
@@ -64,19 +64,14 @@ impl Runtime {
             created_at: now,
             updated_at: now,
         };
-        let mut content = json!({ "workflow": wf.name, "command": command, "group": group, "room": room.to_string() });
-        if let (Some(c), Some(o)) = (content.as_object_mut(), origin.as_object()) {
-            c.extend(o.clone());
-        }
-        tx.append(Draft {
-            at: now,
-            kind: EntryKind::RunStarted,
-            case_id: None,
-            run_id: Some(id),
-            actor: starter.to_string(),
-            script_hash: Some(wf.hash.clone()),
-            content,
-        });
+        let started = Record::RunStarted {
+            workflow: wf.name.clone(),
+            command: command.to_string(),
+            group: group.to_string(),
+            room: room.to_string(),
+            origin,
+        };
+        tx.append(Draft::of(now, starter, started).in_run(Some(id), Some(wf.hash.clone())));
         self.advance(tx, run, wf, now).await
     }
 
@@ -112,15 +107,8 @@ impl Runtime {
         run.error = Some("the workflow version this run is pinned to could not be loaded".into());
         run.updated_at = now;
         tx.put_run(&run).await?;
-        tx.append(Draft {
-            at: now,
-            kind: EntryKind::RunFailed,
-            case_id: None,
-            run_id: Some(run.id.clone()),
-            actor: WAVELET.into(),
-            script_hash: Some(run.script_hash.clone()),
-            content: json!({ "error": run.error }),
-        });
+        let failed = Record::RunFailed { error: run.error.clone() };
+        tx.append(Draft::of(now, WAVELET, failed).in_run(Some(run.id.clone()), Some(run.script_hash.clone())));
         Ok(())
     }
 }

@@ -55,15 +55,13 @@ impl Runtime {
             self.queue_witness(tx, s, &rooms, &text, now).await?;
             let key = keys::witness_withheld(s.due_at.0);
             self.queue_for_coordinators(tx, &key, &text, |c| self.dm_room(&c.id, platform), None, now).await?;
-            tx.append(Draft {
-                at: now,
-                kind: EntryKind::LedgerWitnessWithheld,
-                case_id: None,
-                run_id: None,
-                actor: WAVELET.to_string(),
-                script_hash: None,
-                content: json!({ "since": since.seq, "fault_seq": fault.seq, "problem": fault.problem, "group": s.group_id }),
-            });
+            let withheld = Record::LedgerWitnessWithheld {
+                since: since.seq,
+                fault_seq: fault.seq,
+                problem: fault.problem.clone(),
+                group: s.group_id.clone(),
+            };
+            tx.append(Draft::of(now, WAVELET, withheld));
             return Ok(());
         }
         let witness = Witness { seq: head.seq, hash: head.hash.clone() };
@@ -75,20 +73,13 @@ impl Runtime {
             head.hash,
         );
         self.queue_witness(tx, s, &rooms, &text, now).await?;
-        tx.append(Draft {
-            at: now,
-            kind: EntryKind::LedgerWitnessed,
-            case_id: None,
-            run_id: None,
-            actor: WAVELET.to_string(),
-            script_hash: None,
-            content: json!({
-                "seq": head.seq,
-                "hash": head.hash,
-                "group": s.group_id,
-                "rooms": rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-            }),
-        });
+        let witnessed = Record::LedgerWitnessed {
+            seq: head.seq,
+            hash: head.hash.clone(),
+            group: s.group_id.clone(),
+            rooms: names(&rooms),
+        };
+        tx.append(Draft::of(now, WAVELET, witnessed));
         tracing::info!(seq = head.seq, group = %s.group_id, "ledger witness posted");
         Ok(())
     }
