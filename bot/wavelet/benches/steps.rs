@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wavelet::ingest::Ingest;
+use wavelet::delivery::ingest::Ingest;
 use wavelet::runtime::{Runtime, SystemClock};
 use wavelet_core::{Config, InboundEvent, Millis};
 
@@ -39,7 +39,7 @@ async fn steps_per_second(name: &str, url: &str, dir: &Path, practitioners: usiz
     if let Some(n) = std::env::var("BENCH_MAX_CARRIED").ok().and_then(|v| v.parse().ok()) {
         rt.store().set_max_carried(n);
     }
-    let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
+    let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
     let commits_before = rt.store().commits();
     let carried_before = rt.store().carried_on();
     let superseded_before = rt.store().superseded();
@@ -128,7 +128,7 @@ fn rss_kib() -> u64 {
 /// in a child process of its own, so its resident memory is its own.
 async fn waiting_runs(name: &str, url: &str, dir: &Path, waiting: usize) {
     let rt = runtime(url, dir, waiting).await;
-    let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
+    let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
     let rss_before = rss_kib();
     let mut tasks = Vec::new();
     for p in 0..waiting {

@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use wavelet::adapter::{Adapters, ChatAdapter, SendFuture};
-use wavelet::ingest::Ingest;
+use wavelet::delivery::ingest::Ingest;
+use wavelet::delivery::{Adapters, ChatAdapter, SendFuture};
 use wavelet::runtime::{Runtime, SystemClock};
 use wavelet_core::{Account, InboundEvent, OutboundMessage, Platform, RoomRef};
 
@@ -68,7 +68,7 @@ async fn runtime(url: &str, dir: &Path) -> Arc<Runtime> {
 
 /// Every practitioner starts `command` once, through the ingest.
 async fn start_all(rt: &Arc<Runtime>, command: &str) {
-    let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
+    let (ingest, _worker) = Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
     let mut tasks = Vec::new();
     for p in 0..TIMERS {
         let ingest = ingest.clone();
@@ -92,7 +92,7 @@ async fn start_all(rt: &Arc<Runtime>, command: &str) {
 }
 
 /// Passes of the background loop and CPU time of this process over `d`, idle.
-async fn idle(background: &wavelet::service::Background, d: Duration) -> (u64, Duration) {
+async fn idle(background: &wavelet::delivery::service::Background, d: Duration) -> (u64, Duration) {
     let (passes, cpu) = (background.passes(), common::cpu_time());
     tokio::time::sleep(d).await;
     (background.passes() - passes, common::cpu_time() - cpu)
@@ -103,7 +103,7 @@ async fn measure(name: &str, url: &str, dir: &Path) {
     let sent = Arc::new(Count(Default::default()));
     let mut adapters = Adapters::default();
     adapters.add(sent.clone());
-    let background = wavelet::service::spawn(rt.clone(), adapters);
+    let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
 
     let (passes0, cpu0) = idle(&background, Duration::from_secs(10)).await;
 

@@ -2,7 +2,7 @@
 //! runtime. Shared by every command.
 
 use crate::runtime::{Clock, Runtime};
-use crate::workflows::{LoadReport, Workflows};
+use crate::runtime::{LoadReport, Workflows};
 use anyhow::Context;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -65,8 +65,8 @@ pub async fn open(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> any
 /// lost its platform for good (a revoked Discord token) and says why.
 pub async fn start_platforms(
     rt: &Arc<Runtime>,
-    adapters: &mut crate::adapter::Adapters,
-    ingest: &crate::ingest::Ingest,
+    adapters: &mut crate::delivery::Adapters,
+    ingest: &crate::delivery::ingest::Ingest,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     #[cfg_attr(not(any(feature = "matrix", feature = "discord")), allow(unused_mut))]
     let mut tasks = Vec::new();
@@ -74,8 +74,8 @@ pub async fn start_platforms(
     if let Some(cfg) = config.matrix.clone() {
         #[cfg(feature = "matrix")]
         {
-            let secrets = crate::matrix::Secrets::from_env();
-            let m = crate::matrix::MatrixAdapter::connect(&cfg, &secrets, rt.clone()).await?;
+            let secrets = crate::chat::matrix::Secrets::from_env();
+            let m = crate::chat::matrix::MatrixAdapter::connect(&cfg, &secrets, rt.clone()).await?;
             adapters.add(m.clone());
             let ingest = ingest.clone();
             tasks.push(tokio::spawn(async move {
@@ -96,8 +96,8 @@ pub async fn start_platforms(
     if let Some(cfg) = config.discord.clone() {
         #[cfg(feature = "discord")]
         {
-            let token = std::env::var(crate::discord::TOKEN_ENV).ok();
-            let d = crate::discord::DiscordAdapter::connect(&cfg, token.as_deref(), rt.clone()).await?;
+            let token = std::env::var(crate::chat::discord::TOKEN_ENV).ok();
+            let d = crate::chat::discord::DiscordAdapter::connect(&cfg, token.as_deref(), rt.clone()).await?;
             adapters.add(d.clone());
             tasks.push(tokio::spawn(d.run(ingest.clone())));
         }

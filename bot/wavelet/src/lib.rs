@@ -1,19 +1,18 @@
-//! The Wavelet bot around its I/O-free core: the stores, the runtime that turns inbound
-//! events into durable steps, the outbox and timers, the console room, transcripts and
-//! the audit commands. `main.rs` only parses the command line and calls in here.
+//! The Wavelet bot around its I/O-free core (`wavelet-core`) and its store
+//! (`wavelet-store`). `main.rs` only parses the command line and calls in here.
+//!
+//! | module | what it is |
+//! | --- | --- |
+//! | `runtime` | inbound events and due work → durable steps, one transaction each (or a batch) |
+//! | `delivery` | the chat-adapter boundary, delivery passes, the background loop, the ingest |
+//! | `chat` | the console room, Matrix and Discord: the only code that names a platform's types |
+//! | `ops` | what operators and reviewers run: audit, transcripts, reloading workflows |
+//! | `app` | wiring: configuration, store, workflows, runtime, platforms |
+//! | `faults` | crash points for the fault tests (`WAVELET_TEST_CRASH_AT`) |
 
-pub mod adapter;
 pub mod app;
-pub mod audit;
-pub mod console;
-#[cfg(feature = "discord")]
-pub mod discord;
+pub mod chat;
+pub mod delivery;
 pub mod faults;
-pub mod ingest;
-#[cfg(feature = "matrix")]
-pub mod matrix;
-pub mod reload;
+pub mod ops;
 pub mod runtime;
-pub mod service;
-pub mod transcripts;
-pub mod workflows;

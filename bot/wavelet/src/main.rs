@@ -7,11 +7,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use wavelet::adapter::Adapters;
-use wavelet::audit::{self, Format};
-use wavelet::console::ConsoleAdapter;
+use wavelet::app;
+use wavelet::chat::console::ConsoleAdapter;
+use wavelet::delivery::Adapters;
+use wavelet::ops::audit::{self, Format};
+use wavelet::ops::transcripts;
 use wavelet::runtime::SystemClock;
-use wavelet::{app, transcripts};
 use wavelet_core::engine::{SandboxLimits, WorkflowEngine};
 
 #[derive(Parser)]
@@ -172,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = app::load_config(config, &env)?;
     let engine = WorkflowEngine::new(SandboxLimits::default());
-    let (workflows, report) = wavelet::workflows::Workflows::load(&engine, &config.workflows.dir);
+    let (workflows, report) = wavelet::runtime::Workflows::load(&engine, &config.workflows.dir);
     println!("configuration {}: {} people, {} groups", config.path.display(), config.people.len(), config.groups.len());
     for wf in workflows.all() {
         println!("  ok  {} (!{}, version {})", wf.file.display(), wf.meta.command, &wf.hash[..12]);
@@ -244,20 +245,20 @@ async fn console(
     for e in &parts.load.refused {
         eprintln!("workflow not loaded: {e}");
     }
-    wavelet::reload::record(&rt, &parts.load, false).await;
+    wavelet::ops::reload::record(&rt, &parts.load, false).await;
     let console = Arc::new(
         ConsoleAdapter::new(Box::new(std::io::stdout()), rt.directory().clone()).showing_keys(input.show_keys),
     );
     let mut adapters = Adapters::default();
     adapters.add(console.clone());
-    let reloader = wavelet::reload::spawn(rt.clone());
+    let reloader = wavelet::ops::reload::spawn(rt.clone());
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let options = wavelet::console::ConsoleOptions {
+    let options = wavelet::chat::console::ConsoleOptions {
         start_as: as_person,
         echo: !std::io::stdin().is_terminal(),
         input_id: input.input_id,
     };
-    let result = wavelet::console::run(rt.clone(), adapters, console, stdin, options).await;
+    let result = wavelet::chat::console::run(rt.clone(), adapters, console, stdin, options).await;
     reloader.abort();
     result?;
     rt.store().close().await;
@@ -269,7 +270,7 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     let url = config.store.url.clone();
     let parts = app::build(config, &url, Arc::new(SystemClock)).await?;
     let rt = parts.runtime;
-    wavelet::reload::record(&rt, &parts.load, false).await;
+    wavelet::ops::reload::record(&rt, &parts.load, false).await;
     let mut adapters = Adapters::default();
     // The console room prints to stdout: only where no chat platform is configured (a
     // demo, a test). With a platform, what is said to someone must not end up in a
@@ -278,16 +279,17 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
         let console = ConsoleAdapter::new(Box::new(std::io::stdout()), rt.directory().clone()).showing_keys(show_keys);
         adapters.add(Arc::new(console));
     }
-    let (ingest, ingest_worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
+    let (ingest, ingest_worker) =
+        wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
     let platforms = app::start_platforms(&rt, &mut adapters, &ingest).await?;
     for (platform, waiting) in rt.store().undelivered_by_platform().await? {
         if !adapters.platforms().iter().any(|p| p.as_str() == platform) {
             tracing::warn!(platform = %platform, messages = waiting, "messages wait for a platform this process does not run; give those people an account on a configured platform");
         }
     }
-    let reloader = wavelet::reload::spawn(rt.clone());
+    let reloader = wavelet::ops::reload::spawn(rt.clone());
     tracing::info!(store = rt.store().backend(), instance = %rt.instance(), "wavelet running; stop it with SIGTERM or Ctrl-C");
-    let background = wavelet::service::spawn(rt.clone(), adapters);
+    let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // A platform's task ends only when the platform will not have us any more (a revoked
     // Discord token): stop, and say why.

@@ -18,9 +18,9 @@ use discord_world::{GUILD, NORTH, Options, alice, bea, expect, expect_dm};
 use std::path::Path;
 use std::sync::Arc;
 use synapse::Synapse;
-use wavelet::adapter::Adapters;
-use wavelet::discord::DiscordAdapter;
-use wavelet::matrix::MatrixAdapter;
+use wavelet::chat::discord::DiscordAdapter;
+use wavelet::chat::matrix::MatrixAdapter;
+use wavelet::delivery::Adapters;
 use wavelet_discord_server::{IncomingInteraction, IncomingMessage, Place, Server, ServerOptions};
 use world::{Person, log_to_test_output};
 
@@ -29,7 +29,7 @@ struct Bot {
     rt: Arc<wavelet::runtime::Runtime>,
     discord: Arc<DiscordAdapter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    background: Option<wavelet::service::Background>,
+    background: Option<wavelet::delivery::service::Background>,
 }
 
 impl Bot {
@@ -42,7 +42,8 @@ impl Bot {
         let mut adapters = Adapters::default();
         adapters.add(matrix.clone());
         adapters.add(discord.clone());
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
+        let (ingest, worker) =
+            wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
         let sync = tokio::spawn(matrix.run(ingest.clone()));
         let gateway = tokio::spawn({
             let discord = discord.clone();
@@ -50,7 +51,7 @@ impl Bot {
                 let _ = discord.run(ingest).await;
             }
         });
-        let background = wavelet::service::spawn(rt.clone(), adapters);
+        let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
         discord_server.wait_identified(discord_world::WAIT).await.unwrap();
         discord_world::eventually("the slash commands", || discord_world::command_registrations(discord_server) > 0)
             .await;

@@ -13,8 +13,8 @@ use discord_world::{
 };
 use std::sync::Arc;
 use std::time::Duration;
-use wavelet::adapter::{ChatAdapter, SendError};
-use wavelet::discord::DiscordAdapter;
+use wavelet::chat::discord::DiscordAdapter;
+use wavelet::delivery::{ChatAdapter, SendError};
 use wavelet::runtime::SystemClock;
 use wavelet_core::{MessageBody, OutboundMessage, Platform, RoomRef};
 use wavelet_discord_server::{

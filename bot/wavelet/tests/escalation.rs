@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wavelet::adapter::SendError;
+use wavelet::delivery::SendError;
 use wavelet_store::{EscalationStatus, RunStatus};
 
 on_both!(
@@ -263,9 +263,9 @@ async fn a_message_that_keeps_failing_is_retried_then_parked(backend: &str) {
         deliver_pending(&b.rt, &b.adapters, b.rt.now()).await.unwrap();
         attempts += 1;
     }
-    assert_eq!(attempts, wavelet::adapter::MAX_ATTEMPTS);
+    assert_eq!(attempts, wavelet::delivery::MAX_ATTEMPTS);
     let failed = ledger_kinds(&b, "delivery.failed").await;
-    assert_eq!(failed[0]["attempts"], wavelet::adapter::MAX_ATTEMPTS);
+    assert_eq!(failed[0]["attempts"], wavelet::delivery::MAX_ATTEMPTS);
     assert!(f.sent.lock().unwrap().iter().any(|m| m.person.as_deref() == Some("cora")));
 }
 

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use wavelet::adapter::SendError;
+use wavelet::delivery::SendError;
 use wavelet_core::ledger::{StoredEntry, canonical_json};
 
 /// One line per entry: its link, then its content as hashed (or that it was erased),
@@ -63,10 +63,10 @@ fn without_chain_hashes(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shipped_transcript_writes_the_same_records() {
-    let files = wavelet::transcripts::find(&root().join("workflows"));
+    let files = wavelet::ops::transcripts::find(&root().join("workflows"));
     assert!(files.len() >= 7, "expected the shipped transcripts, found {files:?}");
     for f in files {
-        let played = wavelet::transcripts::play(&f, None).await.unwrap_or_else(|e| panic!("{e}"));
+        let played = wavelet::ops::transcripts::play(&f, None).await.unwrap_or_else(|e| panic!("{e}"));
         let name = f.file_stem().unwrap().to_string_lossy().into_owned();
         insta::assert_snapshot!(format!("transcript_{name}"), render(&played.ledger, None));
     }
@@ -101,8 +101,8 @@ async fn the_rarer_records_keep_their_shape() {
     let wf = workflows(dir.path(), &[("broken", BROKEN)]);
     let mut b = bot(&fresh("sqlite", dir.path()).await, Some(&wf)).await;
     // What a start records about the workflows it loaded (`wavelet run` does the same).
-    let (_, report) = wavelet::workflows::Workflows::load(b.rt.engine(), &wf);
-    wavelet::reload::record(&b.rt, &report, false).await;
+    let (_, report) = wavelet::runtime::Workflows::load(b.rt.engine(), &wf);
+    wavelet::ops::reload::record(&b.rt, &report, false).await;
 
     // Refusals: someone the directory does not know, and someone without the role.
     b.say("zed", "north", "!concern").await;
@@ -126,16 +126,16 @@ async fn the_rarer_records_keep_their_shape() {
     b.say("eve", "dm", "an answer").await;
 
     // A reviewer reads the case and exports the ledger; an entry's content is erased.
-    wavelet::audit::show_case(&b.rt, "rey", "C-1", &mut Vec::new()).await.unwrap();
-    wavelet::audit::export(&b.rt, "rey", wavelet::audit::Format::Jsonl, &mut Vec::new()).await.unwrap();
+    wavelet::ops::audit::show_case(&b.rt, "rey", "C-1", &mut Vec::new()).await.unwrap();
+    wavelet::ops::audit::export(&b.rt, "rey", wavelet::ops::audit::Format::Jsonl, &mut Vec::new()).await.unwrap();
     let note = b.rt.store().ledger_page(0, i64::MAX).await.unwrap().into_iter().find(|e| e.link.kind == "case.note");
     let note = note.expect("the concern's details are a note on the case").link.seq;
-    assert!(wavelet::audit::erase(&b.rt, "rey", note, "RET-2026-001").await.unwrap());
+    assert!(wavelet::ops::audit::erase(&b.rt, "rey", note, "RET-2026-001").await.unwrap());
 
     // An edit that does not compile is refused while running.
     std::fs::write(wf.join("broken.rhai"), "fn run(ctx) {\n  let = 1;\n}\n").unwrap();
     let report = b.rt.workflows().write().unwrap().reload(b.rt.engine(), &wf);
-    wavelet::reload::record(&b.rt, &report, true).await;
+    wavelet::ops::reload::record(&b.rt, &report, true).await;
 
     // A group's room that refuses every message: its copy is parked and surfaced.
     let failing = Arc::new(FailingRoom {

@@ -17,7 +17,7 @@ use matrix_sdk::ruma::events::relation::Annotation;
 use matrix_sdk::ruma::events::room::message::{MessageType, RoomMessageEventContent};
 use std::time::{Duration, Instant};
 use synapse::Synapse;
-use wavelet::matrix::{MatrixAdapter, Secrets};
+use wavelet::chat::matrix::{MatrixAdapter, Secrets};
 use world::{Bot, Person, config, log_to_test_output, logged_in, runtime, secrets};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

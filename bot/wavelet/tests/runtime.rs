@@ -87,7 +87,7 @@ async fn direct_rooms_are_served_before_shared_ones_but_do_not_hold_them_up_for_
         } else {
             // The shared room went ahead after the head start, while the direct send went on.
             assert_eq!(log, [format!("start {d}"), format!("start {s}"), format!("end {s}"), format!("end {d}")]);
-            assert!(started.elapsed() >= wavelet::adapter::DIRECT_FIRST);
+            assert!(started.elapsed() >= wavelet::delivery::DIRECT_FIRST);
         }
     }
     // Direct and shared rooms together: never more rooms at once than the adapter allows.
@@ -126,7 +126,7 @@ impl ChatAdapter for SlowDown {
     fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
         Box::pin(async move {
             if !self.asked.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return Err(wavelet::adapter::SendError::RateLimited(std::time::Duration::from_secs(5)));
+                return Err(wavelet::delivery::SendError::RateLimited(std::time::Duration::from_secs(5)));
             }
             self.sent.lock().unwrap().push(m.clone());
             Ok(())
@@ -162,7 +162,7 @@ async fn the_background_loop_sleeps_while_what_waits_is_not_for_it(backend: &str
     let slow = Arc::new(SlowDown::default());
     let mut adapters = Adapters::default();
     adapters.add(slow.clone());
-    let background = wavelet::service::spawn(b.rt.clone(), adapters);
+    let background = wavelet::delivery::service::spawn(b.rt.clone(), adapters);
     // The clock stands still: the console asked for 5 s, so nothing is sent, and the loop
     // wakes about once a second. (Before, it went round without sleeping.)
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
@@ -195,7 +195,7 @@ async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(bac
         owner: b.rt.instance().to_string(),
         platforms: vec![Platform::Console],
         clock: b.rt.clock().clone(),
-        lease: wavelet::adapter::CLAIM,
+        lease: wavelet::delivery::CLAIM,
     }));
     let north = RoomRef::Shared { platform: Platform::Console, id: "north".into() };
     let ev = InboundEvent {
@@ -208,7 +208,7 @@ async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(bac
     };
     b.rt.handle_events(&[ev]).await.unwrap();
     let now = b.rt.now();
-    let others = b.rt.store().claim_outbox("another process", &[Platform::Console], now, wavelet::adapter::CLAIM, 10);
+    let others = b.rt.store().claim_outbox("another process", &[Platform::Console], now, wavelet::delivery::CLAIM, 10);
     assert!(others.await.unwrap().is_empty(), "claimed by the step's commit");
     assert_eq!(deliver_pending(&b.rt, &b.adapters, now).await.unwrap(), 1);
     let sent: Vec<String> = b.sent.0.lock().unwrap().drain(..).map(|m| m.body.plain()).collect();
@@ -232,7 +232,7 @@ async fn a_steps_replies_are_claimed_by_its_commit_and_sent_by_the_next_pass(bac
 /// more than `CLAIM_EVERY` ago, at once (then it goes before the newer messages of its
 /// room), so commits that keep handing messages over cannot hold it back for long.
 async fn a_lapsed_claim_is_sent_while_commits_keep_handing_messages_over(backend: &str) {
-    use wavelet::adapter::{CLAIM, CLAIM_EVERY};
+    use wavelet::delivery::{CLAIM, CLAIM_EVERY};
     let dir = tempfile::tempdir().unwrap();
     let b = bot(&fresh(backend, dir.path()).await, None).await;
     let store = b.rt.store();
@@ -297,7 +297,7 @@ impl ChatAdapter for BusyPass {
         Box::pin(async move {
             self.sent.lock().unwrap().push(m.idempotency_key.clone());
             if m.idempotency_key == "first" {
-                self.clock.advance(wavelet::adapter::CLAIM + std::time::Duration::from_millis(1));
+                self.clock.advance(wavelet::delivery::CLAIM + std::time::Duration::from_millis(1));
                 let second = text_to("second", RoomRef::Shared { platform: Platform::Console, id: "north".into() });
                 let mut tx = self.store.begin().await.unwrap();
                 tx.enqueue(&second, None, self.clock.now_millis()).await.unwrap();
@@ -312,7 +312,7 @@ impl ChatAdapter for BusyPass {
 /// process that runs out meanwhile is claimed and sent in that pass, before the newer
 /// message of its room.
 async fn a_claim_that_runs_out_while_a_pass_is_busy_is_sent_in_that_pass(backend: &str) {
-    use wavelet::adapter::CLAIM;
+    use wavelet::delivery::CLAIM;
     let dir = tempfile::tempdir().unwrap();
     let b = bot(&fresh(backend, dir.path()).await, None).await;
     let store = b.rt.store();
@@ -396,7 +396,7 @@ async fn batches_end_as_one_event_at_a_time_does(backend: &str, people: usize) {
         if mode == "pipelined, narrowed" {
             rt.store().set_max_carried(0);
         }
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), 8);
+        let (ingest, worker) = wavelet::delivery::ingest::Ingest::spawn(rt.clone(), 8);
         let mut receipts = Vec::new();
         for (step, text) in answers.iter().enumerate() {
             let mut events: Vec<InboundEvent> =
@@ -532,8 +532,8 @@ async fn a_running_wavelet_refuses_a_broken_edit_and_tells_the_coordinators(back
     let sent = Arc::new(Outbox::default());
     let mut adapters = Adapters::default();
     adapters.add(sent.clone());
-    let reloader = wavelet::reload::spawn(rt.clone());
-    let background = wavelet::service::spawn(rt.clone(), adapters.clone());
+    let reloader = wavelet::ops::reload::spawn(rt.clone());
+    let background = wavelet::delivery::service::spawn(rt.clone(), adapters.clone());
     std::fs::write(wf.join("asklead.rhai"), "const ALLOWED_ROLES = [\"lead\"];\nfn run(ctx) {\n  let = 1;\n}\n")
         .unwrap();
     let mut told = Vec::new();
@@ -720,7 +720,7 @@ async fn a_decision_not_to_share_is_recorded_like_a_share_and_sends_nothing(back
     assert_eq!(recipients, ["alice", "bea", "carl", "dana", "eve"], "with whom it would have gone");
     assert!(!entries.iter().any(|e| e.link.kind == "share"));
     let mut shown = Vec::new();
-    wavelet::audit::show_case(&b.rt, "rey", "C-1", &mut shown).await.unwrap();
+    wavelet::ops::audit::show_case(&b.rt, "rey", "C-1", &mut shown).await.unwrap();
     let shown = String::from_utf8(shown).unwrap();
     assert!(
         shown.contains(
@@ -993,7 +993,7 @@ async fn postgres_an_application_role_runs_wavelet_but_cannot_rewrite_the_ledger
     let entries = b.rt.store().ledger_page(0, i64::MAX).await.unwrap();
     assert!(entries.iter().any(|e| e.link.kind == "ledger.witnessed"), "the witness fired as the role");
     let note = entries.iter().find(|e| e.link.kind == "case.note").unwrap().link.seq;
-    assert!(wavelet::audit::erase(&b.rt, "rey", note, "retention period ended").await.unwrap());
+    assert!(wavelet::ops::audit::erase(&b.rt, "rey", note, "retention period ended").await.unwrap());
     let entries_now = b.verify().await;
     assert_eq!(entries_now, entries.len() as i64 + 1, "the erasure is chained");
 

@@ -9,10 +9,10 @@ fn root() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shipped_transcript_passes() {
-    let files = wavelet::transcripts::find(&root().join("workflows"));
+    let files = wavelet::ops::transcripts::find(&root().join("workflows"));
     assert!(files.len() >= 3, "expected the shipped transcripts, found {files:?}");
     for f in files {
-        if let Err(e) = wavelet::transcripts::run(&f, None).await {
+        if let Err(e) = wavelet::ops::transcripts::run(&f, None).await {
             panic!("{e}");
         }
     }
@@ -31,7 +31,7 @@ async fn a_wrong_expectation_fails_with_the_line_and_both_sides() {
         ),
     )
     .unwrap();
-    let err = wavelet::transcripts::run(&t, None).await.expect_err("must fail").to_string();
+    let err = wavelet::ops::transcripts::run(&t, None).await.expect_err("must fail").to_string();
     assert!(err.contains("line 4"), "{err}");
     assert!(err.contains("expected  bot to alice: What is your favourite colour?"), "{err}");
     assert!(err.contains("actual    bot to alice: Child's initials"), "{err}");
@@ -43,7 +43,7 @@ async fn a_message_nobody_expected_fails() {
     let config = root().join("examples/wavelet.toml");
     let t = dir.path().join("silent.transcript");
     std::fs::write(&t, format!("config: {}\n\nalice in north: !concern\n", config.display())).unwrap();
-    let err = wavelet::transcripts::run(&t, None).await.expect_err("must fail").to_string();
+    let err = wavelet::ops::transcripts::run(&t, None).await.expect_err("must fail").to_string();
     assert!(err.contains("did more than the transcript expects"), "{err}");
 }
 
@@ -71,12 +71,14 @@ async fn a_decision_not_to_share_is_expected_by_its_group_and_reason() {
         t
     };
     let right = play("right.transcript", "not shared with north: no risk ...\n");
-    wavelet::transcripts::run(&right, None).await.expect("the decision is expected");
+    wavelet::ops::transcripts::run(&right, None).await.expect("the decision is expected");
     let wrong = play("wrong.transcript", "shared with north: ...\n");
-    let err =
-        wavelet::transcripts::run(&wrong, None).await.expect_err("a decision not to share is no share").to_string();
+    let err = wavelet::ops::transcripts::run(&wrong, None)
+        .await
+        .expect_err("a decision not to share is no share")
+        .to_string();
     assert!(err.contains("actual    not shared with north: no risk of harm"), "{err}");
     let missing = play("missing.transcript", "");
-    let err = wavelet::transcripts::run(&missing, None).await.expect_err("must be expected").to_string();
+    let err = wavelet::ops::transcripts::run(&missing, None).await.expect_err("must be expected").to_string();
     assert!(err.contains("did more than the transcript expects"), "{err}");
 }

@@ -2,6 +2,7 @@
 //! that cannot be delivered parked and surfaced.
 
 use super::*;
+use wavelet_core::ledger::OutboxMessage;
 
 impl Runtime {
     /// Records that a claimed message was delivered. One room's copy of a share is also
@@ -13,7 +14,7 @@ impl Runtime {
         };
         let mut tx = self.store.begin().await?;
         if tx.mark_delivered(c.id, at).await? {
-            let delivered = Record::ShareDelivered(crate::adapter::describe(c));
+            let delivered = Record::ShareDelivered(outbox_message(c));
             tx.append(Draft::of(at, WAVELET, delivered).about(Some(case.clone())).in_run(c.run_id.clone(), None));
         }
         tx.commit().await
@@ -33,8 +34,7 @@ impl Runtime {
         let failing = c.message.room.platform();
         let mut tx = self.store.begin().await?;
         tx.park(c.id, error, now).await?;
-        let failed =
-            Record::DeliveryFailed { message: crate::adapter::describe(c), attempts, error: error.to_string() };
+        let failed = Record::DeliveryFailed { message: outbox_message(c), attempts, error: error.to_string() };
         tx.append(Draft::of(now, WAVELET, failed).in_run(c.run_id.clone(), None));
         tracing::error!(outbox = c.id, platform = %failing, attempts, "message parked: it could not be delivered");
         if !c.message.idempotency_key.starts_with("failed:") {
@@ -55,5 +55,15 @@ impl Runtime {
         tx.commit().await?;
         self.wake.notify_one();
         Ok(())
+    }
+}
+
+/// Which outbox message this was, for the ledger.
+fn outbox_message(c: &wavelet_store::ClaimedMessage) -> OutboxMessage {
+    OutboxMessage {
+        outbox: c.id,
+        key: c.message.idempotency_key.clone(),
+        room: c.message.room.to_string(),
+        run: c.run_id.clone(),
     }
 }

@@ -13,11 +13,15 @@ mod delivery;
 mod due;
 mod effects;
 mod escalation;
+mod passes;
 mod route;
 mod start;
 mod witness;
+mod workflows;
 
-use crate::workflows::Workflows;
+pub use passes::{CLAIM_EVERY, DeliveryPasses};
+pub use workflows::{LoadReport, Workflows};
+
 use serde_json::json;
 use std::sync::{Arc, Mutex, RwLock};
 use wavelet_core::config::WITNESS_SCHEDULE;
@@ -63,7 +67,7 @@ pub struct Runtime {
     slow_until: Mutex<std::collections::HashMap<Platform, Millis>>,
     /// The delivery passes this process has made: a chat connection can wait for the one
     /// that sends what it just queued.
-    passes: crate::adapter::DeliveryPasses,
+    passes: DeliveryPasses,
     max_answer_chars: usize,
 }
 
@@ -164,7 +168,7 @@ impl Runtime {
     }
 
     /// The delivery passes this process has made.
-    pub fn passes(&self) -> &crate::adapter::DeliveryPasses {
+    pub fn passes(&self) -> &DeliveryPasses {
         &self.passes
     }
 
@@ -191,7 +195,7 @@ impl Runtime {
             wake: Arc::default(),
             instance,
             slow_until: Mutex::default(),
-            passes: crate::adapter::DeliveryPasses::default(),
+            passes: DeliveryPasses::default(),
             max_answer_chars,
         }
     }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-pub use wavelet::adapter::{Adapters, ChatAdapter, SendFuture, deliver_pending};
+pub use wavelet::delivery::{Adapters, ChatAdapter, SendFuture, deliver_pending};
 pub use wavelet::runtime::{ManualClock, Runtime};
 pub use wavelet_core::{Account, InboundEvent, Millis, OutboundMessage, Platform, RoomRef};
 

@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use wavelet::adapter::Adapters;
-use wavelet::discord::DiscordAdapter;
+use wavelet::chat::discord::DiscordAdapter;
+use wavelet::delivery::Adapters;
 use wavelet::runtime::SystemClock;
 use wavelet_discord_server::{CommandScope, Server, ServerOptions, StoredMessage, TestUser};
 
@@ -107,7 +107,7 @@ pub struct Bot {
     /// The gateway task: it ends only when Discord will not have the bot.
     pub gateway: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     worker: tokio::task::JoinHandle<()>,
-    background: Option<wavelet::service::Background>,
+    background: Option<wavelet::delivery::service::Background>,
 }
 
 impl Bot {
@@ -123,9 +123,10 @@ impl Bot {
             DiscordAdapter::connect(cfg.discord.as_ref().unwrap(), Some(server.token()), rt.clone()).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(adapter.clone());
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
+        let (ingest, worker) =
+            wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
         let gateway = tokio::spawn(adapter.clone().run(ingest));
-        let background = wavelet::service::spawn(rt.clone(), adapters);
+        let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
         server.wait_for_stats(|s| s.identifies > identified, WAIT).await.unwrap();
         eventually("the slash commands to be registered", || command_registrations(server) > registrations).await;
         Bot { rt, adapter, gateway: Some(gateway), worker, background: Some(background) }

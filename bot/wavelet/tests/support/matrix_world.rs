@@ -24,8 +24,8 @@ use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wavelet::adapter::Adapters;
-use wavelet::matrix::{MatrixAdapter, Secrets};
+use wavelet::chat::matrix::{MatrixAdapter, Secrets};
+use wavelet::delivery::Adapters;
 use wavelet::runtime::SystemClock;
 
 pub fn root() -> PathBuf {
@@ -274,7 +274,7 @@ pub struct Bot {
     pub rt: Arc<wavelet::runtime::Runtime>,
     pub adapter: Arc<MatrixAdapter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    background: Option<wavelet::service::Background>,
+    background: Option<wavelet::delivery::service::Background>,
 }
 
 impl Bot {
@@ -283,10 +283,11 @@ impl Bot {
         let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), rt.clone()).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(m.clone());
-        let (ingest, worker) = wavelet::ingest::Ingest::spawn(rt.clone(), wavelet::ingest::MAX_BATCH);
+        let (ingest, worker) =
+            wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
         let m_ref = m.clone();
         let sync = tokio::spawn(m.run(ingest));
-        let background = wavelet::service::spawn(rt.clone(), adapters);
+        let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
         Bot { rt, adapter: m_ref, tasks: vec![sync, worker], background: Some(background) }
     }
 

@@ -9,7 +9,7 @@
 //! down) do not count as due. Work this process queues wakes it at once
 //! ([`Runtime::wake`]).
 
-use crate::adapter::{Adapters, CLAIM, deliver_pending};
+use crate::delivery::{Adapters, CLAIM, deliver_pending};
 use crate::runtime::Runtime;
 use std::collections::HashMap;
 use std::sync::Arc;

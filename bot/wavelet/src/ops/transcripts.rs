@@ -2,8 +2,8 @@
 //! store with the real migrations and a simulated clock. `wavelet test` and the Rust test
 //! suite both use this.
 
-use crate::adapter::{Adapters, ChatAdapter, SendFuture, deliver_pending};
 use crate::app;
+use crate::delivery::{Adapters, ChatAdapter, SendFuture, deliver_pending};
 use crate::runtime::{ManualClock, Runtime};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

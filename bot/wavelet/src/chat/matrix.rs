@@ -18,8 +18,8 @@
 //!
 //! Only this file knows matrix-sdk's types.
 
-use crate::adapter::{ChatAdapter, SendError, SendFuture};
-use crate::ingest::Ingest;
+use crate::delivery::ingest::Ingest;
+use crate::delivery::{ChatAdapter, SendError, SendFuture};
 use crate::runtime::Runtime;
 use anyhow::{Context, bail};
 use matrix_sdk::authentication::matrix::MatrixSession;

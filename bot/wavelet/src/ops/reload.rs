@@ -2,8 +2,8 @@
 //! An edit that compiles replaces the version on offer (runs in flight keep theirs); an
 //! edit that fails is refused, the coordinators are told where, and the old one serves.
 
+use crate::runtime::LoadReport;
 use crate::runtime::Runtime;
-use crate::workflows::LoadReport;
 use std::sync::Arc;
 use wavelet_core::ledger::{Draft, Record};
 use wavelet_core::{keys, render};

@@ -1,74 +1,15 @@
-//! The boundary every chat platform implements, and the outbox delivery that drives it.
-//! Nothing reaches a chat platform except through here: the runtime writes messages to
-//! the outbox in its transaction; [`deliver_pending`] sends them and records delivery.
+//! One delivery pass: claim what is due (or take what commits handed over), send it room
+//! by room with the idempotency key each message carries, and record what happened
+//! (delivered, retried later, or parked and surfaced).
 
+use super::{Adapters, SendError};
 use crate::runtime::Runtime;
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-use wavelet_core::ledger::OutboxMessage;
-use wavelet_core::{Millis, OutboundMessage, Platform};
+use wavelet_core::{Millis, Platform};
 use wavelet_store::{self as store, CLAIM_BATCH, ClaimedMessage};
-
-/// Why a send did not go through.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// Worth trying again later (network, rate limit, server error).
-    #[error("temporary: {0}")]
-    Temporary(String),
-    /// Will never work as it is (unknown room, refused content); surfaced to coordinators.
-    #[error("permanent: {0}")]
-    Permanent(String),
-    /// The platform asked us to slow down: nothing more goes to it until then.
-    #[error("rate limited for {0:?}")]
-    RateLimited(Duration),
-}
-
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
-
-/// A chat platform, as the runtime sees it. Implementations convert platform types to
-/// and from the core's at this border and nowhere else.
-pub trait ChatAdapter: Send + Sync {
-    fn platform(&self) -> Platform;
-    /// Sends one message. `message.idempotency_key` must become the platform's own
-    /// dedup key (Matrix transaction id, Discord nonce) so a resend is not a second post.
-    fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a>;
-    /// How many rooms may be sent to side by side (each room still gets its messages one
-    /// at a time, in order). 1, the default, sends everything in claim order.
-    fn parallel_rooms(&self) -> usize {
-        1
-    }
-}
-
-/// Adapters by platform.
-#[derive(Clone, Default)]
-pub struct Adapters(HashMap<Platform, Arc<dyn ChatAdapter>>);
-
-impl Adapters {
-    pub fn add(&mut self, a: Arc<dyn ChatAdapter>) {
-        self.0.insert(a.platform(), a);
-    }
-
-    pub fn get(&self, p: Platform) -> Option<&Arc<dyn ChatAdapter>> {
-        self.0.get(&p)
-    }
-
-    /// How many rooms a delivery pass serves side by side: what the most careful adapter
-    /// allows.
-    pub fn parallel_rooms(&self) -> usize {
-        self.0.values().map(|a| a.parallel_rooms()).min().unwrap_or(1).max(1)
-    }
-
-    /// The platforms there are adapters for.
-    pub fn platforms(&self) -> Vec<Platform> {
-        let mut p: Vec<Platform> = self.0.keys().copied().collect();
-        p.sort();
-        p
-    }
-}
 
 /// The wait before the n-th retry: 1 s doubling to at most 5 min.
 pub fn backoff(attempts: i32) -> Duration {
@@ -87,10 +28,6 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the shared rooms of a delivery pass wait for its direct rooms to be served
 /// before they are served side by side with them.
 pub const DIRECT_FIRST: Duration = Duration::from_secs(2);
-
-/// How often a delivery pass claims from the outbox itself while commits keep handing it
-/// messages (see [`deliver_pending`]).
-pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a claim on a message lasts: if the process dies mid-send, another sends it
 /// after this (with the same idempotency key, so the platform drops a duplicate).
@@ -278,80 +215,10 @@ async fn deliver_queue(
     Ok(out)
 }
 
-/// Tracks this process's delivery passes (one runs at a time), so that a chat connection
-/// can wait for the pass that sends what it has just queued: the Matrix adapter holds its
-/// next `/sync` until then, as a bot that answers inside its handler would, rather than
-/// have the homeserver serve both at once. A pass is known by the store's commit count
-/// when it began: it sees every row committed by then.
-pub struct DeliveryPasses {
-    /// The commit count the latest finished pass began after.
-    finished: tokio::sync::watch::Sender<u64>,
-    /// When a pass last claimed from the outbox itself (by the runtime's clock).
-    claimed_at: Mutex<Option<Millis>>,
-}
-
-impl Default for DeliveryPasses {
-    fn default() -> Self {
-        DeliveryPasses { finished: tokio::sync::watch::Sender::new(0), claimed_at: Mutex::new(None) }
-    }
-}
-
-impl DeliveryPasses {
-    /// Whether a pass with `handed` messages to send should also claim from the outbox:
-    /// always when it has none, else once every [`CLAIM_EVERY`] (and at once if the clock
-    /// went back since the last claim). Records the claim.
-    fn claim_now(&self, handed: usize, now: Millis) -> bool {
-        let mut at = self.claimed_at.lock().unwrap_or_else(|e| e.into_inner());
-        let due = handed == 0 || at.is_none_or(|t| now >= t.plus(CLAIM_EVERY) || now < t);
-        if due {
-            *at = Some(now);
-        }
-        due
-    }
-
-    fn begin(&self, commits: u64) -> PassCounted<'_> {
-        PassCounted { passes: self, commits }
-    }
-
-    /// Waits until a pass that began after `commits` commits has finished, or `at_most`
-    /// has passed; `true` if one finished.
-    pub async fn sent_after(&self, commits: u64, at_most: Duration) -> bool {
-        let mut done = self.finished.subscribe();
-        tokio::time::timeout(at_most, done.wait_for(|f| *f >= commits)).await.is_ok_and(|r| r.is_ok())
-    }
-}
-
-/// A pass being made; counted as finished when dropped, however it ends.
-struct PassCounted<'a> {
-    passes: &'a DeliveryPasses,
-    commits: u64,
-}
-
-impl Drop for PassCounted<'_> {
-    fn drop(&mut self) {
-        let commits = self.commits;
-        self.passes.finished.send_if_modified(|f| {
-            let later = commits > *f;
-            *f = (*f).max(commits);
-            later
-        });
-    }
-}
-
-/// Which outbox message this was, for the ledger.
-pub fn describe(c: &ClaimedMessage) -> OutboxMessage {
-    OutboxMessage {
-        outbox: c.id,
-        key: c.message.idempotency_key.clone(),
-        room: c.message.room.to_string(),
-        run: c.run_id.clone(),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use wavelet_core::{MessageBody, RoomRef};
+    use wavelet_core::{MessageBody, OutboundMessage, RoomRef};
 
     /// A claimed message with id `id` to the Matrix room `room`.
     pub(crate) fn claimed(id: i64, room: &str) -> ClaimedMessage {
@@ -366,44 +233,6 @@ pub(crate) mod tests {
 
     fn ids(queues: &[Vec<ClaimedMessage>]) -> Vec<Vec<i64>> {
         queues.iter().map(|q| q.iter().map(|c| c.id).collect()).collect()
-    }
-
-    #[test]
-    fn a_pass_with_handed_over_messages_claims_once_a_second() {
-        let passes = DeliveryPasses::default();
-        let second = CLAIM_EVERY.as_millis() as i64;
-        // (handed-over messages, now, claims?) in order, each after the one before.
-        let cases = [
-            (3, 10_000, true),               // the first pass claims
-            (3, 10_000 + second - 1, false), // not yet a second since
-            (0, 10_000 + second - 1, true),  // nothing handed over: it claims
-            (3, 10_000 + second, false),     // a second since the first, not the last
-            (3, 10_000 + 2 * second, true),  // a second since the last
-            (3, 5_000, true),                // the clock went back
-            (3, 5_001, false),
-        ];
-        for (i, (handed, now, claims)) in cases.into_iter().enumerate() {
-            assert_eq!(passes.claim_now(handed, Millis(now)), claims, "case {i}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_wait_for_delivery_ends_with_a_pass_that_began_after_the_commit() {
-        let passes = std::sync::Arc::new(DeliveryPasses::default());
-        assert!(!passes.sent_after(1, Duration::from_millis(20)).await, "no pass has run");
-        // A pass that began before commit 3 does not send what commit 3 queued.
-        drop(passes.begin(2));
-        assert!(passes.sent_after(2, Duration::from_millis(20)).await);
-        assert!(!passes.sent_after(3, Duration::from_millis(20)).await);
-        // A waiter is woken when a pass that began after its commit ends.
-        let waiting = passes.clone();
-        let waiter = tokio::spawn(async move { waiting.sent_after(3, Duration::from_secs(10)).await });
-        tokio::task::yield_now().await;
-        drop(passes.begin(5));
-        assert!(waiter.await.unwrap());
-        // An older pass ending late does not move it back.
-        drop(passes.begin(4));
-        assert!(passes.sent_after(5, Duration::from_millis(20)).await);
     }
 
     #[test]

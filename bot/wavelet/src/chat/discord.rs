@@ -30,8 +30,8 @@
 //!
 //! Only this file knows serenity's types.
 
-use crate::adapter::{ChatAdapter, SendError, SendFuture};
-use crate::ingest::{Ingest, SubmitError};
+use crate::delivery::ingest::{Ingest, SubmitError};
+use crate::delivery::{ChatAdapter, SendError, SendFuture};
 use crate::runtime::Runtime;
 use anyhow::{Context as _, bail};
 use serenity::all::{

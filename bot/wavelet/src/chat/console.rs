@@ -2,7 +2,7 @@
 //! what the bot says to whom and where. It reads lines from stdin, so a file of lines can
 //! be piped in to demo or test a workflow. It is also the console platform's adapter.
 
-use crate::adapter::{Adapters, ChatAdapter, SendFuture, deliver_pending};
+use crate::delivery::{Adapters, ChatAdapter, SendFuture, deliver_pending};
 use crate::runtime::Runtime;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -114,9 +114,9 @@ pub async fn run(
     let mut seat = Seat { person: first, room: first_room };
     console.print(&format!("Wavelet console. {HELP}"));
     // Timers fire and messages go out while the console is open.
-    let background = crate::service::spawn(rt.clone(), adapters.clone());
+    let background = crate::delivery::service::spawn(rt.clone(), adapters.clone());
     // Through the ingest, so a store that goes away holds the line until it is back.
-    let (ingest, worker) = crate::ingest::Ingest::spawn(rt.clone(), crate::ingest::MAX_BATCH);
+    let (ingest, worker) = crate::delivery::ingest::Ingest::spawn(rt.clone(), crate::delivery::ingest::MAX_BATCH);
     let started = rt.now().0;
     let mut n = 0u64;
     let mut line_number = 0u64;
