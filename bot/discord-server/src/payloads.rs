@@ -23,6 +23,9 @@
 //! - errors: <https://discord.com/developers/docs/reference#error-messages>,
 //!   <https://discord.com/developers/docs/topics/opcodes-and-status-codes#json>
 //! - rate limits: <https://discord.com/developers/docs/topics/rate-limits#exceeding-a-rate-limit>
+//!
+//! Over 800 lines on purpose: one builder per payload, so that every byte the server
+//! sends is in one place to check against Discord's documentation.
 
 use std::time::Duration;
 

@@ -13,6 +13,9 @@
 //! Cases that act as an attacker (or test the database's own refusals) go around the
 //! store with raw SQL on a separate sqlx connection made from the store's own connect
 //! options; on PostgreSQL that user must be a superuser (the `scripts/test` one is).
+//!
+//! One file, over 800 lines, on purpose: every case runs on both backends from the one
+//! `contract!` list, and a case is read beside the helpers it uses.
 
 use serde_json::json;
 use sqlx::postgres::PgConnection;

@@ -13,9 +13,9 @@
 //! of round trips per bot and room kind (default 300).
 #![recursion_limit = "256"]
 
-#[path = "../tests/support/synapse.rs"]
+#[path = "../../../tests/support/synapse.rs"]
 mod synapse;
-#[path = "../tests/support/matrix_world.rs"]
+#[path = "../../../tests/support/matrix_world.rs"]
 mod world;
 
 use matrix_sdk::ruma::OwnedRoomId;

@@ -1,5 +1,8 @@
 //! Configuration parsing, driven by sample files: each test feeds a file to
 //! [`Config::parse`] and states the mistakes it must report, where and about what.
+//!
+//! Over 800 lines: one sample file per mistake the parser must report, read top to
+//! bottom like the configuration itself.
 
 use super::*;
 use crate::domain::Platform;

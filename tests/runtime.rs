@@ -1,10 +1,13 @@
 //! The runtime end to end on real stores (a SQLite file, and PostgreSQL when the test
 //! command provides one): durability across restarts, exactly-once handling, hostile
 //! input, failing scripts and pinned versions.
+//!
+//! Over 800 lines: one case per behaviour, each independent, all through the same `Bot`;
+//! split by subject when a new subject joins.
 
 mod common;
 use common::*;
-#[path = "../benches/common.rs"]
+#[path = "../bot/wavelet/benches/common.rs"]
 mod generated;
 use std::sync::{Arc, Mutex};
 use wavelet_store::RunStatus;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// A copy of the example configuration whose store is a file in `dir`.
@@ -20,7 +20,7 @@ fn config_in(dir: &Path, workflows: &Path) -> PathBuf {
 }
 
 fn wavelet(config: &Path, args: &[&str], stdin: Option<&Path>) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wavelet"));
+    let mut cmd = Command::new(wavelet_tests::wavelet_bin());
     cmd.arg("--config").arg(config).args(args).env_remove("WAVELET_DATABASE_URL").env("WAVELET_LOG", "warn");
     cmd.stdin(match stdin {
         Some(p) => Stdio::from(std::fs::File::open(p).unwrap()),

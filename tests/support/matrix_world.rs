@@ -29,7 +29,7 @@ use wavelet::delivery::Adapters;
 use wavelet::runtime::SystemClock;
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// A text message a person's client received.

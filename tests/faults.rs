@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use wavelet_store::Store;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The example configuration with short escalation waits (level 1: 1 s, level 2: 60 s),
@@ -54,7 +54,7 @@ struct Outcome {
 fn run(config: &Path, db_url: Option<&str>, dir: &Path, crash: Option<(&str, usize)>, trace: Option<&Path>) -> Outcome {
     let input = dir.join("input.txt");
     std::fs::write(&input, INPUT).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wavelet"));
+    let mut cmd = Command::new(wavelet_tests::wavelet_bin());
     cmd.arg("--config").arg(config).args(["console", "--input-id", "faults", "--show-keys"]);
     cmd.env("WAVELET_LOG", "error").env_remove("WAVELET_TEST_CRASH_AT").env_remove("WAVELET_TEST_CRASH_TRACE");
     match db_url {

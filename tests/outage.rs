@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use wavelet_store::Store;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// How long the server stays down.
@@ -206,7 +206,7 @@ struct Wavelet {
 
 impl Wavelet {
     fn start(config: &Path, url: &str) -> Wavelet {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wavelet"))
+        let mut child = Command::new(wavelet_tests::wavelet_bin())
             .arg("--config")
             .arg(config)
             .args(["console", "--input-id", "outage", "--show-keys"])

@@ -9,7 +9,7 @@ pub use wavelet::runtime::{ManualClock, Runtime};
 pub use wavelet_core::{Account, InboundEvent, Millis, OutboundMessage, Platform, RoomRef};
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Collects what the bot sends.

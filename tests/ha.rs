@@ -20,7 +20,7 @@ use wavelet_core::{Account, InboundEvent, Platform, RoomRef};
 use wavelet_store::Store;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn pg_base() -> String {
@@ -62,7 +62,7 @@ struct Process {
 }
 
 fn start(config: &Path, db: &str) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wavelet"))
+    let mut child = Command::new(wavelet_tests::wavelet_bin())
         .arg("--config")
         .arg(config)
         .args(["run", "--show-keys"])

@@ -47,7 +47,7 @@ pub async fn start_server(options: ServerOptions) -> Server {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Wavelet's log (ids only) in the test's output; `WAVELET_LOG` sets the filter.
