@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod decide;
 pub mod directory;
 pub mod domain;
 pub mod engine;

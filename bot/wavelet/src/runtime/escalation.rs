@@ -137,9 +137,8 @@ impl Runtime {
             .dir
             .group(&case.group_id)
             .is_some_and(|g| self.dir.members_with_role(g, roles::LEAD).any(|p| p.id == person));
-        let was_notified = escalations.iter().any(|e| e.notified.iter().any(|p| p == person));
         let draft = |record: Record| Draft::of(now, person, record).about(Some(case_id.to_string()));
-        if !is_lead && !was_notified {
+        if !decide::may_acknowledge(person, is_lead, &views(&escalations)) {
             tracing::info!(case = %case_id, "acknowledgement refused");
             tx.append(draft(Record::AcknowledgementRefused { room: ev.room.to_string() }));
             tx.enqueue(&reply(render::ack_not_allowed(case_id)), None, now).await?;
@@ -155,42 +154,29 @@ impl Runtime {
                 resumed.push((run, step));
             }
         }
-        let active: Vec<&mut EscalationRow> =
-            escalations.iter_mut().filter(|e| e.status == EscalationStatus::Active).collect();
         let label = self.label(person);
-        if active.is_empty() && resumed.is_empty() {
-            let last = last_ack(&escalations);
-            tx.append(draft(Record::AcknowledgementLate {
-                room: ev.room.to_string(),
-                already_by: last.map(|l| l.0.clone()),
-                already_at: last.map(|l| l.1.rfc3339()),
-            }));
-            let text = match last {
-                Some((by, at)) => render::ack_late(case_id, &self.label(by), at),
-                None => render::ack_nothing_pending(case_id),
-            };
-            tx.enqueue(&reply(text), None, now).await?;
-            return Ok(());
-        }
-        let mut stopped = Vec::new();
-        let mut others: Vec<String> = Vec::new();
-        let mut since: Option<Millis> = None;
-        for e in active {
+        let (stop, stopped, others, since) = match decide::acknowledgement(&views(&escalations), resumed.len(), now) {
+            decide::Acknowledgement::Late { last } => {
+                tx.append(draft(Record::AcknowledgementLate {
+                    room: ev.room.to_string(),
+                    already_by: last.as_ref().map(|l| l.0.clone()),
+                    already_at: last.as_ref().map(|l| l.1.rfc3339()),
+                }));
+                let text = match last {
+                    Some((by, at)) => render::ack_late(case_id, &self.label(&by), at),
+                    None => render::ack_nothing_pending(case_id),
+                };
+                tx.enqueue(&reply(text), None, now).await?;
+                return Ok(());
+            }
+            decide::Acknowledgement::Taken { stop, stopped, others, since } => (stop, stopped, others, since),
+        };
+        for i in stop {
+            let e = &mut escalations[i];
             e.status = EscalationStatus::Acknowledged;
             e.acked_by = Some(person.to_string());
             e.acked_at = Some(now);
             e.next_at = None;
-            since = Some(since.map_or(e.started_at, |s: Millis| s.min(e.started_at)));
-            stopped.push(StoppedEscalation {
-                escalation: e.id.clone(),
-                stage: e.stage + 1,
-                after_ms: now.0 - e.started_at.0,
-            });
-            for p in &e.notified {
-                if !others.contains(p) {
-                    others.push(p.clone());
-                }
-            }
             tx.update_escalation(e).await?;
         }
         tracing::info!(case = %case_id, escalations = stopped.len(), runs = resumed.len(), "case acknowledged");
@@ -229,7 +215,17 @@ impl Runtime {
     }
 }
 
-/// The last acknowledgement of any of these escalations: who and when.
-fn last_ack(escalations: &[EscalationRow]) -> Option<(&String, Millis)> {
-    escalations.iter().filter_map(|e| Some((e.acked_by.as_ref()?, e.acked_at?))).max_by_key(|(_, at)| *at)
+/// The case's escalations as the acknowledgement rules see them.
+fn views(escalations: &[EscalationRow]) -> Vec<decide::EscalationView<'_>> {
+    escalations
+        .iter()
+        .map(|e| decide::EscalationView {
+            id: &e.id,
+            active: e.status == EscalationStatus::Active,
+            stage: e.stage,
+            started_at: e.started_at,
+            notified: &e.notified,
+            acked: e.acked_by.as_deref().zip(e.acked_at),
+        })
+        .collect()
 }

@@ -29,12 +29,12 @@ use wavelet_core::engine::{
     ACK_TIMED_OUT, Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine,
 };
 use wavelet_core::escalation::{self as esc, CaseSummary};
-use wavelet_core::keys;
-use wavelet_core::ledger::{ChainCheck, Draft, Head, Recipient, Record, ScheduleOrigin, StoppedEscalation, Witness};
+use wavelet_core::ledger::{ChainCheck, Draft, Head, Recipient, Record, ScheduleOrigin, Witness};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{
     Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag, render, roles, text,
 };
+use wavelet_core::{decide, keys};
 use wavelet_store::{
     self as store, CaseRow, Due, DueTimer, EscalationRow, EscalationStatus, RunRow, RunStatus, Store, Tx,
 };
