@@ -2,7 +2,12 @@
 //! waits for, performing what the replay asked for, and handing a person's next
 //! question in a room to the run whose turn it is.
 
-use super::*;
+use super::{Runtime, StepHost, question};
+use serde_json::json;
+use wavelet_core::engine::{Advance, Effect, Outcome, RunContext, Wait, Workflow};
+use wavelet_core::ledger::Record;
+use wavelet_core::{Millis, RoomRef, keys, render, text};
+use wavelet_store::{self as store, RunRow, RunStatus, Tx};
 
 impl Runtime {
     /// Replays a run with its history, performs what it asked for and stores the result.

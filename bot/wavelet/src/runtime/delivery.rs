@@ -1,8 +1,11 @@
 //! What delivery reports back: a share's arrival recorded in the ledger, and a message
 //! that cannot be delivered parked and surfaced.
 
-use super::*;
+use super::{Runtime, WAVELET};
 use wavelet_core::ledger::OutboxMessage;
+use wavelet_core::ledger::{Draft, Record};
+use wavelet_core::{Millis, keys, render};
+use wavelet_store as store;
 
 impl Runtime {
     /// Records that a claimed message was delivered. One room's copy of a share is also

@@ -1,7 +1,14 @@
 //! Due work: run timers, escalation stages and schedules, claimed and fired in batches,
 //! once across processes; what cannot be fired is put back a minute later.
 
-use super::*;
+use super::{DUE_BATCH, Runtime, WAVELET};
+use serde_json::json;
+use wavelet_core::config::WITNESS_SCHEDULE;
+use wavelet_core::engine::{ACK_TIMED_OUT, Wait};
+use wavelet_core::escalation::{self as esc};
+use wavelet_core::ledger::{Draft, Record};
+use wavelet_core::{Millis, render};
+use wavelet_store::{self as store, Due, DueTimer, RunStatus, Tx};
 
 impl Runtime {
     /// Fires what is due (run timers, escalation stages, scheduled workflows), earliest

@@ -1,7 +1,12 @@
 //! Performing what a step of a script asked for (questions, messages, shares, cases,
 //! timers, escalations), each through the step's transaction and the outbox.
 
-use super::*;
+use super::{Runtime, names, question};
+use wavelet_core::engine::Effect;
+use wavelet_core::escalation::{self as esc};
+use wavelet_core::ledger::{Recipient, Record};
+use wavelet_core::{MessageBody, Millis, OutboundMessage, Platform, RoomRef, keys, render, roles};
+use wavelet_store::{self as store, CaseRow, EscalationRow, EscalationStatus, RunRow, Tx};
 
 impl Runtime {
     pub(super) async fn perform(

@@ -1,7 +1,13 @@
 //! Escalations: notifying a stage, moving to the next, and acknowledgements (who may,
 //! first, late, refused).
 
-use super::*;
+use super::{Runtime, WAVELET, names};
+use serde_json::json;
+use wavelet_core::engine::Wait;
+use wavelet_core::escalation::{self as esc, CaseSummary};
+use wavelet_core::ledger::{Draft, Record};
+use wavelet_core::{InboundEvent, MessageBody, Millis, OutboundMessage, decide, keys, render, roles, text};
+use wavelet_store::{self as store, EscalationRow, EscalationStatus, RunStatus, Tx};
 
 impl Runtime {
     pub(super) async fn case_summary(&self, tx: &mut Tx, case_id: &str) -> store::Result<CaseSummary> {

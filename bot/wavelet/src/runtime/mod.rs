@@ -22,22 +22,12 @@ mod workflows;
 pub use passes::{CLAIM_EVERY, DeliveryPasses};
 pub use workflows::{LoadReport, Workflows};
 
-use serde_json::json;
 use std::sync::{Arc, Mutex, RwLock};
-use wavelet_core::config::WITNESS_SCHEDULE;
-use wavelet_core::engine::{
-    ACK_TIMED_OUT, Advance, Effect, History, Host, Outcome, RunContext, Wait, Workflow, WorkflowEngine,
-};
-use wavelet_core::escalation::{self as esc, CaseSummary};
-use wavelet_core::ledger::{ChainCheck, Draft, Head, Recipient, Record, ScheduleOrigin, Witness};
-use wavelet_core::router::{self, Route, WaitingRun};
-use wavelet_core::{
-    Directory, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef, message_tag, render, roles, text,
-};
-use wavelet_core::{decide, keys};
-use wavelet_store::{
-    self as store, CaseRow, Due, DueTimer, EscalationRow, EscalationStatus, RunRow, RunStatus, Store, Tx,
-};
+use wavelet_core::engine::{Host, WorkflowEngine};
+use wavelet_core::keys;
+use wavelet_core::ledger::{Draft, Record};
+use wavelet_core::{Directory, MessageBody, Millis, OutboundMessage, Platform, RoomRef, render};
+use wavelet_store::{self as store, RunRow, Store};
 
 pub use wavelet_core::clock::{Clock, ManualClock};
 

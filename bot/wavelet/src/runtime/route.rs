@@ -2,7 +2,13 @@
 //! recorded once by its platform id, then routed (core `router`) to the run that waits
 //! for it, a new run, a cancellation, an acknowledgement, or a polite refusal.
 
-use super::*;
+use super::Runtime;
+use serde_json::json;
+use wavelet_core::engine::Wait;
+use wavelet_core::ledger::{Draft, Record};
+use wavelet_core::router::{self, Route, WaitingRun};
+use wavelet_core::{InboundEvent, MessageBody, OutboundMessage, keys, message_tag, render, text};
+use wavelet_store::{self as store, RunStatus, Tx};
 
 impl Runtime {
     /// Handles inbound events in one transaction; if that fails, each on its own, so one

@@ -1,7 +1,12 @@
 //! Starting runs (by a command or a schedule) and finding the workflow version a run
 //! is pinned to.
 
-use super::*;
+use super::{Runtime, WAVELET};
+use std::sync::Arc;
+use wavelet_core::engine::{History, Workflow};
+use wavelet_core::ledger::{Draft, Record, ScheduleOrigin};
+use wavelet_core::{Millis, RoomRef, keys, render};
+use wavelet_store::{self as store, RunRow, RunStatus, Tx};
 
 impl Runtime {
     /// Starts a scheduled workflow, once (its next time is set by [`Runtime::fire`]).

@@ -1,7 +1,10 @@
 //! The ledger witness: the chain's head posted outside the database once a day, after
 //! checking the chain since the last witness (or an alarm instead).
 
-use super::*;
+use super::{Runtime, WAVELET, names};
+use wavelet_core::ledger::{ChainCheck, Draft, Head, Record, Witness};
+use wavelet_core::{MessageBody, Millis, OutboundMessage, RoomRef, keys};
+use wavelet_store::{self as store, Tx};
 
 impl Runtime {
     /// The ledger witness (`[audit]`): posts the chain's head, as this transaction sees it,
