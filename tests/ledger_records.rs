@@ -44,20 +44,20 @@ fn render(entries: &[StoredEntry], folder: Option<&str>) -> String {
 /// `text` with every 64-character hex string (a SHA-256) written `<sha256>`.
 fn without_chain_hashes(text: &str) -> String {
     let mut out = String::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let run = rest.bytes().take_while(u8::is_ascii_hexdigit).count();
-        if run == 64 {
-            out.push_str("<sha256>");
-        } else if run > 0 {
-            out.push_str(&rest[..run]);
+    let mut hex = String::new();
+    let mut flush = |hex: &mut String, out: &mut String| {
+        out.push_str(if hex.len() == 64 { "<sha256>" } else { hex.as_str() });
+        hex.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            hex.push(c);
+        } else {
+            flush(&mut hex, &mut out);
+            out.push(c);
         }
-        let skip = if run > 0 { run } else { rest.chars().next().map_or(1, char::len_utf8) };
-        if run == 0 {
-            out.push_str(&rest[..skip]);
-        }
-        rest = &rest[skip..];
     }
+    flush(&mut hex, &mut out);
     out
 }
 

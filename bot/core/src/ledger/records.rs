@@ -510,6 +510,7 @@ mod tests {
             r#"{"reason":"RET-1","seq":12}"#,
         );
         let stage = Stage { level: 1, round: 0, is_final: false, notify: vec![], wait_ms: Some(900_000) };
+        let stage_json = canonical_json(&serde_json::to_value(&stage).unwrap());
         check(
             Record::EscalationStarted {
                 step: 7,
@@ -518,19 +519,7 @@ mod tests {
                 stages: vec![stage],
             },
             "escalation.started",
-            &format!(
-                r#"{{"escalation":"E-1","policy":"immediate","stages":[{}],"step":7}}"#,
-                canonical_json(
-                    &serde_json::to_value(Stage {
-                        level: 1,
-                        round: 0,
-                        is_final: false,
-                        notify: vec![],
-                        wait_ms: Some(900_000)
-                    })
-                    .unwrap()
-                )
-            ),
+            &format!(r#"{{"escalation":"E-1","policy":"immediate","stages":[{stage_json}],"step":7}}"#),
         );
         check(
             Record::EscalationNotified {
