@@ -45,7 +45,7 @@ fn render(entries: &[StoredEntry], folder: Option<&str>) -> String {
 fn without_chain_hashes(text: &str) -> String {
     let mut out = String::new();
     let mut hex = String::new();
-    let mut flush = |hex: &mut String, out: &mut String| {
+    let flush = |hex: &mut String, out: &mut String| {
         out.push_str(if hex.len() == 64 { "<sha256>" } else { hex.as_str() });
         hex.clear();
     };
