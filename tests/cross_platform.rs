@@ -18,6 +18,7 @@ use discord_world::{GUILD, NORTH, Options, alice, bea, expect, expect_dm};
 use std::path::Path;
 use std::sync::Arc;
 use synapse::Synapse;
+use wavelet::chat::ChatContext;
 use wavelet::chat::discord::DiscordAdapter;
 use wavelet::chat::matrix::MatrixAdapter;
 use wavelet::delivery::Adapters;
@@ -35,20 +36,21 @@ struct Bot {
 impl Bot {
     async fn start(config: &Path, discord_server: &Server) -> Bot {
         let (cfg, rt) = world::runtime(config).await;
-        let matrix = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &world::secrets(), rt.clone()).await.unwrap();
-        let discord = DiscordAdapter::connect(cfg.discord.as_ref().unwrap(), Some(discord_server.token()), rt.clone())
-            .await
-            .unwrap();
+        let (ingest, worker) =
+            wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
+        let ctx = ChatContext::new(rt.clone(), ingest);
+        let matrix =
+            MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &world::secrets(), ctx.clone()).await.unwrap();
+        let discord =
+            DiscordAdapter::connect(cfg.discord.as_ref().unwrap(), Some(discord_server.token()), ctx).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(matrix.clone());
         adapters.add(discord.clone());
-        let (ingest, worker) =
-            wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
-        let sync = tokio::spawn(matrix.run(ingest.clone()));
+        let sync = tokio::spawn(matrix.run());
         let gateway = tokio::spawn({
             let discord = discord.clone();
             async move {
-                let _ = discord.run(ingest).await;
+                let _ = discord.run().await;
             }
         });
         let background = wavelet::delivery::service::spawn(rt.clone(), adapters);

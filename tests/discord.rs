@@ -279,13 +279,15 @@ async fn a_bad_or_missing_token_is_a_clear_error_before_any_gateway_connection()
     let url = cfg.store.url.clone();
     let rt = wavelet::app::build(cfg.clone(), &url, Arc::new(SystemClock)).await.unwrap().runtime;
     let discord = cfg.discord.as_ref().unwrap();
+    let (ingest, _worker) = wavelet::delivery::ingest::Ingest::spawn(rt.clone(), 1);
+    let ctx = wavelet::chat::ChatContext::new(rt.clone(), ingest);
 
     let started = std::time::Instant::now();
-    let wrong = DiscordAdapter::connect(discord, Some("not-the-token"), rt.clone()).await.err().expect("refused");
+    let wrong = DiscordAdapter::connect(discord, Some("not-the-token"), ctx.clone()).await.err().expect("refused");
     let text = format!("{wrong:#}");
     assert!(text.contains("Discord refused the bot token in WAVELET_DISCORD_TOKEN (401 Unauthorized)"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let missing = DiscordAdapter::connect(discord, None, rt.clone()).await.err().expect("refused");
+    let missing = DiscordAdapter::connect(discord, None, ctx).await.err().expect("refused");
     assert!(format!("{missing:#}").contains("WAVELET_DISCORD_TOKEN is not set"), "{missing:#}");
     assert_eq!(server.gateway_stats().connections, 0, "no gateway connection was tried");
     rt.store().close().await;

@@ -18,7 +18,7 @@ use matrix_sdk::ruma::events::room::message::{MessageType, RoomMessageEventConte
 use std::time::{Duration, Instant};
 use synapse::Synapse;
 use wavelet::chat::matrix::{MatrixAdapter, Secrets};
-use world::{Bot, Person, config, log_to_test_output, logged_in, runtime, secrets};
+use world::{Bot, Person, config, context, log_to_test_output, logged_in, runtime, secrets};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concern_raised_in_a_group_room_is_asked_in_an_encrypted_direct_room() {
@@ -225,8 +225,8 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     let bot = Bot::start(&config).await;
     // A second process on the same state folder (the same device) is refused.
     let cfg = wavelet::app::load_config(&config, &|_| None).unwrap();
-    let err =
-        MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), bot.rt.clone()).await.err().expect("refused");
+    let (ctx, _worker) = context(&bot.rt);
+    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), ctx).await.err().expect("refused");
     assert!(err.to_string().contains("is in use by another Wavelet process"), "{err:#}");
     alice.wait_for_members(&north, 2).await;
     alice.say(&north, "!concern").await;
@@ -261,7 +261,8 @@ async fn a_restarted_bot_is_the_same_device_and_picks_up_what_came_meanwhile() {
     // A session whose stores are gone is refused, not limped through.
     std::fs::remove_dir_all(dir.path().join("matrix-state/store")).unwrap();
     let (cfg, rt) = runtime(&config).await;
-    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), rt).await.err().expect("refused");
+    let (ctx, _worker) = context(&rt);
+    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), ctx).await.err().expect("refused");
     assert!(err.to_string().contains("would break encryption for this device"), "{err:#}");
 }
 
@@ -310,11 +311,12 @@ async fn a_recovery_key_brings_the_accounts_cross_signing_keys() {
 
     let config = config(dir.path(), &server, &"!unused:localhost".try_into().unwrap());
     let (cfg, rt) = runtime(&config).await;
+    let (ctx, _worker) = context(&rt);
     let mut secrets = Secrets { recovery_key: Some("EsTc not the key".into()), ..secrets() };
-    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt.clone()).await.err().expect("refused");
+    let err = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, ctx.clone()).await.err().expect("refused");
     assert!(err.to_string().contains("WAVELET_MATRIX_RECOVERY_KEY was not accepted"), "{err:#}");
     // With the right key (on the session the first attempt saved), the keys come.
     secrets.recovery_key = Some(key);
-    let adapter = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, rt).await.unwrap();
+    let adapter = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets, ctx).await.unwrap();
     assert!(adapter.cross_signed().await, "the cross-signing keys came with the recovery key");
 }

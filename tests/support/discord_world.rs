@@ -119,13 +119,13 @@ impl Bot {
         let rt = wavelet::app::build(cfg.clone(), &url, Arc::new(SystemClock)).await.unwrap().runtime;
         let identified = server.gateway_stats().identifies;
         let registrations = command_registrations(server);
-        let adapter =
-            DiscordAdapter::connect(cfg.discord.as_ref().unwrap(), Some(server.token()), rt.clone()).await.unwrap();
-        let mut adapters = Adapters::default();
-        adapters.add(adapter.clone());
         let (ingest, worker) =
             wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
-        let gateway = tokio::spawn(adapter.clone().run(ingest));
+        let ctx = wavelet::chat::ChatContext::new(rt.clone(), ingest);
+        let adapter = DiscordAdapter::connect(cfg.discord.as_ref().unwrap(), Some(server.token()), ctx).await.unwrap();
+        let mut adapters = Adapters::default();
+        adapters.add(adapter.clone());
+        let gateway = tokio::spawn(adapter.clone().run());
         let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
         server.wait_for_stats(|s| s.identifies > identified, WAIT).await.unwrap();
         eventually("the slash commands to be registered", || command_registrations(server) > registrations).await;

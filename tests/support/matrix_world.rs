@@ -268,6 +268,12 @@ pub async fn runtime(config: &Path) -> (wavelet_core::Config, Arc<wavelet::runti
     (cfg, rt)
 }
 
+/// A chat context on `rt`, with its ingest worker.
+pub fn context(rt: &Arc<wavelet::runtime::Runtime>) -> (wavelet::chat::ChatContext, tokio::task::JoinHandle<()>) {
+    let (ingest, worker) = wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
+    (wavelet::chat::ChatContext::new(rt.clone(), ingest), worker)
+}
+
 /// Wavelet, in this process: the runtime, the Matrix adapter syncing into the ingest, and
 /// the background loop delivering the outbox.
 pub struct Bot {
@@ -280,13 +286,12 @@ pub struct Bot {
 impl Bot {
     pub async fn start(config: &Path) -> Bot {
         let (cfg, rt) = runtime(config).await;
-        let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), rt.clone()).await.unwrap();
+        let (ctx, worker) = context(&rt);
+        let m = MatrixAdapter::connect(cfg.matrix.as_ref().unwrap(), &secrets(), ctx).await.unwrap();
         let mut adapters = Adapters::default();
         adapters.add(m.clone());
-        let (ingest, worker) =
-            wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
         let m_ref = m.clone();
-        let sync = tokio::spawn(m.run(ingest));
+        let sync = tokio::spawn(m.run());
         let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
         Bot { rt, adapter: m_ref, tasks: vec![sync, worker], background: Some(background) }
     }

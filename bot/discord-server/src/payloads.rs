@@ -1,4 +1,6 @@
 //! Every JSON payload the server sends, and nothing else builds JSON for the wire.
+//! Over 800 lines on purpose: one place to check against Discord's documentation, each
+//! builder beside its test against serenity's types.
 //!
 //! Each builder follows the structure tables and examples of Discord's developer documentation,
 //! and each is unit-tested against serenity 0.12's own types (see the tests at the end). That

@@ -1,6 +1,7 @@
 //! Wiring: reads the configuration, opens the store, loads the workflows and builds the
 //! runtime. Shared by every command.
 
+use crate::chat::ChatContext;
 use crate::runtime::{Clock, Runtime};
 use crate::runtime::{LoadReport, Workflows};
 use anyhow::Context;
@@ -61,31 +62,29 @@ pub async fn open(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> any
 
 /// Connects the chat platforms the configuration names (Matrix with the `matrix` feature,
 /// Discord with the `discord` feature), adds their adapters, and starts their inbound
-/// loops, which hand events to `ingest`. The tasks run until dropped; one that ends has
+/// loops, which hand events in through `ctx`. The tasks run until dropped; one that ends has
 /// lost its platform for good (a revoked Discord token) and says why.
 pub async fn start_platforms(
-    rt: &Arc<Runtime>,
+    ctx: &ChatContext,
     adapters: &mut crate::delivery::Adapters,
-    ingest: &crate::delivery::ingest::Ingest,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     #[cfg_attr(not(any(feature = "matrix", feature = "discord")), allow(unused_mut))]
     let mut tasks = Vec::new();
-    let config = rt.directory().config();
+    let config = ctx.directory().config();
     if let Some(cfg) = config.matrix.clone() {
         #[cfg(feature = "matrix")]
         {
             let secrets = crate::chat::matrix::Secrets::from_env();
-            let m = crate::chat::matrix::MatrixAdapter::connect(&cfg, &secrets, rt.clone()).await?;
+            let m = crate::chat::matrix::MatrixAdapter::connect(&cfg, &secrets, ctx.clone()).await?;
             adapters.add(m.clone());
-            let ingest = ingest.clone();
             tasks.push(tokio::spawn(async move {
-                m.run(ingest).await;
+                m.run().await;
                 Ok(())
             }));
         }
         #[cfg(not(feature = "matrix"))]
         {
-            let _ = (&adapters, ingest);
+            let _ = &adapters;
             anyhow::bail!(
                 "{} configures [matrix] (homeserver {}), but this wavelet was built without Matrix: build it with `cargo build --release -p wavelet --features matrix`",
                 config.path.display(),
@@ -97,13 +96,13 @@ pub async fn start_platforms(
         #[cfg(feature = "discord")]
         {
             let token = std::env::var(crate::chat::discord::TOKEN_ENV).ok();
-            let d = crate::chat::discord::DiscordAdapter::connect(&cfg, token.as_deref(), rt.clone()).await?;
+            let d = crate::chat::discord::DiscordAdapter::connect(&cfg, token.as_deref(), ctx.clone()).await?;
             adapters.add(d.clone());
-            tasks.push(tokio::spawn(d.run(ingest.clone())));
+            tasks.push(tokio::spawn(d.run()));
         }
         #[cfg(not(feature = "discord"))]
         {
-            let _ = (cfg, &adapters, ingest);
+            let _ = (cfg, &adapters);
             anyhow::bail!(
                 "{} configures [discord], but this wavelet was built without Discord: build it with `cargo build --release -p wavelet --features discord`",
                 config.path.display()

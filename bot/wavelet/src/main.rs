@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use wavelet::app;
+use wavelet::chat::ChatContext;
 use wavelet::chat::console::ConsoleAdapter;
-use wavelet::delivery::Adapters;
+use wavelet::delivery::ingest::{Ingest, MAX_BATCH};
+use wavelet::delivery::{Adapters, deliver_pending};
 use wavelet::ops::audit::{self, Format};
 use wavelet::ops::transcripts;
 use wavelet::runtime::SystemClock;
@@ -252,15 +254,25 @@ async fn console(
     let mut adapters = Adapters::default();
     adapters.add(console.clone());
     let reloader = wavelet::ops::reload::spawn(rt.clone());
+    // Timers fire and messages go out while the console is open.
+    let background = wavelet::delivery::service::spawn(rt.clone(), adapters.clone());
+    let (ingest, ingest_worker) = Ingest::spawn(rt.clone(), MAX_BATCH);
+    let ctx = ChatContext::new(rt.clone(), ingest);
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let options = wavelet::chat::console::ConsoleOptions {
         start_as: as_person,
         echo: !std::io::stdin().is_terminal(),
         input_id: input.input_id,
     };
-    let result = wavelet::chat::console::run(rt.clone(), adapters, console, stdin, options).await;
+    let result = wavelet::chat::console::run(&ctx, &adapters, console, stdin, options).await;
+    background.stop().await;
+    drop(ctx);
+    let _ = ingest_worker.await;
     reloader.abort();
     result?;
+    // What fell due while the last lines were handled, said before the console closes.
+    rt.fire_due_timers().await?;
+    deliver_pending(&rt, &adapters, rt.now()).await?;
     rt.store().close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -279,9 +291,9 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
         let console = ConsoleAdapter::new(Box::new(std::io::stdout()), rt.directory().clone()).showing_keys(show_keys);
         adapters.add(Arc::new(console));
     }
-    let (ingest, ingest_worker) =
-        wavelet::delivery::ingest::Ingest::spawn(rt.clone(), wavelet::delivery::ingest::MAX_BATCH);
-    let platforms = app::start_platforms(&rt, &mut adapters, &ingest).await?;
+    let (ingest, ingest_worker) = Ingest::spawn(rt.clone(), MAX_BATCH);
+    let ctx = ChatContext::new(rt.clone(), ingest);
+    let platforms = app::start_platforms(&ctx, &mut adapters).await?;
     for (platform, waiting) in rt.store().undelivered_by_platform().await? {
         if !adapters.platforms().iter().any(|p| p.as_str() == platform) {
             tracing::warn!(platform = %platform, messages = waiting, "messages wait for a platform this process does not run; give those people an account on a configured platform");
@@ -313,7 +325,7 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     for p in platforms {
         p.abort();
     }
-    drop(ingest);
+    drop(ctx);
     let _ = ingest_worker.await;
     background.stop().await;
     reloader.abort();

@@ -2,8 +2,8 @@
 //! what the bot says to whom and where. It reads lines from stdin, so a file of lines can
 //! be piped in to demo or test a workflow. It is also the console platform's adapter.
 
-use crate::delivery::{Adapters, ChatAdapter, SendFuture, deliver_pending};
-use crate::runtime::Runtime;
+use crate::chat::ChatContext;
+use crate::delivery::{Adapters, ChatAdapter, SendFuture};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
@@ -91,16 +91,17 @@ pub struct ConsoleOptions {
     pub input_id: Option<String>,
 }
 
-/// Runs the console room until the input ends or `:quit`.
+/// Runs the console room until the input ends or `:quit`: each line is handed in through
+/// `ctx` and what it queued for `adapters` is printed before the next line is read.
 pub async fn run(
-    rt: Arc<Runtime>,
-    adapters: Adapters,
+    ctx: &ChatContext,
+    adapters: &Adapters,
     console: Arc<ConsoleAdapter>,
     mut input: impl AsyncBufRead + Unpin,
     options: ConsoleOptions,
 ) -> anyhow::Result<()> {
     let ConsoleOptions { start_as, echo, input_id } = options;
-    let dir = rt.directory().clone();
+    let dir = ctx.directory();
     let first = start_as.or_else(|| dir.people().first().map(|p| p.id.clone())).unwrap_or_default();
     if dir.person(&first).is_none() {
         anyhow::bail!("`{first}` is not in the directory; `--as` takes a person id from the configuration");
@@ -113,11 +114,7 @@ pub async fn run(
     });
     let mut seat = Seat { person: first, room: first_room };
     console.print(&format!("Wavelet console. {HELP}"));
-    // Timers fire and messages go out while the console is open.
-    let background = crate::delivery::service::spawn(rt.clone(), adapters.clone());
-    // Through the ingest, so a store that goes away holds the line until it is back.
-    let (ingest, worker) = crate::delivery::ingest::Ingest::spawn(rt.clone(), crate::delivery::ingest::MAX_BATCH);
-    let started = rt.now().0;
+    let started = ctx.now().0;
     let mut n = 0u64;
     let mut line_number = 0u64;
     let mut line = String::new();
@@ -148,7 +145,7 @@ pub async fn run(
                 (Some("wait"), Some(d)) => match wavelet_core::engine::parse_duration(d) {
                     Ok(d) => {
                         tokio::time::sleep(d).await;
-                        if let Err(e) = deliver_pending(&rt, &adapters, rt.now()).await {
+                        if let Err(e) = ctx.deliver_now(adapters).await {
                             tracing::warn!(error = %e, "delivery failed; will retry");
                         }
                     }
@@ -170,7 +167,7 @@ pub async fn run(
             continue;
         }
         n += 1;
-        let account = console_account(&dir, &seat.person);
+        let account = console_account(dir, &seat.person);
         let room = match &seat.room {
             Some(r) => RoomRef::Shared { platform: Platform::Console, id: r.clone() },
             None => RoomRef::Direct { platform: Platform::Console, account: account.clone() },
@@ -184,21 +181,17 @@ pub async fn run(
             room,
             sender: Account { platform: Platform::Console, id: account },
             text: said.to_string(),
-            received_at: rt.now(),
+            received_at: ctx.now(),
             on_message: None,
         };
-        if let Err(e) = ingest.submit(event).await {
+        // Through the ingest, so a store that goes away holds the line until it is back.
+        if let Err(e) = ctx.submit(event).await {
             console.print(&format!("  (not taken: {e}; please say it again)"));
             continue;
         }
-        if let Err(e) = deliver_pending(&rt, &adapters, rt.now()).await {
+        if let Err(e) = ctx.deliver_now(adapters).await {
             tracing::warn!(error = %e, "delivery failed; will retry");
         }
     }
-    background.stop().await;
-    drop(ingest);
-    let _ = worker.await;
-    rt.fire_due_timers().await?;
-    deliver_pending(&rt, &adapters, rt.now()).await?;
     Ok(())
 }

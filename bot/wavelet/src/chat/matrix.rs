@@ -18,9 +18,8 @@
 //!
 //! Only this file knows matrix-sdk's types.
 
-use crate::delivery::ingest::Ingest;
+use crate::chat::ChatContext;
 use crate::delivery::{ChatAdapter, SendError, SendFuture};
-use crate::runtime::Runtime;
 use anyhow::{Context, bail};
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
@@ -38,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wavelet_core::config::MatrixConfig;
-use wavelet_core::ledger::{Draft, Record};
 use wavelet_core::{Account, InboundEvent, MessageBody, Millis, OutboundMessage, Platform, RoomRef};
 
 /// The environment variables the adapter reads its secrets from.
@@ -72,7 +70,7 @@ impl Secrets {
 
 pub struct MatrixAdapter {
     client: Client,
-    rt: Arc<Runtime>,
+    ctx: ChatContext,
     /// Shared rooms of the configured groups.
     group_rooms: Vec<OwnedRoomId>,
     /// Direct rooms found or created, by the person's user id. One lock so that two
@@ -131,7 +129,7 @@ impl MatrixAdapter {
     pub async fn connect(
         cfg: &MatrixConfig,
         secrets: &Secrets,
-        rt: Arc<Runtime>,
+        ctx: ChatContext,
     ) -> anyhow::Result<Arc<MatrixAdapter>> {
         private_dir(&cfg.state_dir)?;
         let lock = lock_state_dir(&cfg.state_dir)?;
@@ -204,7 +202,7 @@ impl MatrixAdapter {
                 .with_context(|| format!("the recovery key in {RECOVERY_KEY_ENV} was not accepted"))?;
             tracing::info!("matrix cross-signing keys recovered");
         }
-        let group_rooms = rt
+        let group_rooms = ctx
             .directory()
             .groups()
             .iter()
@@ -216,7 +214,7 @@ impl MatrixAdapter {
             .collect();
         Ok(Arc::new(MatrixAdapter {
             client,
-            rt,
+            ctx,
             group_rooms,
             direct: tokio::sync::Mutex::default(),
             fresh_login: !saved,
@@ -237,7 +235,7 @@ impl MatrixAdapter {
 
     /// Syncs until the task is dropped: hands messages to the ingest, answers invites,
     /// and retries with backoff (saying so) while the homeserver is away.
-    pub async fn run(self: Arc<Self>, ingest: Ingest) {
+    pub async fn run(self: Arc<Self>) {
         let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
         if self.fresh_login {
             // History is not ours to answer: one sync before any handler exists.
@@ -267,22 +265,20 @@ impl MatrixAdapter {
             }
         });
         let me = Arc::downgrade(&self);
-        let ingest_for_messages = ingest.clone();
         self.client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
-            let (me, ingest) = (me.clone(), ingest_for_messages.clone());
+            let me = me.clone();
             async move {
                 if let Some(me) = me.upgrade() {
-                    me.on_message(ev, room, ingest).await
+                    me.on_message(ev, room).await
                 }
             }
         });
         let me = Arc::downgrade(&self);
-        let ingest_for_reactions = ingest.clone();
         self.client.add_event_handler(move |ev: OriginalSyncReactionEvent, room: Room| {
-            let (me, ingest) = (me.clone(), ingest_for_reactions.clone());
+            let me = me.clone();
             async move {
                 if let Some(me) = me.upgrade() {
-                    me.on_reaction(ev, room, ingest).await
+                    me.on_reaction(ev, room).await
                 }
             }
         });
@@ -317,7 +313,7 @@ impl MatrixAdapter {
     async fn hold_for_replies(&self) {
         let commits = self.replies_after.swap(0, std::sync::atomic::Ordering::SeqCst);
         if commits > 0 {
-            let sent = self.rt.passes().sent_after(commits, HOLD_SYNC).await;
+            let sent = self.ctx.replies_sent_after(commits, HOLD_SYNC).await;
             tracing::debug!(sent, "next matrix sync after the replies");
         }
     }
@@ -371,27 +367,20 @@ impl MatrixAdapter {
             tracing::warn!(room = %room.room_id(), error = %e, "declining the invite failed");
         }
         let inviter = inviter.map_or_else(|| "unknown".into(), |u| format!("matrix:{u}"));
-        let refused = Record::RefusedInvite { room: format!("matrix:{}", room.room_id()), direct };
-        let draft = Draft::of(self.rt.now(), inviter, refused);
-        if let Err(e) = self.rt.record(draft).await {
-            tracing::warn!(error = %e, "declined invite not recorded");
-        }
+        self.ctx.record_refused_invite(inviter, format!("matrix:{}", room.room_id()), direct).await;
     }
 
     fn person_of(&self, user: &UserId) -> Option<String> {
-        self.rt
-            .directory()
-            .person_for(&Account { platform: Platform::Matrix, id: user.to_string() })
-            .map(|p| p.id.clone())
+        self.ctx.person_for(&Account { platform: Platform::Matrix, id: user.to_string() }).map(|p| p.id.clone())
     }
 
     /// When an event was said: the homeserver's timestamp, never later than Wavelet's clock.
     fn said_at(&self, ts: MilliSecondsSinceUnixEpoch) -> Millis {
         let ts = Millis(i64::try_from(u64::from(ts.get())).unwrap_or(i64::MAX));
-        ts.min(self.rt.now())
+        ts.min(self.ctx.now())
     }
 
-    async fn on_message(&self, ev: OriginalSyncRoomMessageEvent, room: Room, ingest: Ingest) {
+    async fn on_message(&self, ev: OriginalSyncRoomMessageEvent, room: Room) {
         if Some(ev.sender.as_ref()) == self.client.user_id() || room.state() != RoomState::Joined {
             return;
         }
@@ -402,13 +391,12 @@ impl MatrixAdapter {
             other => other.body().to_string(),
         };
         let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
-        self.hand_in(&ingest, &ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, text).await;
+        self.hand_in(&ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, text).await;
     }
 
     /// Hands an event to the ingest and notes that the next sync waits for its replies.
     async fn hand_in(
         &self,
-        ingest: &Ingest,
         id: &EventId,
         sender: &UserId,
         said: MilliSecondsSinceUnixEpoch,
@@ -423,8 +411,8 @@ impl MatrixAdapter {
             received_at: self.said_at(said),
             on_message: None,
         };
-        let before = self.rt.store().commits();
-        match ingest.submit(event).await {
+        let before = self.ctx.commits();
+        match self.ctx.submit(event).await {
             Ok(()) => self.taken(before),
             // Not acknowledged: the inbox has no record of it, and the next start's sync
             // (from the stored position) does not bring it again, so say so loudly.
@@ -448,7 +436,7 @@ impl MatrixAdapter {
     /// A reaction on one of Wavelet's escalation notices is a one-tap acknowledgement:
     /// handed in as `ack C-…` from the person who reacted (who may or may not be allowed
     /// to acknowledge: the runtime decides, and records either way).
-    async fn on_reaction(&self, ev: OriginalSyncReactionEvent, room: Room, ingest: Ingest) {
+    async fn on_reaction(&self, ev: OriginalSyncReactionEvent, room: Room) {
         if Some(ev.sender.as_ref()) == self.client.user_id() || room.state() != RoomState::Joined {
             return;
         }
@@ -463,7 +451,7 @@ impl MatrixAdapter {
             .and_then(|c| c["body"].as_str().map(str::to_string));
         let Some(case) = body.filter(|_| by_us).and_then(|b| case_of_notice(&b)) else { return };
         let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
-        self.hand_in(&ingest, &ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, format!("ack {case}")).await;
+        self.hand_in(&ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, format!("ack {case}")).await;
     }
 
     /// The direct room with a person: remembered, found in the store, or created

@@ -4,6 +4,7 @@
 
 use super::{Runtime, StepHost, question};
 use serde_json::json;
+use wavelet_core::decide::{self, NextQuestion, Waiting};
 use wavelet_core::engine::{Advance, Effect, Outcome, RunContext, Wait, Workflow};
 use wavelet_core::ledger::Record;
 use wavelet_core::{Millis, RoomRef, keys, render, text};
@@ -97,11 +98,11 @@ impl Runtime {
                 if let Wait::Answer { person, .. } = &w {
                     let room = self.dm_room(person, platform);
                     // Asked now, unless it queues behind another run's question there.
-                    let queued = match &room {
-                        Some(r) => tx.waiting_run_other(person, r, &run.id).await?.is_some(),
-                        None => false,
+                    let other = match &room {
+                        Some(r) => tx.waiting_run_other(person, r, &run.id).await?,
+                        None => None,
                     };
-                    run.wait_since = if queued { None } else { Some(now) };
+                    run.wait_since = decide::ask(other.as_deref()).since(now);
                     run.wait_person = Some(person.clone());
                     run.wait_room = room;
                     run.wait_seq = Some(tx.next_number("wait").await?);
@@ -159,15 +160,15 @@ impl Runtime {
         room: &RoomRef,
         now: Millis,
     ) -> store::Result<()> {
-        if let Some(mut next) = tx.waiting_run(person, room).await?
-            && let Some(Wait::Answer { step, prompt, spec, .. }) = next.wait.clone()
-        {
-            let m = question(&next, step, person, room.clone(), &prompt, spec.choices.clone());
-            tx.enqueue(&m, Some(&next.id), now).await?;
-            if next.wait_since.is_none() {
-                next.wait_since = Some(now);
-                tx.put_run(&next).await?;
-            }
+        let Some(mut next) = tx.waiting_run(person, room).await? else { return Ok(()) };
+        let Some(Wait::Answer { step, prompt, spec, .. }) = next.wait.clone() else { return Ok(()) };
+        let waiting = Waiting { run: &next.id, since: next.wait_since };
+        let Some(NextQuestion { starts, .. }) = decide::next_in_line(Some(&waiting), now) else { return Ok(()) };
+        let m = question(&next, step, person, room.clone(), &prompt, spec.choices.clone());
+        tx.enqueue(&m, Some(&next.id), now).await?;
+        if starts.is_some() {
+            next.wait_since = starts;
+            tx.put_run(&next).await?;
         }
         Ok(())
     }

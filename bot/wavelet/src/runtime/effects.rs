@@ -2,6 +2,7 @@
 //! timers, escalations), each through the step's transaction and the outbox.
 
 use super::{Runtime, names, question};
+use wavelet_core::decide::{self, Asking};
 use wavelet_core::engine::Effect;
 use wavelet_core::escalation::{self as esc};
 use wavelet_core::ledger::{Recipient, Record};
@@ -40,7 +41,8 @@ impl Runtime {
                 ));
                 let Some(room) = room else { return Ok(()) };
                 // Questions to one person in one room are asked one at a time.
-                if tx.waiting_run_other(person, &room, &run.id).await?.is_none() {
+                let other = tx.waiting_run_other(person, &room, &run.id).await?;
+                if decide::ask(other.as_deref()) == Asking::Now {
                     tx.enqueue(
                         &question(run, *step, person, room, &said(prompt), spec.choices.clone()),
                         Some(&run.id),

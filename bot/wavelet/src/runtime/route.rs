@@ -4,11 +4,17 @@
 
 use super::Runtime;
 use serde_json::json;
+use wavelet_core::decide::{self, Cancel, CancelAsked, RunView};
 use wavelet_core::engine::Wait;
 use wavelet_core::ledger::{Draft, Record};
 use wavelet_core::router::{self, Route, WaitingRun};
 use wavelet_core::{InboundEvent, MessageBody, OutboundMessage, keys, message_tag, render, text};
-use wavelet_store::{self as store, RunStatus, Tx};
+use wavelet_store::{self as store, RunRow, RunStatus, Tx};
+
+/// A run as the cancel decider sees it.
+fn view(r: &RunRow) -> RunView<'_> {
+    RunView { id: &r.id, workflow: &r.workflow, starter: &r.starter, waiting: r.status == RunStatus::Waiting }
+}
 
 impl Runtime {
     /// Handles inbound events in one transaction; if that fails, each on its own, so one
@@ -169,40 +175,55 @@ impl Runtime {
                 None => tx.enqueue(&reply(render::ack_which()), None, now).await?,
             },
             Route::Cancel { person, run_id } => {
-                // `!cancel R-3` names a run; plain `cancel` means the person's own dialog
-                // here, else their one waiting run anywhere.
-                let named = ev.text.split_whitespace().nth(1).filter(|w| w.starts_with("R-")).map(str::to_string);
-                let target = if let Some(id) = named {
-                    match tx.run(&id).await? {
-                        Some(r) if r.starter == person && r.status == RunStatus::Waiting => Some(r),
-                        _ => {
-                            tx.enqueue(&reply(render::cannot_cancel(&text::one_line(&id))), None, now).await?;
-                            return Ok(());
-                        }
+                // What the cancel could mean is read first (a run named, or what waits
+                // here and elsewhere); core `decide::cancel` says which it means.
+                let mut read: Vec<RunRow> = Vec::new();
+                let named = decide::named_run(&ev.text);
+                let (own, someone_elses) = match named {
+                    Some(id) => {
+                        read.extend(tx.run(id).await?);
+                        (None, None)
                     }
-                } else if let Some(own) = tx.open_dialog_of(&person, &ev.room).await? {
-                    Some(own)
-                } else if let Some(other) = run_id {
-                    // A question from someone else's workflow: not theirs to end.
-                    let starter = tx.run(&other).await?.map(|r| r.starter).unwrap_or_default();
-                    tx.enqueue(&reply(render::not_your_dialog(&starter)), None, now).await?;
-                    return Ok(());
-                } else {
-                    let mut mine = tx.waiting_runs_started_by(&person).await?;
-                    match mine.len() {
-                        0 => None,
-                        1 => mine.pop(),
-                        _ => {
-                            let ids: Vec<String> = mine.iter().map(|r| format!("{} ({})", r.id, r.workflow)).collect();
-                            tx.enqueue(&reply(render::which_to_cancel(&ids)), None, now).await?;
-                            return Ok(());
+                    None => {
+                        let own = tx.open_dialog_of(&person, &ev.room).await?;
+                        let someone_elses = match (&own, &run_id) {
+                            (None, Some(other)) => Some(tx.run(other).await?.map(|r| r.starter).unwrap_or_default()),
+                            _ => None,
+                        };
+                        if own.is_none() && someone_elses.is_none() {
+                            read.extend(tx.waiting_runs_started_by(&person).await?);
                         }
+                        (own, someone_elses)
                     }
                 };
-                let Some(mut run) = target else {
-                    tx.enqueue(&reply(render::nothing_to_cancel()), None, now).await?;
-                    return Ok(());
+                let asked = match named {
+                    Some(id) => CancelAsked::Named { id, run: read.first().map(view) },
+                    None => CancelAsked::Here {
+                        own_dialog: own.as_ref().map(view),
+                        someone_elses: someone_elses.as_deref(),
+                        mine: read.iter().map(view).collect(),
+                    },
                 };
+                let target = match decide::cancel(&person, asked) {
+                    Cancel::Run(id) => id.to_string(),
+                    Cancel::CannotCancel(id) => {
+                        tx.enqueue(&reply(render::cannot_cancel(&text::one_line(id))), None, now).await?;
+                        return Ok(());
+                    }
+                    Cancel::NotYourDialog(starter) => {
+                        tx.enqueue(&reply(render::not_your_dialog(starter)), None, now).await?;
+                        return Ok(());
+                    }
+                    Cancel::WhichOne(ids) => {
+                        tx.enqueue(&reply(render::which_to_cancel(&ids)), None, now).await?;
+                        return Ok(());
+                    }
+                    Cancel::Nothing => {
+                        tx.enqueue(&reply(render::nothing_to_cancel()), None, now).await?;
+                        return Ok(());
+                    }
+                };
+                let Some(mut run) = own.into_iter().chain(read).find(|r| r.id == target) else { return Ok(()) };
                 let waited_on = run.clear_wait();
                 run.status = RunStatus::Cancelled;
                 run.updated_at = now;

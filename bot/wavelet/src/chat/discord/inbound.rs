@@ -51,9 +51,9 @@ pub(super) type Committing = Pin<Box<dyn Future<Output = Result<(), SubmitError>
 /// Queues an event on the ingest and returns the wait for its commit. The first poll puts the
 /// event on the queue (or in line for a place on it, which tokio keeps in order), so events
 /// are queued in the order they are handed in here.
-pub(super) async fn hand_in(ingest: &Ingest, event: InboundEvent) -> Committing {
-    let ingest = ingest.clone();
-    let mut committing: Committing = Box::pin(async move { ingest.submit(event).await });
+pub(super) async fn hand_in(ctx: &ChatContext, event: InboundEvent) -> Committing {
+    let ctx = ctx.clone();
+    let mut committing: Committing = Box::pin(async move { ctx.submit(event).await });
     match std::future::poll_fn(|cx| Poll::Ready(committing.as_mut().poll(cx))).await {
         Poll::Ready(result) => Box::pin(std::future::ready(result)),
         Poll::Pending => committing,

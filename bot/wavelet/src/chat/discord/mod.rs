@@ -30,9 +30,9 @@
 //!
 //! Only this file knows serenity's types.
 
-use crate::delivery::ingest::{Ingest, SubmitError};
+use crate::chat::ChatContext;
+use crate::delivery::ingest::SubmitError;
 use crate::delivery::{ChatAdapter, SendError, SendFuture};
-use crate::runtime::Runtime;
 use anyhow::{Context as _, bail};
 use serenity::all::{
     ButtonStyle, ChannelId, Client, ClientBuilder, Command, CommandDataOptionValue, CommandInteraction,
@@ -105,7 +105,7 @@ pub struct DiscordAdapter {
     token: String,
     api_base: Option<String>,
     intents: GatewayIntents,
-    rt: Arc<Runtime>,
+    ctx: ChatContext,
     /// The bot's own user id: its own messages come back over the gateway and are ignored.
     me: UserId,
     /// The configured group channels.
@@ -134,7 +134,7 @@ impl DiscordAdapter {
     pub async fn connect(
         cfg: &DiscordConfig,
         token: Option<&str>,
-        rt: Arc<Runtime>,
+        ctx: ChatContext,
     ) -> anyhow::Result<Arc<DiscordAdapter>> {
         let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
             bail!(
@@ -169,7 +169,7 @@ impl DiscordAdapter {
         if cfg.message_content {
             intents |= GatewayIntents::MESSAGE_CONTENT;
         }
-        let group_channels = rt
+        let group_channels = ctx
             .directory()
             .groups()
             .iter()
@@ -185,7 +185,7 @@ impl DiscordAdapter {
             token: token.to_string(),
             api_base,
             intents,
-            rt,
+            ctx,
             me: me.id,
             group_channels,
             dms: Mutex::default(),
@@ -197,7 +197,7 @@ impl DiscordAdapter {
     /// ends for good. serenity resumes dropped connections and RECONNECTs by itself; this
     /// returns only when Discord will not have the bot (a revoked token, close code 4004; an
     /// intent the application may not use, 4014), with an error that says what to do.
-    pub async fn run(self: Arc<Self>, ingest: Ingest) -> anyhow::Result<()> {
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut client: Client =
             ClientBuilder::new_with_http(http_client(&self.token, self.api_base.as_deref()), self.intents)
@@ -205,7 +205,7 @@ impl DiscordAdapter {
                 .await
                 .context("cannot set up the Discord gateway client")?;
         *self.shards.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.shard_manager.clone());
-        let handling = tokio::spawn(self.clone().handle_inbound(rx, client.http.clone(), ingest));
+        let handling = tokio::spawn(self.clone().handle_inbound(rx, client.http.clone()));
         let outcome = client.start().await;
         handling.abort();
         match outcome {
@@ -242,12 +242,7 @@ impl DiscordAdapter {
     /// loop out of order: each batch is put back in Discord's order (ids grow with time) and
     /// queued on the ingest in that order; waiting for the commits (and answering
     /// interactions) happens beside the loop.
-    async fn handle_inbound(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Inbound>,
-        http: Arc<Http>,
-        ingest: Ingest,
-    ) {
+    async fn handle_inbound(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Inbound>, http: Arc<Http>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 64).await > 0 {
             batch.sort_by_key(|i| i.id());
@@ -255,11 +250,11 @@ impl DiscordAdapter {
                 match inbound {
                     Inbound::Ready { session } => {
                         tracing::info!(session = %session, "discord gateway session started");
-                        tokio::spawn(self.clone().on_ready(http.clone(), ingest.clone()));
+                        tokio::spawn(self.clone().on_ready(http.clone()));
                     }
                     Inbound::Message(m) => {
                         let Some(event) = self.message_event(&m) else { continue };
-                        let committing = hand_in(&ingest, event).await;
+                        let committing = hand_in(&self.ctx, event).await;
                         let id = m.id.get();
                         tokio::spawn(async move {
                             if let Err(e) = committing.await {
@@ -272,7 +267,7 @@ impl DiscordAdapter {
                             tokio::spawn(respond_not_served(http.clone(), Interaction::Command(*c)));
                             continue;
                         };
-                        let committing = hand_in(&ingest, event).await;
+                        let committing = hand_in(&self.ctx, event).await;
                         tokio::spawn(answer_command(http.clone(), c, committing, at));
                     }
                     Inbound::Component(c, at) => {
@@ -280,7 +275,7 @@ impl DiscordAdapter {
                             tokio::spawn(respond_not_served(http.clone(), Interaction::Component(*c)));
                             continue;
                         };
-                        let committing = hand_in(&ingest, event).await;
+                        let committing = hand_in(&self.ctx, event).await;
                         tokio::spawn(answer_click(http.clone(), c, click, committing, at));
                     }
                 }
@@ -290,13 +285,13 @@ impl DiscordAdapter {
 
     /// A new session: register the slash commands, then take in what was said while no
     /// session was connected.
-    async fn on_ready(self: Arc<Self>, http: Arc<Http>, ingest: Ingest) {
-        let metas = self.rt.workflows().read().map(|w| w.metas()).unwrap_or_default();
+    async fn on_ready(self: Arc<Self>, http: Arc<Http>) {
+        let metas = self.ctx.workflow_commands();
         match Command::set_global_commands(&http, slash_commands(&metas)).await {
             Ok(registered) => tracing::info!(commands = registered.len(), "discord slash commands registered"),
             Err(e) => tracing::warn!(error = %describe(&e), "discord slash commands not registered"),
         }
-        self.catch_up(&ingest).await;
+        self.catch_up().await;
     }
 
     /// Messages said while Wavelet had no session (it was down, or Discord would not resume
@@ -306,9 +301,9 @@ impl DiscordAdapter {
     /// inbox; what was typed before the question it would answer is refused by the runtime
     /// (messages keep the time they were said). Nothing was ever taken from Discord: there
     /// is no history that is Wavelet's to answer.
-    async fn catch_up(&self, ingest: &Ingest) {
+    async fn catch_up(&self) {
         let since = loop {
-            match self.rt.store().last_inbox_at(Platform::Discord).await {
+            match self.ctx.last_taken_at(Platform::Discord).await {
                 Ok(Some(at)) => break at,
                 Ok(None) => {
                     tracing::info!("discord history not read: nothing was taken from Discord before");
@@ -325,7 +320,7 @@ impl DiscordAdapter {
         let mut channels: Vec<(ChannelId, Option<UserId>)> =
             self.group_channels.iter().map(|&c| (ChannelId::new(c), None)).collect();
         let people: Vec<u64> = self
-            .rt
+            .ctx
             .directory()
             .people()
             .iter()
@@ -363,7 +358,7 @@ impl DiscordAdapter {
                         continue;
                     }
                     if let Some(event) = self.message_event(m) {
-                        committing.push((m.id, hand_in(ingest, event).await));
+                        committing.push((m.id, hand_in(&self.ctx, event).await));
                     }
                 }
                 if !full {
@@ -382,7 +377,7 @@ impl DiscordAdapter {
 
     /// When something with this snowflake was said, never later than Wavelet's clock.
     fn said_at(&self, id: u64) -> Millis {
-        Millis(i64::try_from(id >> 22).unwrap_or(i64::MAX).saturating_add(DISCORD_EPOCH_MS)).min(self.rt.now())
+        Millis(i64::try_from(id >> 22).unwrap_or(i64::MAX).saturating_add(DISCORD_EPOCH_MS)).min(self.ctx.now())
     }
 
     fn account(user: UserId) -> Account {

@@ -1,6 +1,4 @@
-//! Pure decisions over rows already read: what the runtime must do for an event, decided
-//! without a store, so each rule is tested in microseconds. The runtime reads the rows,
-//! asks here, and writes what comes back.
+//! Acknowledging a case: who may, what it stops, whom it tells, and a late one.
 
 use crate::Millis;
 use crate::ledger::StoppedEscalation;
