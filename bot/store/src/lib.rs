@@ -52,6 +52,7 @@ macro_rules! entries_sql {
     };
 }
 
+mod direct;
 mod error;
 mod lease;
 mod ledger;

@@ -280,8 +280,19 @@ fn insufficient_privilege(e: &sqlx::Error) -> bool {
 }
 
 /// The working tables: the application reads and writes them freely.
-const WORKING_TABLES: &[&str] =
-    &["inbox", "scripts", "runs", "cases", "timers", "outbox", "counters", "escalations", "schedules", "ack_waits"];
+const WORKING_TABLES: &[&str] = &[
+    "inbox",
+    "scripts",
+    "runs",
+    "cases",
+    "timers",
+    "outbox",
+    "counters",
+    "escalations",
+    "schedules",
+    "ack_waits",
+    "direct_rooms",
+];
 
 /// What [`Store::grant`] runs for `role` and on the tables in `schema` (both quoted
 /// identifiers). Revokes first, so granting again after an upgrade leaves exactly

@@ -186,6 +186,9 @@ contract! {
         sqlite_a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched,
         postgres_a_carried_on_view_past_its_limit_keeps_what_was_written_and_prefetched;
     inbox_records_each_event_once: sqlite_inbox_records_each_event_once, postgres_inbox_records_each_event_once;
+    a_direct_room_is_recorded_per_platform_and_account_and_replaced:
+        sqlite_a_direct_room_is_recorded_per_platform_and_account_and_replaced,
+        postgres_a_direct_room_is_recorded_per_platform_and_account_and_replaced;
     a_commit_of_thousands_of_rows_keeps_every_row_in_order:
         sqlite_a_commit_of_thousands_of_rows_keeps_every_row_in_order,
         postgres_a_commit_of_thousands_of_rows_keeps_every_row_in_order;
@@ -470,6 +473,19 @@ async fn inbox_records_each_event_once(store: &Store) {
     assert!(!tx.record_inbox("console", "e2", Millis(5)).await.unwrap());
     assert!(tx.record_inbox("console", "e3", Millis(5)).await.unwrap());
     tx.commit().await.unwrap();
+}
+
+async fn a_direct_room_is_recorded_per_platform_and_account_and_replaced(store: &Store) {
+    assert_eq!(store.direct_room(Platform::Matrix, "@alice:x").await.unwrap(), None, "nothing recorded yet");
+    store.record_direct_room(Platform::Matrix, "@alice:x", "!one:x", Millis(1)).await.unwrap();
+    store.record_direct_room(Platform::Matrix, "@bea:x", "!two:x", Millis(2)).await.unwrap();
+    store.record_direct_room(Platform::Discord, "@alice:x", "3", Millis(3)).await.unwrap();
+    assert_eq!(store.direct_room(Platform::Matrix, "@alice:x").await.unwrap().as_deref(), Some("!one:x"));
+    assert_eq!(store.direct_room(Platform::Matrix, "@bea:x").await.unwrap().as_deref(), Some("!two:x"));
+    assert_eq!(store.direct_room(Platform::Discord, "@alice:x").await.unwrap().as_deref(), Some("3"));
+    // The person moved to another room of two: that one is theirs now.
+    store.record_direct_room(Platform::Matrix, "@alice:x", "!three:x", Millis(4)).await.unwrap();
+    assert_eq!(store.direct_room(Platform::Matrix, "@alice:x").await.unwrap().as_deref(), Some("!three:x"));
 }
 
 /// More rows of each kind than one SQLite statement takes (they are split) and than any

@@ -60,16 +60,67 @@ pub async fn open(config: Config, store_url: &str, clock: Arc<dyn Clock>) -> any
     Ok(Parts { runtime, load })
 }
 
+/// The chat platforms' connections while Wavelet serves: their inbound loops, and what
+/// stops them.
+#[derive(Default)]
+pub struct Platforms {
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    #[cfg(feature = "matrix")]
+    matrix: Option<Arc<crate::chat::matrix::MatrixAdapter>>,
+    #[cfg(feature = "discord")]
+    discord: Option<Arc<crate::chat::discord::DiscordAdapter>>,
+}
+
+impl Platforms {
+    /// Waits until a platform's connection ends for good (a revoked Discord token), and
+    /// says why; never, while every one is connected or none is configured.
+    pub async fn lost(&mut self) -> anyhow::Error {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let (ended, _, _) = futures_util::future::select_all(self.tasks.iter_mut()).await;
+        match ended {
+            Ok(Ok(())) => anyhow::anyhow!("a chat platform's connection ended"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("a chat platform's task failed: {e}"),
+        }
+    }
+
+    /// Stops taking events on every platform: the Matrix sync loop ends, the Discord
+    /// gateway closes once what had arrived is handed in. Waits at most `within` for the
+    /// loops to end, then drops what is left of them. Sending goes on working.
+    pub async fn stop(self, within: std::time::Duration) {
+        #[cfg(feature = "matrix")]
+        if let Some(m) = &self.matrix {
+            m.stop();
+        }
+        #[cfg(feature = "discord")]
+        if let Some(d) = &self.discord {
+            d.shutdown().await;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "a chat platform's connection ended with an error at the stop")
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("a chat platform's connection did not end in time; dropped");
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
 /// Connects the chat platforms the configuration names (Matrix with the `matrix` feature,
 /// Discord with the `discord` feature), adds their adapters, and starts their inbound
-/// loops, which hand events in through `ctx`. The tasks run until dropped; one that ends has
-/// lost its platform for good (a revoked Discord token) and says why.
-pub async fn start_platforms(
-    ctx: &ChatContext,
-    adapters: &mut crate::delivery::Adapters,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+/// loops, which hand events in through `ctx`. A loop that ends on its own has lost its
+/// platform for good (a revoked Discord token) and says why ([`Platforms::lost`]).
+pub async fn start_platforms(ctx: &ChatContext, adapters: &mut crate::delivery::Adapters) -> anyhow::Result<Platforms> {
     #[cfg_attr(not(any(feature = "matrix", feature = "discord")), allow(unused_mut))]
-    let mut tasks = Vec::new();
+    let mut platforms = Platforms::default();
     let config = ctx.directory().config();
     if let Some(cfg) = config.matrix.clone() {
         #[cfg(feature = "matrix")]
@@ -77,7 +128,8 @@ pub async fn start_platforms(
             let secrets = crate::chat::matrix::Secrets::from_env();
             let m = crate::chat::matrix::MatrixAdapter::connect(&cfg, &secrets, ctx.clone()).await?;
             adapters.add(m.clone());
-            tasks.push(tokio::spawn(async move {
+            platforms.matrix = Some(m.clone());
+            platforms.tasks.push(tokio::spawn(async move {
                 m.run().await;
                 Ok(())
             }));
@@ -98,7 +150,8 @@ pub async fn start_platforms(
             let token = std::env::var(crate::chat::discord::TOKEN_ENV).ok();
             let d = crate::chat::discord::DiscordAdapter::connect(&cfg, token.as_deref(), ctx.clone()).await?;
             adapters.add(d.clone());
-            tasks.push(tokio::spawn(d.run()));
+            platforms.discord = Some(d.clone());
+            platforms.tasks.push(tokio::spawn(d.run()));
         }
         #[cfg(not(feature = "discord"))]
         {
@@ -109,5 +162,5 @@ pub async fn start_platforms(
             );
         }
     }
-    Ok(tasks)
+    Ok(platforms)
 }

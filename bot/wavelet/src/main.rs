@@ -135,11 +135,16 @@ fn main() -> ExitCode {
     // `run` says what it does; the others only warn.
     let default_filter = match cli.command {
         // The console room is a terminal conversation: keep the log out of it.
-        Command::Run { .. } => "warn,wavelet=info",
-        _ => "warn",
+        Command::Run { .. } => format!("warn,wavelet=info,{}", wavelet::chat::QUIET_BY_DEFAULT),
+        _ => format!("warn,{}", wavelet::chat::QUIET_BY_DEFAULT),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WAVELET_LOG").unwrap_or_else(|_| default_filter.into());
-    tracing_subscriber::fmt().with_env_filter(without_chat_text(filter)).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(without_chat_text(filter))
+        .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text for a journal or a file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -292,8 +297,9 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
         adapters.add(Arc::new(console));
     }
     let (ingest, ingest_worker) = Ingest::spawn(rt.clone(), MAX_BATCH);
-    let ctx = ChatContext::new(rt.clone(), ingest);
-    let platforms = app::start_platforms(&ctx, &mut adapters).await?;
+    let ctx = ChatContext::new(rt.clone(), ingest.clone());
+    let mut platforms = app::start_platforms(&ctx, &mut adapters).await?;
+    drop(ctx);
     for (platform, waiting) in rt.store().undelivered_by_platform().await? {
         if !adapters.platforms().iter().any(|p| p.as_str() == platform) {
             tracing::warn!(platform = %platform, messages = waiting, "messages wait for a platform this process does not run; give those people an account on a configured platform");
@@ -303,39 +309,48 @@ async fn serve(config_path: &std::path::Path, show_keys: bool) -> anyhow::Result
     tracing::info!(store = rt.store().backend(), instance = %rt.instance(), "wavelet running; stop it with SIGTERM or Ctrl-C");
     let background = wavelet::delivery::service::spawn(rt.clone(), adapters);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     // A platform's task ends only when the platform will not have us any more (a revoked
     // Discord token): stop, and say why.
-    let mut platforms = platforms;
-    let lost = async {
-        if platforms.is_empty() {
-            return std::future::pending().await;
-        }
-        let (ended, _, _) = futures_util::future::select_all(platforms.iter_mut()).await;
-        match ended {
-            Ok(Ok(())) => anyhow::anyhow!("a chat platform's connection ended"),
-            Ok(Err(e)) => e,
-            Err(e) => anyhow::anyhow!("a chat platform's task failed: {e}"),
-        }
-    };
     let fatal = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
+        _ = interrupt.recv() => None,
         _ = term.recv() => None,
-        e = lost => Some(e),
+        e = platforms.lost() => Some(e),
     };
-    for p in platforms {
-        p.abort();
+    tracing::info!("wavelet stopping");
+    // The stop, within STOP_WITHIN in all: no new events; what was taken is committed
+    // (each step whole or not at all); what is being sent is sent; then the store closes.
+    // Whatever is cut short is not lost: an event not committed was not acknowledged, so
+    // its platform brings it again, and the outbox holds what was not sent.
+    platforms.stop(STOP_TAKING).await;
+    ingest.close();
+    drop(ingest);
+    let mut ingest_worker = ingest_worker;
+    if tokio::time::timeout(STOP_COMMITTING, &mut ingest_worker).await.is_err() {
+        ingest_worker.abort();
+        tracing::warn!(
+            "events being handled at the stop were not committed in time; they come again at the next start"
+        );
     }
-    drop(ctx);
-    let _ = ingest_worker.await;
-    background.stop().await;
+    if !background.stop_within(STOP_SENDING).await {
+        tracing::warn!(
+            "a delivery pass did not finish in time; what it had not recorded is sent again at the next start"
+        );
+    }
     reloader.abort();
-    tracing::info!("wavelet stopped");
     rt.store().close().await;
+    tracing::info!("wavelet stopped");
     match fatal {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
     }
 }
+
+/// How long, at a stop, the platforms get to stop taking events, the ingest to commit what
+/// it took, and the delivery loop to finish its pass: under 10 s in all.
+const STOP_TAKING: std::time::Duration = std::time::Duration::from_secs(4);
+const STOP_COMMITTING: std::time::Duration = std::time::Duration::from_secs(2);
+const STOP_SENDING: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn grant(config_path: &std::path::Path, role: &str) -> anyhow::Result<ExitCode> {
     let config = app::load_config(config_path, &env)?;

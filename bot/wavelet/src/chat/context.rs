@@ -1,7 +1,7 @@
 //! What a chat connection may ask of the running Wavelet, and nothing more: hand in what
 //! people said (through the group commit), tell the time, look people and rooms up in the
-//! directory, record a refused invite, and the few reads the platforms' catch-up and
-//! pacing need. The runtime's store, workflows and clock stay behind it.
+//! directory, record a refused invite and the direct rooms made or found, and the few
+//! reads the platforms' catch-up and pacing need. The runtime's store, workflows and clock stay behind it.
 //!
 //! Architecture invariant: the code in `chat/` reaches the runtime only through a
 //! [`ChatContext`]; it never holds a `Runtime`.
@@ -86,6 +86,17 @@ impl ChatContext {
     /// starts reading history.
     pub async fn last_taken_at(&self, platform: Platform) -> wavelet_store::Result<Option<Millis>> {
         self.rt.store().last_inbox_at(platform).await
+    }
+
+    /// The direct room recorded for `account` on `platform`, if any.
+    pub async fn direct_room(&self, platform: Platform, account: &str) -> wavelet_store::Result<Option<String>> {
+        self.rt.store().direct_room(platform, account).await
+    }
+
+    /// Records `room` as the direct room for `account` on `platform`: committed when this
+    /// returns, so record it before anything is sent there.
+    pub async fn record_direct_room(&self, platform: Platform, account: &str, room: &str) -> wavelet_store::Result<()> {
+        self.rt.store().record_direct_room(platform, account, room, self.rt.now()).await
     }
 
     /// Sends what is waiting for `adapters` now, without the lease a serving process holds:

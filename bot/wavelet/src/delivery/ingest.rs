@@ -23,6 +23,8 @@ pub const MAX_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Ingest {
     queue: mpsc::Sender<(InboundEvent, Ack)>,
+    /// Tells the worker to stop taking events ([`Ingest::close`]).
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Why an event was not taken. The adapter must not acknowledge it to its platform, so
@@ -39,8 +41,17 @@ impl Ingest {
     /// Starts the worker. `max_batch` bounds how many events share one transaction.
     pub fn spawn(rt: Arc<Runtime>, max_batch: usize) -> (Ingest, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(max_batch.max(1) * 4);
-        let worker = tokio::spawn(work(rt, rx, max_batch.max(1)));
-        (Ingest { queue }, worker)
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(work(rt, rx, max_batch.max(1), closed));
+        (Ingest { queue, closing: Arc::new(closing) }, worker)
+    }
+
+    /// Stops taking events, whoever still holds a handle: what is queued already is
+    /// handled and committed, and the worker then ends; a submit from now on gets
+    /// [`SubmitError::ShuttingDown`] (the platform is not told it was taken, so it is
+    /// delivered again after a restart).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Queues an event and waits until it is committed (or was a duplicate).
@@ -89,12 +100,18 @@ type Batch = Vec<(InboundEvent, Ack)>;
 /// fails (a commit, a handling, or something else committing in between, which voids what
 /// was handled on top) goes back through [`one_batch`], in arrival order: the sequential
 /// path, which retries while the store is away and isolates an event that is refused.
-async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max_batch: usize) {
+async fn work(
+    rt: Arc<Runtime>,
+    mut rx: mpsc::Receiver<(InboundEvent, Ack)>,
+    max_batch: usize,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
     // A batch handled in its transaction, not yet committed.
     let mut handled: Option<(Tx, Batch)> = None;
     // The batch before it, committing in the background; `None` once it has committed and
     // its events are acknowledged, or its events if it did not commit.
     let mut committing: Option<tokio::task::JoinHandle<Option<Batch>>> = None;
+    let mut open = true;
     loop {
         let mut next = Vec::with_capacity(max_batch);
         if handled.is_some() {
@@ -105,8 +122,20 @@ async fn work(rt: Arc<Runtime>, mut rx: mpsc::Receiver<(InboundEvent, Ack)>, max
                     Err(_) => break,
                 }
             }
-        } else if rx.recv_many(&mut next, max_batch).await == 0 {
-            break;
+        } else {
+            let taken = tokio::select! {
+                taken = rx.recv_many(&mut next, max_batch) => taken,
+                // Closing: no more sends; what is queued is still taken, then `recv_many`
+                // returns 0 and the loop ends.
+                _ = closed.wait_for(|c| *c), if open => {
+                    open = false;
+                    rx.close();
+                    continue;
+                }
+            };
+            if taken == 0 {
+                break;
+            }
         }
         let Some((mut tx, batch)) = handled.take() else {
             handled = start(&rt, next).await;

@@ -40,6 +40,21 @@ impl Background {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+
+    /// Stops the loop between passes, giving the pass in flight (its sends) at most
+    /// `within` to finish; then drops it. A message sent but not yet recorded as delivered
+    /// is sent again by the next start, under the same key, which the platform drops.
+    /// Whether the loop ended in time.
+    pub async fn stop_within(mut self, within: Duration) -> bool {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(within, &mut self.task).await {
+            Ok(_) => true,
+            Err(_) => {
+                self.task.abort();
+                false
+            }
+        }
+    }
 }
 
 pub fn spawn(rt: Arc<Runtime>, adapters: Adapters) -> Background {

@@ -94,6 +94,9 @@ const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
 /// rate-limit answer it does not handle itself), wait this long.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 
+/// At a stop, how long the events that had arrived get to be handed in.
+pub const HAND_IN_ON_STOP: Duration = Duration::from_secs(3);
+
 /// Custom ids of Wavelet's buttons: `wavelet:ack:C-12`, and `wavelet:choose:<tag>:2[:label]`
 /// where the tag is the question's [`message_tag`] (ids without one are from before tags).
 const ACK_BUTTON: &str = "wavelet:ack:";
@@ -115,6 +118,8 @@ pub struct DiscordAdapter {
     dms: Mutex<HashMap<u64, ChannelId>>,
     /// The running gateway client's shards, for [`DiscordAdapter::shutdown`].
     shards: Mutex<Option<Arc<ShardManager>>>,
+    /// Set by [`DiscordAdapter::shutdown`]: the gateway closing is a stop, not a loss.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The HTTP client: against Discord with serenity's rate limiter, or (tests only) against a
@@ -190,13 +195,16 @@ impl DiscordAdapter {
             group_channels,
             dms: Mutex::default(),
             shards: Mutex::default(),
+            stopping: Default::default(),
         }))
     }
 
     /// Connects to the gateway and hands what people say to the ingest until the connection
     /// ends for good. serenity resumes dropped connections and RECONNECTs by itself; this
-    /// returns only when Discord will not have the bot (a revoked token, close code 4004; an
-    /// intent the application may not use, 4014), with an error that says what to do.
+    /// returns `Ok` after [`DiscordAdapter::shutdown`] (once what had arrived is handed in,
+    /// for at most [`HAND_IN_ON_STOP`]), and an error that says what to do when Discord will
+    /// not have the bot (a revoked token, close code 4004; an intent the application may
+    /// not use, 4014).
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut client: Client =
@@ -205,8 +213,19 @@ impl DiscordAdapter {
                 .await
                 .context("cannot set up the Discord gateway client")?;
         *self.shards.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.shard_manager.clone());
-        let handling = tokio::spawn(self.clone().handle_inbound(rx, client.http.clone()));
+        let mut handling = tokio::spawn(self.clone().handle_inbound(rx, client.http.clone()));
         let outcome = client.start().await;
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            // The client's event handler holds the sending side: dropped with the client,
+            // the loop hands in what had arrived and ends.
+            drop(client);
+            if tokio::time::timeout(HAND_IN_ON_STOP, &mut handling).await.is_err() {
+                handling.abort();
+                tracing::info!("discord events still arriving at the stop left for the catch-up at the next start");
+            }
+            tracing::info!("discord gateway closed");
+            return Ok(());
+        }
         handling.abort();
         match outcome {
             Ok(()) => bail!("the Discord gateway connection was shut down"),
@@ -229,8 +248,10 @@ impl DiscordAdapter {
         }
     }
 
-    /// Closes the gateway connection (a clean close: Discord ends the session).
+    /// Closes the gateway connection (a clean close: Discord ends the session), and
+    /// [`DiscordAdapter::run`] returns. Sending goes on working.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(shards) = shards {
             shards.shutdown_all().await;

@@ -7,10 +7,12 @@
 //! - **Rooms**: invites to the configured group rooms are accepted, and so are direct
 //!   invites from people in the directory; every other invite is declined and recorded.
 //!   Private questions go to a direct room with the person (encrypted), created once.
-//! - **Sync**: the first sync after the first login skips history; after that the sync
-//!   position is in the state store, so a restart picks up what arrived meanwhile, and the
-//!   inbox drops what was handled already. The homeserver going away is retried with
-//!   backoff and logged (ids only).
+//! - **Sync**: the first sync after the first login skips history; after that Wavelet
+//!   keeps its own sync position in the state folder (`sync-position`), written only once
+//!   every event of a sync is committed, so a restart (after a stop or a crash at any
+//!   point) picks up what arrived meanwhile and what was being handled, and the inbox
+//!   drops what was handled already. The homeserver going away is retried with backoff
+//!   and logged (ids only). [`MatrixAdapter::stop`] ends the loop at once.
 //! - **Messages**: a plain body and an HTML body; practitioners' text is escaped, and
 //!   `m.mentions` is always empty, so nothing Wavelet sends pings a room. Each send
 //!   carries a transaction id derived from the message's idempotency key, so the
@@ -18,7 +20,10 @@
 //!
 //! Only this file knows matrix-sdk's types.
 
+mod direct;
+
 use crate::chat::ChatContext;
+use crate::delivery::ingest::SubmitError;
 use crate::delivery::{ChatAdapter, SendError, SendFuture};
 use anyhow::{Context, bail};
 use matrix_sdk::authentication::matrix::MatrixSession;
@@ -31,6 +36,7 @@ use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessa
 use matrix_sdk::ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId,
 };
+use matrix_sdk::store::{StateStoreDataKey, StateStoreDataValue};
 use matrix_sdk::{Client, Room, RoomState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,9 +84,19 @@ pub struct MatrixAdapter {
     direct: tokio::sync::Mutex<HashMap<OwnedUserId, OwnedRoomId>>,
     /// Whether this start logged in afresh (the first sync then skips history).
     fresh_login: bool,
+    /// Set once this start's first sync is in: the rooms made before it (a direct room made
+    /// just before a crash) are known from then on.
+    synced: tokio::sync::watch::Sender<bool>,
     /// The store's commit count once this sync's events were taken (0: none taken): a
     /// delivery pass that begins after it sends their replies.
     replies_after: std::sync::atomic::AtomicU64,
+    /// Where Wavelet keeps its own sync position ([`position_path`]).
+    position: PathBuf,
+    /// Set by [`MatrixAdapter::stop`]: the sync loop ends.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Whether an event of the sync being handled was not taken (the ingest was closing):
+    /// the sync's position is then not kept.
+    untaken: std::sync::atomic::AtomicBool,
     /// Held (an advisory file lock) while this adapter lives: one process per state folder.
     _lock: std::fs::File,
 }
@@ -91,6 +107,27 @@ fn session_path(state: &Path) -> PathBuf {
 
 fn store_path(state: &Path) -> PathBuf {
     state.join("store")
+}
+
+/// Wavelet's own sync position: the `next_batch` of the last sync whose every event was
+/// taken (committed by the ingest). matrix-sdk saves its position before it runs the event
+/// handlers, so a process killed while handling a sync would resume after events it never
+/// took; resuming from this one brings them again, and the inbox drops what was taken.
+fn position_path(state: &Path) -> PathBuf {
+    state.join("sync-position")
+}
+
+/// The sync position kept by the last run, if there is one to resume from.
+fn kept_position(path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(p) if !p.trim().is_empty() => Some(p.trim().to_string()),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "matrix sync position unreadable; resuming from matrix-sdk's own");
+            None
+        }
+    }
 }
 
 /// Locks the state folder for this process, or says who must not share it.
@@ -175,6 +212,16 @@ impl MatrixAdapter {
                     session_file.display()
                 );
             }
+            // Resume from Wavelet's own sync position: made matrix-sdk's before the session
+            // is restored (which loads it), so its first sync is not taken for one it has
+            // seen ("the same sync response twice") and dropped.
+            if let Some(position) = kept_position(&position_path(&cfg.state_dir)) {
+                client
+                    .state_store()
+                    .set_kv_data(StateStoreDataKey::SyncToken, StateStoreDataValue::SyncToken(position))
+                    .await
+                    .context("cannot set the Matrix sync position in the state store")?;
+            }
             client.restore_session(session).await.context("cannot restore the saved Matrix session")?;
             tracing::info!("matrix session restored");
         } else {
@@ -218,7 +265,11 @@ impl MatrixAdapter {
             group_rooms,
             direct: tokio::sync::Mutex::default(),
             fresh_login: !saved,
+            synced: tokio::sync::watch::channel(false).0,
             replies_after: Default::default(),
+            position: position_path(&cfg.state_dir),
+            stopping: tokio::sync::watch::channel(false).0,
+            untaken: Default::default(),
             _lock: lock,
         }))
     }
@@ -233,16 +284,35 @@ impl MatrixAdapter {
             .is_some_and(|s| s.has_master && s.has_self_signing && s.has_user_signing)
     }
 
-    /// Syncs until the task is dropped: hands messages to the ingest, answers invites,
-    /// and retries with backoff (saying so) while the homeserver is away.
+    /// Ends the sync loop ([`MatrixAdapter::run`] returns): at once if it is waiting for
+    /// the homeserver, or cutting short the handling of a sync, whose events then come
+    /// again at the next start (the sync position is kept only once all are taken).
+    /// Sending goes on working.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Syncs until [`MatrixAdapter::stop`] (or the task is dropped): hands messages to the
+    /// ingest, answers invites, and retries with backoff (saying so) while the homeserver
+    /// is away.
     pub async fn run(self: Arc<Self>) {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            () = self.clone().sync() => {}
+            _ = stopping.wait_for(|s| *s) => tracing::info!("matrix sync stopped"),
+        }
+    }
+
+    async fn sync(self: Arc<Self>) {
         let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
         if self.fresh_login {
             // History is not ours to answer: one sync before any handler exists.
             loop {
                 match self.client.sync_once(SyncSettings::default()).await {
                     Ok(r) => {
+                        self.keep_position(&r.next_batch);
                         settings = settings.token(r.next_batch);
+                        self.synced.send_replace(true);
                         break;
                     }
                     Err(e) => {
@@ -292,6 +362,10 @@ impl MatrixAdapter {
                         away = false;
                     }
                     delay = Duration::from_secs(1);
+                    if !self.untaken.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        self.keep_position(&r.next_batch);
+                    }
+                    self.synced.send_replace(true);
                     settings = settings.token(r.next_batch);
                     self.hold_for_replies().await;
                 }
@@ -304,6 +378,16 @@ impl MatrixAdapter {
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+
+    /// Keeps `position` as where the next start resumes (written aside, then renamed, so a
+    /// crash leaves the old position or the new, never half of one).
+    fn keep_position(&self, position: &str) {
+        let aside = self.position.with_extension("new");
+        let kept = std::fs::write(&aside, position).and_then(|()| std::fs::rename(&aside, &self.position));
+        if let Err(e) = kept {
+            tracing::warn!(file = %self.position.display(), error = %e, "matrix sync position not kept; a restart resumes from an earlier one");
         }
     }
 
@@ -403,6 +487,8 @@ impl MatrixAdapter {
         room: RoomRef,
         text: String,
     ) {
+        // matrix-sdk has saved its sync position by now; Wavelet's own is not yet moved.
+        crate::faults::point("matrix.event_received");
         let event = InboundEvent {
             event_id: id.to_string(),
             room,
@@ -414,8 +500,13 @@ impl MatrixAdapter {
         let before = self.ctx.commits();
         match self.ctx.submit(event).await {
             Ok(()) => self.taken(before),
-            // Not acknowledged: the inbox has no record of it, and the next start's sync
-            // (from the stored position) does not bring it again, so say so loudly.
+            // Not taken: the sync's position is not kept, so the next start brings it again.
+            Err(SubmitError::ShuttingDown) => {
+                self.untaken.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(event_id = %id, "matrix event left for the next start: wavelet is stopping");
+            }
+            // Refused by the runtime (not a store outage, which the ingest holds and
+            // retries): a bug, said loudly.
             Err(e) => tracing::error!(event_id = %id, error = %e, "matrix event not taken"),
         }
     }
@@ -426,7 +517,12 @@ impl MatrixAdapter {
         if self.group_rooms.iter().any(|r| r == room.room_id()) {
             Some(RoomRef::Shared { platform: Platform::Matrix, id: room.room_id().to_string() })
         } else if room.joined_members_count() <= 2 {
-            self.direct.lock().await.insert(sender.to_owned(), room.room_id().to_owned());
+            // Their room of two with the bot: where Wavelet answers them from now on.
+            let mut direct = self.direct.lock().await;
+            let moved = direct.get(sender).is_none_or(|r| r != room.room_id());
+            if moved && self.person_of(sender).is_some() {
+                self.remember_direct(&mut direct, sender, room).await;
+            }
             Some(RoomRef::Direct { platform: Platform::Matrix, account: sender.to_string() })
         } else {
             None
@@ -452,26 +548,6 @@ impl MatrixAdapter {
         let Some(case) = body.filter(|_| by_us).and_then(|b| case_of_notice(&b)) else { return };
         let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
         self.hand_in(&ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, format!("ack {case}")).await;
-    }
-
-    /// The direct room with a person: remembered, found in the store, or created
-    /// (encrypted) and remembered.
-    async fn direct_room(&self, user: &UserId) -> Result<Room, SendError> {
-        let mut direct = self.direct.lock().await;
-        if let Some(id) = direct.get(user)
-            && let Some(room) = self.client.get_room(id)
-            && room.state() == RoomState::Joined
-        {
-            return Ok(room);
-        }
-        if let Some(room) = self.client.get_dm_room(user) {
-            direct.insert(user.to_owned(), room.room_id().to_owned());
-            return Ok(room);
-        }
-        let room = self.client.create_dm(user).await.map_err(send_error)?;
-        tracing::info!(room = %room.room_id(), "created a direct room");
-        direct.insert(user.to_owned(), room.room_id().to_owned());
-        Ok(room)
     }
 
     async fn send_one(&self, m: &OutboundMessage) -> Result<(), SendError> {
