@@ -30,6 +30,35 @@ async fn a_concern_raised_in_an_encrypted_group_room_goes_the_same_way() {
     concern_end_to_end(true).await
 }
 
+/// A person in the directory who is in a configured room gets their direct room before
+/// they need it: their first question goes out without a room to make first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_persons_direct_room_is_opened_before_their_first_question_needs_it() {
+    log_to_test_output();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Synapse::start().await;
+    server.register("wavelet", "wavelet-password", false).await;
+    let alice = Person::new(&server, dir.path(), "alice").await;
+    let north = alice.create_room(vec![server.user_id("wavelet").try_into().unwrap()], false, false).await;
+    let bot = Bot::start(&config(dir.path(), &server, &north)).await;
+    alice.wait_for_members(&north, 2).await;
+    // alice has said nothing: the bot's invite to a room of two comes all the same.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let opened = loop {
+        let others: Vec<_> = alice.client.rooms().into_iter().filter(|r| r.room_id() != north).collect();
+        if let Some(room) = others.first() {
+            break room.room_id().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no direct room opened ahead for alice");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    alice.say(&north, "!concern").await;
+    let dm = alice.expect("Child's initials", None, Some(&north)).await;
+    assert_eq!(dm, opened, "the first question comes in the room opened ahead");
+    assert_eq!(alice.client.rooms().len(), 2, "the group room and one direct room");
+    bot.stop().await;
+}
+
 /// The concern workflow end to end: raised in the group's room (encrypted or not), asked
 /// in an encrypted direct room, shared with the group, escalated to the lead, who
 /// acknowledges with a reaction; the practitioner is told.

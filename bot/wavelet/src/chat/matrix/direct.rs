@@ -13,6 +13,7 @@ use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use matrix_sdk::{Room, RoomState};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use wavelet_core::Platform;
 
@@ -101,6 +102,27 @@ impl MatrixAdapter {
         crate::faults::point("matrix.direct_room_recorded");
         direct.insert(user.to_owned(), room.room_id().to_owned());
         Ok(room)
+    }
+
+    /// Opens `user`'s direct room ahead of need, in the background, when a person in the
+    /// directory is seen in a configured room and no direct room of theirs is known here
+    /// yet: their first question then goes out as fast as later ones, not after a room is
+    /// made. (A send that needs the room meanwhile waits for it: one lock.)
+    pub(super) fn open_ahead(self: &Arc<Self>, user: &UserId) {
+        if self.person_of(user).is_none() {
+            return;
+        }
+        if let Ok(direct) = self.direct.try_lock()
+            && direct.contains_key(user)
+        {
+            return;
+        }
+        let (me, user) = (self.clone(), user.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = me.direct_room(&user).await {
+                tracing::debug!(error = %e, "direct room not opened ahead; it is opened when first needed");
+            }
+        });
     }
 
     /// Remembers `room` as `user`'s direct room, here and in the store (a failure to

@@ -31,7 +31,7 @@ use matrix_sdk::config::SyncSettings;
 use matrix_sdk::encryption::{BackupDownloadStrategy, EncryptionSettings};
 use matrix_sdk::ruma::events::Mentions;
 use matrix_sdk::ruma::events::reaction::OriginalSyncReactionEvent;
-use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::member::{MembershipState, OriginalSyncRoomMemberEvent, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
 use matrix_sdk::ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId,
@@ -344,6 +344,15 @@ impl MatrixAdapter {
             }
         });
         let me = Arc::downgrade(&self);
+        self.client.add_event_handler(move |ev: OriginalSyncRoomMemberEvent, room: Room| {
+            let me = me.clone();
+            async move {
+                if let Some(me) = me.upgrade() {
+                    me.on_member(&ev, &room)
+                }
+            }
+        });
+        let me = Arc::downgrade(&self);
         self.client.add_event_handler(move |ev: OriginalSyncReactionEvent, room: Room| {
             let me = me.clone();
             async move {
@@ -464,7 +473,7 @@ impl MatrixAdapter {
         ts.min(self.ctx.now())
     }
 
-    async fn on_message(&self, ev: OriginalSyncRoomMessageEvent, room: Room) {
+    async fn on_message(self: &Arc<Self>, ev: OriginalSyncRoomMessageEvent, room: Room) {
         if Some(ev.sender.as_ref()) == self.client.user_id() || room.state() != RoomState::Joined {
             return;
         }
@@ -475,7 +484,21 @@ impl MatrixAdapter {
             other => other.body().to_string(),
         };
         let Some(room_ref) = self.room_ref(&room, &ev.sender).await else { return };
+        if !room_ref.is_direct() {
+            self.open_ahead(&ev.sender);
+        }
         self.hand_in(&ev.event_id, &ev.sender, ev.origin_server_ts, room_ref, text).await;
+    }
+
+    /// Someone joined a room: a person in the directory joining a configured room gets
+    /// their direct room opened ahead of need.
+    fn on_member(self: &Arc<Self>, ev: &OriginalSyncRoomMemberEvent, room: &Room) {
+        if ev.content.membership == MembershipState::Join
+            && self.group_rooms.iter().any(|r| r == room.room_id())
+            && Some(ev.state_key.as_ref()) != self.client.user_id()
+        {
+            self.open_ahead(&ev.state_key);
+        }
     }
 
     /// Hands an event to the ingest and notes that the next sync waits for its replies.
