@@ -8,9 +8,15 @@
 //! the next question; the last gets the thank-you, sent after the group's summary), so
 //! each one is a full step: inbox, replay, ledger, outbox, commit, then delivery.
 //!
+//! Then a person's first question: people new to Wavelet join the group's room (Wavelet
+//! opens their direct room as they join) and each raises a concern; the time from their
+//! `!concern` to the first question at their client, and the same for a second concern
+//! (after `!cancel`), when nothing is new.
+//!
 //! `cargo bench -p wavelet --features matrix --bench matrix_latency` (scripts/bench runs it
 //! with the venv and a durable PostgreSQL). `WAVELET_BENCH_ROUND_TRIPS` sets the number
-//! of round trips per bot and room kind (default 300).
+//! of round trips per bot and room kind (default 300); `WAVELET_BENCH_NEW_PEOPLE` the
+//! number of people new to Wavelet (default 10; 0 leaves that part out).
 #![recursion_limit = "256"]
 
 #[path = "../../../tests/support/synapse.rs"]
@@ -83,7 +89,81 @@ fn main() {
                 );
             }
         }
+        let k: usize = std::env::var("WAVELET_BENCH_NEW_PEOPLE").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+        if k > 0 {
+            let fdir = dir.path().join("first");
+            std::fs::create_dir_all(&fdir).unwrap();
+            let (first, later) = first_questions(&server, &alice, &fdir, k).await;
+            println!("\nthe first question of a concern, from `!concern` in the group's room, {k} people new to Wavelet (SQLite)");
+            println!("{:<34} {:>5} {:>9} {:>9} {:>9}", "", "n", "p50 ms", "max ms", "mean ms");
+            for (what, times) in [("first concern (room opened ahead)", &first), ("second concern", &later)] {
+                let ms = sorted_ms(times);
+                let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+                println!(
+                    "{what:<34} {:>5} {:>9.1} {:>9.1} {:>9.1}",
+                    ms.len(),
+                    quantile(&ms, 0.50),
+                    ms[ms.len() - 1],
+                    mean
+                );
+            }
+        }
     });
+}
+
+/// `k` people new to Wavelet join the group's room, wait until the direct room Wavelet
+/// opens for them is theirs, and raise a concern each: the times to their first question,
+/// then (after `!cancel`) to the first question of a second concern.
+async fn first_questions(server: &Synapse, alice: &Person, dir: &Path, k: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let bot_name = "wavelet_first";
+    server.register(bot_name, "wavelet-password", false).await;
+    let mut people = Vec::new();
+    for i in 0..k {
+        people.push(Person::new(server, dir, &format!("p{i}")).await);
+    }
+    let north = alice.create_room(vec![server.user_id(bot_name).try_into().unwrap()], false, false).await;
+    let config = world::config(dir, server, &north);
+    let ids: Vec<String> = (0..k).map(|i| format!("p{i}")).collect();
+    let members: String = ids.iter().map(|id| format!(", \"{id}\"")).collect();
+    let mut text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("@wavelet:localhost", &server.user_id(bot_name))
+        .replace("members = [\"alice\", \"bea\"", &format!("members = [\"alice\", \"bea\"{members}"));
+    for id in &ids {
+        text.push_str(&format!(
+            "\n[[person]]\nid = \"{id}\"\nname = \"{id}\"\nagency = \"st-marys\"\nroles = [\"practitioner\"]\naccounts = {{ matrix = \"{}\" }}\n",
+            server.user_id(id)
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let bot = Bot::start(&config).await;
+    alice.wait_for_members(&north, 2).await;
+    let group = alice.client.get_room(&north).unwrap();
+    for p in &people {
+        group.invite_user_by_id(&p.user_id()).await.unwrap();
+    }
+    // Each has joined, and joined the direct room Wavelet opened for them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &people {
+        while p.client.rooms().iter().filter(|r| r.state() == RoomState::Joined).count() < 2 {
+            assert!(Instant::now() < deadline, "no direct room opened for {}", p.user_id());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (mut first, mut later) = (Vec::new(), Vec::new());
+    for p in &people {
+        let start = Instant::now();
+        p.say(&north, "!concern").await;
+        let seen = p.expect_seen("Child's initials", None, Some(&north)).await;
+        first.push(seen.at - start);
+        p.say(&seen.room, "!cancel").await;
+        p.expect("", Some(&seen.room), None).await;
+        let start = Instant::now();
+        p.say(&north, "!concern").await;
+        later.push(p.expect_seen("Child's initials", None, Some(&north)).await.at - start);
+    }
+    bot.stop().await;
+    (first, later)
 }
 
 /// One series: a fresh Wavelet (its own account and store) and a fresh echo bot, each in
