@@ -213,6 +213,10 @@ impl DiscordAdapter {
                 .await
                 .context("cannot set up the Discord gateway client")?;
         *self.shards.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.shard_manager.clone());
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            // Stopped before the gateway was opened.
+            return Ok(());
+        }
         let mut handling = tokio::spawn(self.clone().handle_inbound(rx, client.http.clone()));
         let outcome = client.start().await;
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
