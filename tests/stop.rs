@@ -173,6 +173,25 @@ async fn with_discord_a_sigterm_stops_it_cleanly_mid_dialog_and_closes_the_gatew
     stop_cleanly(&mut wavelet, libc::SIGTERM, "discord, second SIGTERM").await;
 }
 
+/// Discord will not have the bot any more (the token was reset: close code 4004): the
+/// process stops on its own, cleanly, and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_discord_a_revoked_token_stops_it_with_an_error_that_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = discord_world::start_server(ServerOptions::default()).await;
+    let config = discord_world::config(dir.path(), &server, Options::default());
+    let mut wavelet = Process::start(&config, &[("WAVELET_DISCORD_TOKEN", server.token())]);
+    wavelet.wait_logged("wavelet running", START).await;
+    server.wait_identified(discord_world::WAIT).await.unwrap();
+    server.close_connection(4004, "Authentication failed.").unwrap();
+    let status = wavelet.wait_exit(STOP_BOUND).await;
+    let log = wavelet.log().join("\n");
+    assert_eq!(status.code(), Some(1), "a failure exit, not a panic or a signal: {status}; log:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("wavelet stopped"), "stopped in order: {log}");
+    assert!(log.contains("WAVELET_DISCORD_TOKEN"), "says which setting to fix: {log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_matrix_and_discord_a_sigint_stops_both_cleanly() {
     let dir = tempfile::tempdir().unwrap();

@@ -78,7 +78,9 @@ impl Platforms {
         if self.tasks.is_empty() {
             return std::future::pending().await;
         }
-        let (ended, _, _) = futures_util::future::select_all(self.tasks.iter_mut()).await;
+        let (ended, index, _) = futures_util::future::select_all(self.tasks.iter_mut()).await;
+        // Ended: not to be waited for again (a finished task polled again panics).
+        drop(self.tasks.remove(index));
         match ended {
             Ok(Ok(())) => anyhow::anyhow!("a chat platform's connection ended"),
             Ok(Err(e)) => e,
