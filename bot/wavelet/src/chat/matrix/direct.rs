@@ -61,29 +61,20 @@ impl MatrixAdapter {
     /// first by its mark.
     pub(super) async fn direct_room(&self, user: &UserId) -> Result<Room, SendError> {
         let mut direct = self.direct.lock().await;
-        if let Some(id) = direct.get(user)
-            && let Some(room) = self.client.get_room(id)
-            && room.state() == RoomState::Joined
-        {
+        if let Some(room) = self.joined(direct.get(user)) {
             return Ok(room);
         }
         let recorded = self.ctx.direct_room(Platform::Matrix, user.as_str()).await.map_err(|e| {
             SendError::Temporary(format!("the store did not say which room is this person's direct room: {e}"))
         })?;
         let recorded = recorded.and_then(|id| RoomId::parse(id).ok());
-        if let Some(id) = &recorded
-            && let Some(room) = self.client.get_room(id)
-            && room.state() == RoomState::Joined
-        {
+        if let Some(room) = self.joined(recorded.as_ref()) {
             direct.insert(user.to_owned(), room.room_id().to_owned());
             return Ok(room);
         }
         // A room made just before a crash is known only once the first sync is in.
         self.first_sync().await?;
-        if let Some(id) = &recorded
-            && let Some(room) = self.client.get_room(id)
-            && room.state() == RoomState::Joined
-        {
+        if let Some(room) = self.joined(recorded.as_ref()) {
             direct.insert(user.to_owned(), room.room_id().to_owned());
             return Ok(room);
         }
@@ -102,6 +93,11 @@ impl MatrixAdapter {
         crate::faults::point("matrix.direct_room_recorded");
         direct.insert(user.to_owned(), room.room_id().to_owned());
         Ok(room)
+    }
+
+    /// The room `id`, if this bot is joined to it.
+    fn joined(&self, id: Option<&OwnedRoomId>) -> Option<Room> {
+        self.client.get_room(id?).filter(|room| room.state() == RoomState::Joined)
     }
 
     /// Opens `user`'s direct room ahead of need, in the background, when a person in the
